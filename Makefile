@@ -1,0 +1,43 @@
+# loraclf: `make demo` trains, evaluates and predicts offline; `make test` runs the test suite.
+PY ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+AGNEWS_DIR ?= ../shared/data/ag_news
+ROBERTA_DIR ?= ../shared/models/roberta-base
+DEMO_OUT ?= runs/demo
+export HF_HUB_OFFLINE ?= 1
+export TOKENIZERS_PARALLELISM ?= false
+
+.PHONY: install install-test demo test bench bench-quick clean
+
+# torch is pinned first: torch==2.13.0 is the local CPU wheel; any other spec downloads CUDA builds.
+$(BIN)/.installed: pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -e ".[quick]"
+	touch $@
+
+$(BIN)/.installed-test: $(BIN)/.installed
+	$(BIN)/pip install -q -e ".[test]"
+	touch $@
+
+install: $(BIN)/.installed
+install-test: $(BIN)/.installed-test
+
+demo: install
+	$(BIN)/loraclf train --preset agnews-quick \
+	  --data $(AGNEWS_DIR)/train_pool.csv --data $(AGNEWS_DIR)/train_pool_text.csv \
+	  --test-data $(AGNEWS_DIR)/test.csv --out $(DEMO_OUT)
+
+test: install-test
+	AGNEWS_DIR=$(abspath $(AGNEWS_DIR)) ROBERTA_DIR=$(abspath $(ROBERTA_DIR)) $(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+bench: install
+	$(BIN)/loraclf bench --agnews-dir $(AGNEWS_DIR) --roberta-dir $(ROBERTA_DIR)
+
+bench-quick: install
+	$(BIN)/loraclf bench --quick --agnews-dir $(AGNEWS_DIR) --roberta-dir $(ROBERTA_DIR)
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

@@ -1,0 +1,184 @@
+"""The `loraclf` command. Parses arguments, calls the modules, and turns a UserError into one line on
+stderr and exit code 2 (never a traceback)."""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+from .errors import UserError
+
+
+def _config(args):
+    from . import config
+    overrides = list(args.set or [])
+    for flag, key in (("epochs", "train.epochs"), ("seed", "train.seed"), ("max_train_samples", "data.max_train_samples"),
+                      ("budget", "train.budget"), ("model", "model.name")):
+        value = getattr(args, flag, None)
+        if value is not None:
+            overrides.append(f"{key}={value}")
+    return config.load(args.preset, args.config, overrides)
+
+
+def cmd_train(args) -> int:
+    from . import pipeline
+    cfg = _config(args)
+    out = Path(args.out or f"runs/{cfg.preset or 'run'}-{time.strftime('%Y%m%d-%H%M%S')}")
+    if not args.data and not args.resume:
+        raise UserError("no training data", "give --data FILE_OR_FOLDER (repeat it for several files)")
+    result = pipeline.train(cfg, args.data or [], out, args.test_data or [], args.predict_data, resume=args.resume,
+                            overwrite=args.overwrite, trust_pickle=args.trust_pickle)
+    _maybe_report(out, args)
+    t = result["train"]
+    line = f"run: {out}   trainable {result['budget']['trainable']:,}   train {t['wall_seconds']:.0f}s ({t['samples_per_s']:.1f} samples/s)"
+    for split in ("val", "test"):
+        if split in result:
+            line += f"   {split} accuracy {100 * result[split]['accuracy']:.2f}% macro-F1 {result[split]['macro_f1']:.4f}"
+    print(line)
+    return 0
+
+
+def _maybe_report(run_dir: Path, args) -> None:
+    if getattr(args, "no_report", False):
+        return
+    try:
+        from . import report
+    except ImportError:
+        return
+    report.write(run_dir)
+
+
+def cmd_evaluate(args) -> int:
+    from . import metrics, pipeline
+    m = pipeline.evaluate(Path(args.run), args.data, trust_pickle=args.trust_pickle, batch_size=args.batch_size, name=args.name)
+    print(metrics.table(m, f"{args.run} on {', '.join(args.data)}"))
+    _maybe_report(Path(args.run), args)
+    return 0
+
+
+def cmd_predict(args) -> int:
+    from . import predict
+    r = predict.run(Path(args.run), args.input, Path(args.output), names=args.label_names, probs=args.probs,
+                    batch_size=args.batch_size, precision=args.precision, trust_pickle=args.trust_pickle,
+                    text_column=args.text_column)
+    print(f"wrote {r['rows']} predictions to {r['out']}")
+    return 0
+
+
+def cmd_plan(args) -> int:
+    from . import budget, config
+    cfg = _config(args)
+    names = cfg.data.label_names if cfg.data.label_names and not args.num_labels else \
+        [str(i) for i in range(args.num_labels or 2)]
+    limit = cfg.train.budget
+    if args.preset or args.config or args.set:
+        b = budget.count_config(cfg, names)
+        fits = b.trainable <= limit
+        if args.json:
+            print(json.dumps(b.to_dict() | {"budget": limit, "fits": fits, "model": cfg.model.name}))
+        else:
+            print(f"{cfg.model.name} with {cfg.preset or 'this config'} ({cfg.adapter.method} r={cfg.adapter.r} on "
+                  f"{','.join(cfg.adapter.target_modules)}), {len(names)} classes:")
+            print(b.table())
+            if b.frozen_head_copy:
+                print(f"  (total includes the {b.frozen_head_copy:,} parameters of the original head that peft keeps frozen beside the trained copy)")
+            print(f"budget {limit:,}: {'fits' if fits else 'OVER BUDGET'}")
+        return 0 if fits else 1
+    rows = budget.plan(cfg, names, limit)
+    if args.json:
+        print(json.dumps({"model": cfg.model.name, "budget": limit, "options": rows}))
+        return 0
+    print(f"{cfg.model.name}, {len(names)} classes, budget {limit:,}: LoRA options that fit")
+    print(f"{'targets':<40} {'r':>4} {'trainable':>12} {'lora':>10} {'head+other':>11}")
+    for r in rows:
+        mark = "  <- largest r" if r.get("largest") else ""
+        print(f"{r['targets']:<40} {r['r']:>4} {r['trainable']:>12,} {r['lora']:>10,} {r['head_and_other']:>11,}{mark}")
+    return 0
+
+
+def cmd_presets(args) -> int:
+    from . import config
+    for name in config.preset_names():
+        print(name)
+    return 0
+
+
+def _add_common_config(p) -> None:
+    p.add_argument("--preset", help="a preset name (see `loraclf presets`)")
+    p.add_argument("--config", help="a TOML (or JSON) file of settings, applied over the preset")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override any setting, e.g. --set adapter.r=8")
+
+
+def parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="loraclf", description="LoRA text classification under a trainable-parameter budget")
+    sub = ap.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("train", help="train, evaluate, predict and report in one run directory")
+    _add_common_config(p)
+    p.add_argument("--data", action="append", help="training data: file, AG News folder or Hub name (repeatable)")
+    p.add_argument("--test-data", action="append", help="labelled test data, evaluated after training (repeatable)")
+    p.add_argument("--predict-data", help="unlabelled data to write submission.csv for (default: the test data)")
+    p.add_argument("--out", help="run directory (default runs/<preset>-<time>)")
+    p.add_argument("--max-train-samples", type=int)
+    p.add_argument("--epochs", type=float)
+    p.add_argument("--seed", type=int)
+    p.add_argument("--budget", type=int)
+    p.add_argument("--model", help="override model.name (Hub name or local folder)")
+    p.add_argument("--resume", action="store_true", help="continue from the run directory's checkpoint")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing run directory")
+    p.add_argument("--trust-pickle", action="store_true", help="unpickle any object (only for files you trust)")
+    p.add_argument("--no-report", action="store_true", help="skip plots and report.html")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("evaluate", help="score a finished run on labelled data")
+    p.add_argument("run")
+    p.add_argument("--data", action="append", required=True)
+    p.add_argument("--name", default="", help="suffix of the saved eval-<name>.json (default: the data file's stem)")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--trust-pickle", action="store_true")
+    p.add_argument("--no-report", action="store_true")
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("predict", help="write ID,Label predictions for any input")
+    p.add_argument("run")
+    p.add_argument("input")
+    p.add_argument("-o", "--output", default="submission.csv")
+    p.add_argument("--label-names", action="store_true", help="write class names instead of ids")
+    p.add_argument("--probs", action="store_true", help="add one probability column per class")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"])
+    p.add_argument("--text-column", help="text column of the input (default: the run's)")
+    p.add_argument("--trust-pickle", action="store_true")
+    p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("plan", help="exact trainable counts, and the LoRA options that fit a budget")
+    _add_common_config(p)
+    p.add_argument("--model", help="Hub name or local folder (config only; no weights are read)")
+    p.add_argument("--budget", type=int)
+    p.add_argument("--num-labels", type=int, default=0, help="classes (default: the preset's, else 2)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_plan)
+
+    p = sub.add_parser("presets", help="list the built-in presets")
+    p.set_defaults(func=cmd_presets)
+    return ap
+
+
+def main(argv=None) -> int:
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    args = parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except UserError as e:
+        print(f"loraclf: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("loraclf: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

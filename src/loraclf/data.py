@@ -1,0 +1,447 @@
+"""Every data source ends as `Examples`; then split, tokenize once, and batch by length.
+
+Sources: a Hugging Face dataset name, a folder in the original AG News layout, CSV/TSV/JSONL/Parquet
+files, and pickled `datasets.Dataset` / `pandas.DataFrame` (restricted unpickler). Every problem a
+user can cause is a `UserError` naming the file, row and column.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import pickle
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .errors import UserError
+
+TABLE_SUFFIXES = {".csv", ".tsv", ".jsonl", ".json", ".parquet", ".pkl", ".pickle"}
+MAX_TEXT_CHARS = 1_000_000  # longer texts are cut here before tokenization (they are truncated anyway)
+
+
+@dataclass
+class Examples:
+    texts: list[str]
+    labels: list[int] | None          # class ids 0..K-1, or None for unlabelled data
+    label_names: list[str]
+    ids: list | None = None           # an `id` column if the source has one
+    source: str = ""
+
+    def __len__(self) -> int:
+        return len(self.texts)
+
+    def subset(self, index) -> "Examples":
+        index = list(index)
+        return Examples([self.texts[i] for i in index],
+                        None if self.labels is None else [self.labels[i] for i in index],
+                        self.label_names, None if self.ids is None else [self.ids[i] for i in index],
+                        self.source)
+
+
+@dataclass
+class _Table:
+    """Raw columns as read from a source, before labels are resolved. rows[i] names row i for errors."""
+    columns: dict[str, list]
+    where: str
+    row_name: str = "row"
+    first_row: int = 0                # number of the first data row as the user sees it in the file
+    label_names: list[str] = field(default_factory=list)
+    labels_one_based: bool = False
+
+
+# ----------------------------------------------------------------------------------------- readers
+
+def _read_text(path: Path, encoding: str) -> str:
+    raw = path.read_bytes()
+    if not raw.strip():
+        raise UserError(f"{path} is empty", "give a file with a header and at least one row")
+    enc = "utf-8-sig" if encoding.lower().replace("_", "-") in ("utf-8", "utf8") else encoding
+    try:
+        return raw.decode(enc)
+    except UnicodeDecodeError as e:
+        line = raw[: e.start].count(b"\n") + 1
+        raise UserError(f"{path} line {line}: byte 0x{raw[e.start]:02x} is not valid {encoding}",
+                        "re-save the file as UTF-8, or pass --set data.encoding=latin-1 (or its real encoding)") from None
+    except LookupError:
+        raise UserError(f"unknown encoding {encoding!r}", "use a Python codec name such as utf-8 or latin-1") from None
+
+
+def _is_agnews_row(row: list[str]) -> bool:
+    return len(row) == 3 and row[0].strip().isdigit()
+
+
+def _read_delimited(path: Path, encoding: str, text_col: str) -> _Table:
+    text = _read_text(path, encoding)
+    delimiter = "\t" if path.suffix.lower() == ".tsv" else ","
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter, strict=True)
+    try:
+        rows = list(reader)
+    except csv.Error as e:
+        raise UserError(f"{path} line {reader.line_num}: malformed CSV ({e})",
+                        "check the quoting on that line: fields with commas or quotes must be double-quoted") from None
+    rows = [r for r in rows if r]  # blank lines
+    if not rows:
+        raise UserError(f"{path} is empty", "give a file with a header and at least one row")
+    header = rows[0]
+    if _is_agnews_row(header) and text_col not in header:
+        return _agnews_table(rows, path)
+    if len(rows) == 1:
+        raise UserError(f"{path} has a header but no rows", "add data rows below the header")
+    if len(set(header)) != len(header):
+        raise UserError(f"{path}: the header repeats a column name ({header})", "give every column a unique name")
+    for i, row in enumerate(rows[1:], start=2):
+        if len(row) != len(header):
+            hint = "" if delimiter == "\t" or ";" not in header[0] else " (the header contains ';': is it semicolon-separated?)"
+            raise UserError(f"{path} row {i}: {len(row)} fields where the header has {len(header)}{hint}",
+                            "quote fields that contain the delimiter, or fix that row")
+    columns = {name: [r[j] for r in rows[1:]] for j, name in enumerate(header)}
+    return _Table(columns, str(path), "line", 2)
+
+
+def _agnews_table(rows: list[list[str]], path: Path) -> _Table:
+    """The original AG News CSV: no header; class 1..K, title, description; `\\` marks line breaks."""
+    for i, row in enumerate(rows, start=1):
+        if len(row) != 3:
+            raise UserError(f"{path} line {i}: {len(row)} fields, the AG News format has 3 (class, title, description)",
+                            "fix the quoting on that line")
+    texts = [(t.strip() + " " + d.strip()).replace("\\", " ").strip() for _, t, d in rows]
+    classes = path.parent / "classes.txt"
+    names = [n.strip() for n in classes.read_text().splitlines() if n.strip()] if classes.is_file() else []
+    return _Table({"text": texts, "label": [r[0].strip() for r in rows]}, str(path), "line", 1, names, True)
+
+
+def _read_jsonl(path: Path, encoding: str) -> _Table:
+    text = _read_text(path, encoding)
+    if path.suffix.lower() == ".json" and text.lstrip().startswith("["):
+        try:
+            records = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise UserError(f"{path}: not valid JSON ({e})", "give a JSON array of objects or one object per line") from None
+        numbered = list(enumerate(records, start=1))
+    else:
+        numbered = []
+        for i, line in enumerate(text.splitlines(), start=1):
+            if not line.strip():
+                continue
+            try:
+                numbered.append((i, json.loads(line)))
+            except json.JSONDecodeError as e:
+                raise UserError(f"{path} line {i}: not valid JSON ({e.msg})", "each line must be one JSON object") from None
+    if not numbered:
+        raise UserError(f"{path} has no records", "give one JSON object per line")
+    keys: list[str] = []
+    for i, rec in numbered:
+        if not isinstance(rec, dict):
+            raise UserError(f"{path} line {i}: a JSON {type(rec).__name__}, not an object", "each line must be an object")
+        keys += [k for k in rec if k not in keys]
+    columns = {k: [rec.get(k) for _, rec in numbered] for k in keys}
+    t = _Table(columns, str(path), "line", numbered[0][0])
+    t.line_numbers = [i for i, _ in numbered]
+    return t
+
+
+def _read_parquet(path: Path) -> _Table:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    try:
+        table = pq.read_table(path)
+    except (pa.ArrowException, OSError) as e:
+        raise UserError(f"{path} is not a readable Parquet file ({e})", "check the file, or give CSV/JSONL") from None
+    return _Table(table.to_pydict(), str(path), "row", 0)
+
+
+class _RestrictedUnpickler(pickle.Unpickler):
+    """Admits classes from datasets/pandas/numpy/pyarrow and the handful of functions their pickles
+    call to rebuild themselves; anything else (os.system, subprocess, eval, ...) is refused unloaded."""
+
+    PREFIXES = ("datasets.", "pandas.", "numpy.", "pyarrow.")
+    FUNCTIONS = {
+        ("copyreg", "_reconstructor"), ("copyreg", "__newobj__"), ("builtins", "object"),
+        ("builtins", "getattr"), ("collections", "OrderedDict"), ("builtins", "slice"),
+        ("builtins", "complex"), ("builtins", "frozenset"), ("builtins", "set"), ("builtins", "bytearray"),
+        ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"), ("numpy", "dtype"),
+        ("numpy.core.numeric", "_frombuffer"), ("numpy._core.numeric", "_frombuffer"),
+        ("pandas._libs.internals", "_unpickle_block"), ("pandas.core.internals.blocks", "new_block"),
+        ("pandas._libs.arrays", "__pyx_unpickle_NDArrayBacked"), ("pandas.core.arrays.arrow.array", "ArrowExtensionArray"),
+        ("pyarrow.lib", "_reconstruct_table"), ("pyarrow.lib", "type_for_alias"), ("pyarrow.lib", "schema"),
+        ("pyarrow.lib", "field"), ("pyarrow.lib", "_restore_array"), ("pyarrow.lib", "chunked_array"),
+        ("pyarrow.lib", "table"), ("pyarrow.lib", "array"), ("pyarrow.lib", "py_buffer"),
+        ("pyarrow.lib", "ipc_read_table"), ("pyarrow.lib", "_reconstruct_record_batch"),
+        ("datasets.table", "_in_memory_arrow_table_from_buffer"), ("datasets.table", "_memory_mapped_arrow_table_from_file"),
+        ("datasets.table", "_interpolation_search"),
+    }
+    # Functions that look harmless by module but read files or unpickle further: never admitted.
+    DENY = {"read_pickle", "load", "loads", "eval", "read_csv", "fromfile", "memmap", "_memory_mapped_arrow_table_from_file"}
+
+    def find_class(self, module: str, name: str):
+        if (module, name) in self.FUNCTIONS and name not in self.DENY:
+            return super().find_class(module, name)
+        if module.startswith(self.PREFIXES) and name not in self.DENY:
+            obj = super().find_class(module, name)
+            if isinstance(obj, type):
+                return obj
+        raise pickle.UnpicklingError(f"{module}.{name}")
+
+
+def _read_pickle(path: Path, trust: bool) -> _Table:
+    with path.open("rb") as f:
+        try:
+            obj = pickle.load(f) if trust else _RestrictedUnpickler(f).load()
+        except pickle.UnpicklingError as e:
+            raise UserError(f"{path}: the pickle wants {e}, which is not a datasets.Dataset or pandas.DataFrame part",
+                            "only pickled Datasets/DataFrames are read; if you trust this file, pass --trust-pickle") from None
+        except Exception as e:  # truncated or garbage bytes
+            raise UserError(f"{path} is not a readable pickle ({type(e).__name__}: {e})",
+                            "give a pickled datasets.Dataset or pandas.DataFrame") from None
+    import pandas as pd
+    if isinstance(obj, pd.DataFrame):
+        columns = {str(c): obj[c].tolist() for c in obj.columns}
+        return _Table(columns, str(path), "row", 0)
+    try:
+        import datasets
+        if isinstance(obj, datasets.DatasetDict):
+            raise UserError(f"{path} holds a DatasetDict with splits {list(obj)}", "pickle one split (a Dataset)")
+        if isinstance(obj, datasets.Dataset):
+            t = _Table(obj.to_dict(), str(path), "row", 0)
+            feature = obj.features.get("label")
+            if feature is not None and hasattr(feature, "names"):
+                t.label_names = list(feature.names)
+            return t
+    except ImportError:
+        pass
+    raise UserError(f"{path} holds a {type(obj).__name__}, not a datasets.Dataset or pandas.DataFrame",
+                    "pickle a Dataset or DataFrame with a text column")
+
+
+def _read_hub(name: str, split: str) -> _Table:
+    try:
+        import datasets
+        ds = datasets.load_dataset(name, split=split)
+    except Exception as e:  # offline, unknown name, unknown split: all end here
+        raise UserError(f"could not load Hugging Face dataset {name!r} split {split!r} ({type(e).__name__}: {str(e)[:200]})",
+                        "check the name and your network, or give a local file or folder") from None
+    t = _Table(ds.to_dict(), f"{name}[{split}]", "row", 0)
+    feature = ds.features.get("label")
+    if feature is not None and hasattr(feature, "names"):
+        t.label_names = list(feature.names)
+    return t
+
+
+def _read(source: str, split: str, encoding: str, text_col: str, trust_pickle: bool) -> _Table:
+    path = Path(source)
+    if path.is_dir():
+        candidate = path / f"{split}.csv"
+        if not candidate.is_file():
+            have = ", ".join(sorted(p.name for p in path.iterdir())) or "nothing"
+            raise UserError(f"folder {path} has no {split}.csv (it has: {have})",
+                            "give a file path, or a folder in the AG News layout (train.csv, test.csv, classes.txt)")
+        return _read_delimited(candidate, encoding, text_col)
+    suffix = path.suffix.lower()
+    if not path.exists():
+        looks_like_hub_name = suffix not in TABLE_SUFFIXES and not source.startswith(("/", ".", "~")) and source.count("/") <= 1
+        if not looks_like_hub_name:
+            raise UserError(f"{source} does not exist", "check the path (relative paths start at the current folder)")
+        return _read_hub(source, split)
+    if not path.is_file():
+        raise UserError(f"{source} is not a file", "give a data file or folder")
+    if suffix in (".csv", ".tsv", ".txt"):
+        return _read_delimited(path, encoding, text_col)
+    if suffix in (".jsonl", ".json"):
+        return _read_jsonl(path, encoding)
+    if suffix == ".parquet":
+        return _read_parquet(path)
+    if suffix in (".pkl", ".pickle"):
+        return _read_pickle(path, trust_pickle)
+    raise UserError(f"{source}: unknown file type {suffix!r}", "use .csv, .tsv, .jsonl, .parquet or .pkl")
+
+
+# ------------------------------------------------------------------------------ labels and texts
+
+def _row_label(t: _Table, i: int) -> str:
+    lines = getattr(t, "line_numbers", None)
+    return f"{t.where} {t.row_name} {lines[i] if lines else t.first_row + i}"
+
+
+def _texts(t: _Table, text_col: str) -> list[str]:
+    if text_col not in t.columns:
+        raise UserError(f"{t.where} has no column {text_col!r} (columns: {', '.join(t.columns)})",
+                        f"name the text column with --set data.text_column=<name>")
+    texts = []
+    for i, v in enumerate(t.columns[text_col]):
+        if v is None or (isinstance(v, float) and v != v) or not isinstance(v, str) or not v.strip():
+            raise UserError(f"{_row_label(t, i)} column {text_col!r}: empty or missing text",
+                            "fill in the text or remove that row")
+        texts.append(v[:MAX_TEXT_CHARS])
+    return texts
+
+
+def _is_int(v) -> bool:
+    if isinstance(v, bool):
+        return False
+    if isinstance(v, (int, np.integer)):
+        return True
+    if isinstance(v, float):
+        return v.is_integer()
+    return isinstance(v, str) and v.strip().lstrip("-").isdigit()
+
+
+def _labels(t: _Table, label_col: str, names: list[str]) -> tuple[list[int], list[str]]:
+    """Resolve a label column (ids or names) against known names; returns ids and the names used."""
+    if label_col not in t.columns:
+        raise UserError(f"{t.where} has no column {label_col!r} (columns: {', '.join(t.columns)})",
+                        "name the label column with --set data.label_column=<name>")
+    raw = t.columns[label_col]
+    for i, v in enumerate(raw):
+        if v is None or (isinstance(v, float) and v != v) or (isinstance(v, str) and not v.strip()):
+            raise UserError(f"{_row_label(t, i)} column {label_col!r}: missing label", "fill in the label or remove the row")
+    as_int = [_is_int(v) for v in raw]
+    if all(as_int):
+        ids = [int(float(v)) if not isinstance(v, str) else int(v) for v in raw]
+        offset = 1 if t.labels_one_based else 0
+        k = len(names) if names else None
+        for i, v in enumerate(ids):
+            lo, hi = offset, (k - 1 + offset) if k else None
+            if v < lo or (hi is not None and v > hi):
+                span = f"{lo}..{hi}" if hi is not None else f">= {lo}"
+                raise UserError(f"{_row_label(t, i)} column {label_col!r}: label {v} is out of range {span}"
+                                + (f" ({len(names)} classes: {', '.join(names)})" if names else ""),
+                                "fix the label, or set data.label_names to the full class list")
+        ids = [v - offset for v in ids]
+        if not names:
+            names = [str(j) for j in range(max(ids) + 1)]
+        return ids, names
+    if any(as_int):
+        i = as_int.index(not as_int[0])
+        raise UserError(f"{_row_label(t, i)} column {label_col!r}: labels mix class ids and class names",
+                        "use only ids (0..K-1) or only names in one file")
+    values = [str(v).strip() for v in raw]
+    if not names:
+        names = sorted(set(values))
+    index = {n: j for j, n in enumerate(names)}
+    for i, v in enumerate(values):
+        if v not in index:
+            raise UserError(f"{_row_label(t, i)} column {label_col!r}: unknown label {v!r}",
+                            f"labels must be one of: {', '.join(names)}")
+    return [index[v] for v in values], names
+
+
+def load(source: str, *, text_column: str = "text", label_column: str = "label", label_names=(),
+         split: str = "train", labelled: bool = True, encoding: str = "utf-8", trust_pickle: bool = False) -> Examples:
+    """Read one source into Examples. `label_names` (from the config or a trained run) fixes the class
+    order; without it, names come from the source (classes.txt, ClassLabel) or from the labels."""
+    t = _read(str(source), split, encoding, text_column, trust_pickle)
+    texts = _texts(t, text_column)
+    names = list(label_names) or t.label_names
+    ids = t.columns.get("id") or t.columns.get("ID")
+    if ids is not None:
+        ids = list(ids)
+        seen = set()
+        for i, v in enumerate(ids):
+            if v in seen:
+                raise UserError(f"{_row_label(t, i)} column 'id': duplicate id {v!r}", "ids must be unique")
+            seen.add(v)
+    labels = None
+    if labelled or label_column in t.columns:  # unlabelled inputs may still carry labels (e.g. test.csv)
+        labels, names = _labels(t, label_column, names)
+    return Examples(texts, labels, list(names), ids, str(source))
+
+
+def load_many(sources, **kw) -> Examples:
+    """Several sources concatenated (e.g. the two files of the shared training pool)."""
+    parts = [load(s, **kw) for s in sources]
+    names = max((p.label_names for p in parts), key=len)
+    for p in parts:
+        if p.label_names and p.label_names != names[: len(p.label_names)] and not all(n.isdigit() for n in p.label_names):
+            raise UserError(f"{p.source} has classes {p.label_names}, other files have {names}",
+                            "give files with the same classes, or set data.label_names")
+    ids = None if any(p.ids is None for p in parts) else [i for p in parts for i in p.ids]
+    labels = None if any(p.labels is None for p in parts) else [y for p in parts for y in p.labels]
+    return Examples([x for p in parts for x in p.texts], labels, list(names), ids, " + ".join(p.source for p in parts))
+
+
+def split(examples: Examples, val_size: float, seed: int) -> tuple[Examples, Examples | None]:
+    """Stratified, seeded split; val_size < 1 is a fraction, >= 1 a row count, 0 no validation."""
+    if not val_size:
+        return examples, None
+    n = len(examples)
+    n_val = int(round(val_size * n)) if val_size < 1 else int(val_size)
+    if not 1 <= n_val < n:
+        raise UserError(f"a validation split of {val_size} leaves no training or no validation rows out of {n}",
+                        "use a smaller data.val_size, or more data")
+    from sklearn.model_selection import train_test_split
+    index = np.arange(n)
+    try:
+        tr, va = train_test_split(index, test_size=n_val, random_state=seed, stratify=examples.labels)
+    except ValueError:  # a class with a single row cannot be stratified
+        tr, va = train_test_split(index, test_size=n_val, random_state=seed)
+    return examples.subset(sorted(tr)), examples.subset(sorted(va))
+
+
+# ---------------------------------------------------------------------------- tokens and batches
+
+@dataclass
+class Encoded:
+    input_ids: list[list[int]]
+    labels: list[int] | None
+
+    def __len__(self) -> int:
+        return len(self.input_ids)
+
+    @property
+    def lengths(self) -> np.ndarray:
+        return np.fromiter((len(x) for x in self.input_ids), dtype=np.int64, count=len(self.input_ids))
+
+
+def encode(tokenizer, examples: Examples, max_length: int) -> Encoded:
+    """Tokenize once, without padding: padding happens per batch, to the batch's longest row."""
+    ids = tokenizer(examples.texts, truncation=True, max_length=max_length, padding=False,
+                    return_attention_mask=False, return_token_type_ids=False)["input_ids"]
+    return Encoded(ids, examples.labels)
+
+
+def length_grouped_batches(lengths, batch_size: int, seed: int, shuffle: bool = True, group: int = 50) -> list[list[int]]:
+    """Batches of similar length. Training: shuffle, sort within groups of `group` batches, shuffle the
+    batches; the longest batch goes first so a memory error shows at once. Eval: sort everything."""
+    n = len(lengths)
+    if not shuffle:
+        order = np.argsort(-np.asarray(lengths), kind="stable")
+        return [order[i: i + batch_size].tolist() for i in range(0, n, batch_size)]
+    rng = random.Random(seed)
+    order = list(range(n))
+    rng.shuffle(order)
+    chunk = batch_size * group
+    batches = []
+    for start in range(0, n, chunk):
+        part = sorted(order[start: start + chunk], key=lambda i: -lengths[i])
+        batches += [part[i: i + batch_size] for i in range(0, len(part), batch_size)]
+    longest = max(range(len(batches)), key=lambda b: lengths[batches[b][0]])
+    first = batches.pop(longest)
+    rng.shuffle(batches)
+    return [first] + batches
+
+
+def random_batches(n: int, batch_size: int, seed: int) -> list[list[int]]:
+    order = list(range(n))
+    random.Random(seed).shuffle(order)
+    return [order[i: i + batch_size] for i in range(0, n, batch_size)]
+
+
+def collate(encoded: Encoded, index: list[int], pad_id: int, pad_to_multiple: int = 8) -> dict:
+    """Pad one batch to its longest row (rounded up to a multiple of 8 for friendlier kernels)."""
+    import torch
+    rows = [encoded.input_ids[i] for i in index]
+    width = max(len(r) for r in rows)
+    width = -(-width // pad_to_multiple) * pad_to_multiple
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for j, r in enumerate(rows):
+        ids[j, : len(r)] = torch.tensor(r, dtype=torch.long)
+        mask[j, : len(r)] = 1
+    batch = {"input_ids": ids, "attention_mask": mask}
+    if encoded.labels is not None:
+        batch["labels"] = torch.tensor([encoded.labels[i] for i in index], dtype=torch.long)
+    return batch

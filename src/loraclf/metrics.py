@@ -1,0 +1,47 @@
+"""Classification metrics (scikit-learn underneath) and their printed table."""
+from __future__ import annotations
+
+import numpy as np
+
+
+def classification(logits: np.ndarray, labels, label_names: list[str]) -> dict:
+    """Loss, accuracy, macro-F1, per-class P/R/F1/support, confusion matrix raw and row-normalized."""
+    from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, precision_recall_fscore_support
+    logits = np.asarray(logits, dtype=np.float64)
+    labels = np.asarray(labels, dtype=np.int64)
+    ids = list(range(len(label_names)))
+    preds = logits.argmax(-1)
+    shifted = logits - logits.max(-1, keepdims=True)
+    log_probs = shifted - np.log(np.exp(shifted).sum(-1, keepdims=True))
+    loss = float(-log_probs[np.arange(len(labels)), labels].mean()) if len(labels) else float("nan")
+    p, r, f, s = precision_recall_fscore_support(labels, preds, labels=ids, zero_division=0)
+    cm = confusion_matrix(labels, preds, labels=ids)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        norm = np.nan_to_num(cm / cm.sum(1, keepdims=True))
+    return {
+        "n": int(len(labels)),
+        "loss": loss,
+        "accuracy": float(accuracy_score(labels, preds)),
+        "macro_f1": float(f1_score(labels, preds, labels=ids, average="macro", zero_division=0)),
+        "per_class": {name: {"precision": float(p[i]), "recall": float(r[i]), "f1": float(f[i]), "support": int(s[i])}
+                      for i, name in enumerate(label_names)},
+        "confusion": cm.tolist(),
+        "confusion_normalized": np.round(norm, 6).tolist(),
+        "label_names": list(label_names),
+    }
+
+
+def table(m: dict, title: str = "") -> str:
+    names = m["label_names"]
+    w = max(10, *(len(n) for n in names))
+    out = [title] if title else []
+    out.append(f"loss {m['loss']:.4f}   accuracy {100 * m['accuracy']:.2f}%   macro-F1 {m['macro_f1']:.4f}   (n={m['n']})")
+    out.append(f"{'class':<{w}} {'precision':>9} {'recall':>9} {'f1':>9} {'support':>8}")
+    for n in names:
+        c = m["per_class"][n]
+        out.append(f"{n:<{w}} {c['precision']:>9.4f} {c['recall']:>9.4f} {c['f1']:>9.4f} {c['support']:>8}")
+    out.append("confusion (rows: true, columns: predicted)")
+    out.append(" " * (w + 1) + " ".join(f"{n[:8]:>8}" for n in names))
+    for n, row in zip(names, m["confusion"]):
+        out.append(f"{n:<{w}} " + " ".join(f"{v:>8}" for v in row))
+    return "\n".join(out)

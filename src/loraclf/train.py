@@ -1,0 +1,324 @@
+"""The training loop, on Accelerate: AdamW, warmup schedule, AMP, accumulation, clipping, evaluation,
+early stopping with best weights restored, resumable checkpoints, throughput.
+
+Batches are sharded by hand (rank r takes every world-th batch), so resuming is "skip k batches" and
+the loop reads top to bottom. Rank 0 alone writes to the run directory.
+"""
+from __future__ import annotations
+
+import math
+import random
+import signal
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from . import data as data_mod
+from . import metrics as metrics_mod
+from . import rundir
+from .config import Config
+from .errors import UserError
+
+LOG_EVERY = 10  # optimizer steps between train-loss records
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def make_optimizer(model, cfg: Config) -> torch.optim.Optimizer:
+    """AdamW; no weight decay on biases and norms; LoRA+ puts lora_B in its own group at lr * ratio."""
+    t = cfg.train
+    groups: dict[tuple[float, float], list] = {}
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        decay = 0.0 if (p.ndim < 2 or "norm" in name.lower()) else t.weight_decay
+        lr = t.lr * cfg.adapter.lr_ratio_b if "lora_B" in name else t.lr
+        groups.setdefault((lr, decay), []).append(p)
+    params = [{"params": ps, "lr": lr, "weight_decay": wd} for (lr, wd), ps in groups.items()]
+    return torch.optim.AdamW(params, lr=t.lr, eps=t.eps, weight_decay=t.weight_decay, foreach=True)
+
+
+def make_scheduler(optimizer, cfg: Config, total_steps: int):
+    from transformers import get_scheduler
+    t = cfg.train
+    warmup = t.warmup_steps or int(math.ceil(t.warmup_ratio * total_steps))
+    name = {"linear": "linear", "cosine": "cosine", "constant": "constant_with_warmup"}[t.scheduler]
+    return get_scheduler(name, optimizer, num_warmup_steps=warmup, num_training_steps=total_steps)
+
+
+def trainable_state(model) -> dict[str, torch.Tensor]:
+    return {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+
+
+def load_trainable_state(model, state: dict[str, torch.Tensor]) -> None:
+    params = dict(model.named_parameters())
+    with torch.no_grad():
+        for n, v in state.items():
+            params[n].copy_(v)
+
+
+@dataclass
+class Progress:
+    """Everything needed to continue a run exactly where it stopped."""
+    step: int = 0                 # optimizer steps done
+    epoch: int = 0
+    batch_in_epoch: int = 0       # batches of this rank's epoch already consumed
+    best: float | None = None
+    best_step: int = 0
+    bad_evals: int = 0
+    stopped_early: bool = False
+    train_seconds: float = 0.0
+    samples: int = 0
+    tokens: int = 0
+    history: list[dict] = field(default_factory=list)
+
+
+def better(monitor: str, value: float, best: float | None) -> bool:
+    if best is None:
+        return True
+    return value < best if monitor == "val_loss" else value > best
+
+
+@torch.no_grad()
+def predict_logits(model, encoded: data_mod.Encoded, batch_size: int, pad_id: int, device, precision: str,
+                   accelerator=None) -> np.ndarray:
+    """Logits in input order. Batches are length-sorted; with several processes each takes a share."""
+    from .model import autocast
+    model.eval()
+    batches = data_mod.length_grouped_batches(encoded.lengths, batch_size, 0, shuffle=False)
+    rank, world = (accelerator.process_index, accelerator.num_processes) if accelerator else (0, 1)
+    mine = batches[rank::world]
+    out_idx, out = [], []
+    for index in mine:
+        batch = data_mod.collate(encoded, index, pad_id)
+        with autocast(device, precision):
+            logits = model(input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device)).logits
+        out.append(logits.float().cpu().numpy())
+        out_idx += index
+    if world > 1:
+        from accelerate.utils import gather_object
+        parts = gather_object([(out_idx, np.concatenate(out) if out else np.zeros((0, 0), np.float32))])
+        out_idx = [i for idx, _ in parts for i in idx]
+        out = [a for _, a in parts if len(a)]
+    logits = np.concatenate(out)
+    result = np.empty_like(logits)
+    result[np.asarray(out_idx)] = logits
+    return result
+
+
+def evaluate(model, encoded, cfg: Config, label_names, pad_id, device, precision, accelerator=None) -> dict:
+    logits = predict_logits(model, encoded, cfg.train.eval_batch_size, pad_id, device, precision, accelerator)
+    return metrics_mod.classification(logits, encoded.labels, label_names) | {"logits": logits}
+
+
+def fit(model, cfg: Config, train_enc: data_mod.Encoded, val_enc: data_mod.Encoded | None, label_names: list[str],
+        pad_id: int, run_dir: Path, accelerator, resume: bool = False, log=print) -> Progress:
+    t = cfg.train
+    device = accelerator.device
+    precision = accelerator.mixed_precision if accelerator.mixed_precision != "no" else "fp32"
+    rank, world = accelerator.process_index, accelerator.num_processes
+    main = accelerator.is_main_process
+
+    batches_per_epoch = math.ceil(len(train_enc) / t.batch_size) // world
+    if batches_per_epoch == 0:
+        raise UserError(f"{len(train_enc)} training rows make no batch of {t.batch_size} per process",
+                        "use more data or a smaller train.batch_size")
+    steps_per_epoch = math.ceil(batches_per_epoch / t.grad_accum)
+    total_steps = max(1, math.ceil(t.epochs * steps_per_epoch))
+    optimizer = make_optimizer(model, cfg)
+    scheduler = make_scheduler(optimizer, cfg, total_steps)
+    model, optimizer = accelerator.prepare(model, optimizer)
+
+    prog = Progress()
+    ckpt_dir = Path(run_dir) / "checkpoint"
+    best_state = None
+    if resume:
+        prog, best_state = load_checkpoint(ckpt_dir, accelerator.unwrap_model(model), optimizer, scheduler)
+        log(f"resumed at step {prog.step} (epoch {prog.epoch}, batch {prog.batch_in_epoch})")
+
+    lengths = train_enc.lengths
+    eval_every = t.eval_every or steps_per_epoch
+    interrupted = {"flag": False}
+
+    def on_sigint(signum, frame):  # finish the current step, then checkpoint and leave
+        interrupted["flag"] = True
+    old_handler = signal.signal(signal.SIGINT, on_sigint) if main and world == 1 else None
+
+    from tqdm.auto import tqdm
+    bar = tqdm(total=total_steps, initial=prog.step, disable=not main or None, desc="train", unit="step", leave=False)
+    running_loss, running_n = 0.0, 0
+    try:
+        while prog.step < total_steps and not prog.stopped_early:
+            epoch_seed = t.seed + prog.epoch
+            if t.group_by_length:
+                batches = data_mod.length_grouped_batches(lengths, t.batch_size, epoch_seed)
+            else:
+                batches = data_mod.random_batches(len(train_enc), t.batch_size, epoch_seed)
+            batches = batches[: batches_per_epoch * world][rank::world]
+            model.train()
+            b = prog.batch_in_epoch
+            while b < len(batches) and prog.step < total_steps:
+                group = batches[b: b + t.grad_accum]
+                tick = time.perf_counter()
+                n_rows = sum(len(ix) for ix in group)
+                step_loss = 0.0
+                for k, index in enumerate(group):
+                    batch = data_mod.collate(train_enc, index, pad_id)
+                    batch = {key: v.to(device, non_blocking=True) for key, v in batch.items()}
+                    sync = accelerator.no_sync(model) if k < len(group) - 1 and world > 1 else _null()
+                    with sync:
+                        with accelerator.autocast():
+                            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+                        loss = F.cross_entropy(logits.float(), batch["labels"], label_smoothing=t.label_smoothing)
+                        accelerator.backward(loss * len(index) / n_rows)
+                    step_loss += loss.item() * len(index) / n_rows
+                    prog.tokens += int(batch["attention_mask"].sum())
+                if t.max_grad_norm > 0:
+                    accelerator.clip_grad_norm_(model.parameters(), t.max_grad_norm)
+                optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+                prog.train_seconds += time.perf_counter() - tick
+                prog.samples += n_rows
+                prog.step += 1
+                b += len(group)
+                prog.batch_in_epoch = b
+                running_loss += step_loss
+                running_n += 1
+                bar.update(1)
+                bar.set_postfix(loss=f"{step_loss:.4f}", samples_s=f"{world * prog.samples / max(prog.train_seconds, 1e-9):.1f}")
+
+                if prog.step % LOG_EVERY == 0 or prog.step == total_steps:
+                    prog.history.append(_record(prog, scheduler, running_loss / running_n, world, steps_per_epoch))
+                    running_loss, running_n = 0.0, 0
+                if prog.step % eval_every == 0 or prog.step == total_steps:
+                    best_state = _eval_step(model, cfg, val_enc, label_names, pad_id, device, precision, accelerator,
+                                            prog, best_state, steps_per_epoch, log, bar)
+                    model.train()
+                if main:
+                    _flush_history(run_dir, prog)
+                if (t.save_every and prog.step % t.save_every == 0) or interrupted["flag"]:
+                    save_checkpoint(ckpt_dir, accelerator, model, optimizer, scheduler, prog, best_state, main)
+                if interrupted["flag"]:
+                    raise KeyboardInterrupt
+                if prog.stopped_early:
+                    break
+            if b >= len(batches):
+                prog.epoch += 1
+                prog.batch_in_epoch = 0
+    except KeyboardInterrupt:
+        bar.close()
+        save_checkpoint(ckpt_dir, accelerator, model, optimizer, scheduler, prog, best_state, main)
+        raise UserError(f"interrupted at step {prog.step}; a checkpoint is in {ckpt_dir}",
+                        f"continue with the same command plus --resume") from None
+    finally:
+        if old_handler is not None:
+            signal.signal(signal.SIGINT, old_handler)
+    bar.close()
+    unwrapped = accelerator.unwrap_model(model)
+    if best_state is not None:
+        load_trainable_state(unwrapped, best_state)
+        log(f"restored best weights from step {prog.best_step} ({t.monitor} {prog.best:.4f})")
+    return prog
+
+
+class _null:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *a):
+        return False
+
+
+def _record(prog: Progress, scheduler, loss: float, world: int, steps_per_epoch: int) -> dict:
+    return {"step": prog.step, "epoch": round(prog.step / steps_per_epoch, 4), "train_loss": loss,
+            "lr": scheduler.get_last_lr()[0],
+            "samples_per_s": world * prog.samples / max(prog.train_seconds, 1e-9),
+            "tokens_per_s": world * prog.tokens / max(prog.train_seconds, 1e-9)}
+
+
+def _eval_step(model, cfg, val_enc, label_names, pad_id, device, precision, accelerator, prog, best_state,
+               steps_per_epoch, log, bar):
+    if val_enc is None:
+        return best_state
+    m = evaluate(model, val_enc, cfg, label_names, pad_id, device, precision, accelerator)
+    rec = {"step": prog.step, "epoch": round(prog.step / steps_per_epoch, 4), "val_loss": m["loss"],
+           "val_accuracy": m["accuracy"], "val_macro_f1": m["macro_f1"]}
+    prog.history.append(rec)
+    value = rec[cfg.train.monitor]
+    if better(cfg.train.monitor, value, prog.best):
+        prog.best, prog.best_step, prog.bad_evals = value, prog.step, 0
+        best_state = trainable_state(accelerator.unwrap_model(model))
+    else:
+        prog.bad_evals += 1
+        if cfg.train.patience and prog.bad_evals >= cfg.train.patience:
+            prog.stopped_early = True
+    msg = (f"step {prog.step} epoch {rec['epoch']:.2f}: val_loss {m['loss']:.4f} val_acc {100 * m['accuracy']:.2f}% "
+           f"val_f1 {m['macro_f1']:.4f}" + ("  (stopping early)" if prog.stopped_early else ""))
+    (bar.write if bar is not None and not bar.disable else log)(msg)
+    return best_state
+
+
+def _flush_history(run_dir: Path, prog: Progress) -> None:
+    rundir.write_jsonl(Path(run_dir) / "metrics.jsonl", prog.history)
+
+
+# ---------------------------------------------------------------------------------- checkpoints
+
+def save_checkpoint(ckpt_dir: Path, accelerator, model, optimizer, scheduler, prog: Progress, best_state, main: bool):
+    """Adapter+head weights, optimizer, scheduler, RNG states, data position and metrics, all or nothing."""
+    accelerator.wait_for_everyone()
+    if not main:
+        return
+    from safetensors.torch import save_file
+    tmp = rundir.temp_dir(ckpt_dir)
+    unwrapped = accelerator.unwrap_model(model)
+    save_file({k: v.contiguous() for k, v in trainable_state(unwrapped).items()}, str(tmp / "trainable.safetensors"))
+    if best_state is not None:
+        save_file({k: v.contiguous() for k, v in best_state.items()}, str(tmp / "best.safetensors"))
+    torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                "rng": {"torch": torch.get_rng_state(), "numpy": _np_state(), "python": _py_state()}},
+               tmp / "state.pt")
+    rundir.write_json(tmp / "progress.json", prog.__dict__)
+    rundir.replace_dir(tmp, ckpt_dir)
+
+
+def load_checkpoint(ckpt_dir: Path, model, optimizer, scheduler):
+    from safetensors.torch import load_file
+    if not (ckpt_dir / "progress.json").is_file():
+        raise UserError(f"no checkpoint to resume in {ckpt_dir}", "run without --resume (set train.save_every to get checkpoints)")
+    load_trainable_state(model, load_file(str(ckpt_dir / "trainable.safetensors")))
+    best = load_file(str(ckpt_dir / "best.safetensors")) if (ckpt_dir / "best.safetensors").is_file() else None
+    state = torch.load(ckpt_dir / "state.pt", weights_only=True)
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    torch.set_rng_state(state["rng"]["torch"])
+    np.random.set_state(_np_unstate(state["rng"]["numpy"]))
+    random.setstate(_py_unstate(state["rng"]["python"]))
+    return Progress(**rundir.read_json(ckpt_dir / "progress.json")), best
+
+
+def _np_state():
+    name, keys, pos, has_gauss, gauss = np.random.get_state()
+    return {"name": name, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": pos, "has_gauss": has_gauss, "gauss": gauss}
+
+
+def _np_unstate(s):
+    return (s["name"], s["keys"].numpy().astype(np.uint32), s["pos"], s["has_gauss"], s["gauss"])
+
+
+def _py_state():
+    version, internal, gauss = random.getstate()
+    return {"version": version, "internal": torch.tensor(internal, dtype=torch.int64), "gauss": gauss}
+
+
+def _py_unstate(s):
+    return (s["version"], tuple(int(x) for x in s["internal"].tolist()), s["gauss"])
