@@ -21,7 +21,7 @@ class ModelConfig:
     name: str = "roberta-base"          # Hub name or local directory
     init: str = "pretrained"            # "pretrained" | "random" (config only: counts and speed)
     head: str = "full"                  # "full" | "linear" | "lora": how the classifier head is trained
-    attn_implementation: str = "sdpa"   # "sdpa" | "eager"
+    attn_implementation: str = "auto"   # "auto" (sdpa on CUDA, eager on CPU: faster for short texts) | "sdpa" | "eager"
 
 
 @dataclass
@@ -211,13 +211,20 @@ def load(preset: str | None = None, config_file: str | None = None, overrides: l
 
 
 def from_dict(data: dict) -> Config:
+    """A saved config.json back to a Config (its format_version checked)."""
+    from .rundir import FORMAT_VERSION
+    data = dict(data)
+    version = data.pop("format_version", FORMAT_VERSION)
+    if version > FORMAT_VERSION:
+        raise UserError(f"this run was written by a newer loraclf (format {version}, this one reads {FORMAT_VERSION})",
+                        "upgrade loraclf")
     return apply(Config(), data)
 
 
 CHOICES = {
     "model.init": ("pretrained", "random"),
     "model.head": ("full", "linear", "lora"),
-    "model.attn_implementation": ("sdpa", "eager"),
+    "model.attn_implementation": ("auto", "sdpa", "eager"),
     "adapter.method": ("lora", "rslora", "dora", "pissa", "vera", "ia3", "none"),
     "adapter.bias": ("none", "all", "lora_only"),
     "train.scheduler": ("linear", "cosine", "constant"),

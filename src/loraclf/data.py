@@ -95,7 +95,7 @@ def _read_delimited(path: Path, encoding: str, text_col: str) -> _Table:
     for i, row in enumerate(rows[1:], start=2):
         if len(row) != len(header):
             hint = "" if delimiter == "\t" or ";" not in header[0] else " (the header contains ';': is it semicolon-separated?)"
-            raise UserError(f"{path} row {i}: {len(row)} fields where the header has {len(header)}{hint}",
+            raise UserError(f"{path} line {i}: {len(row)} fields where the header has {len(header)}{hint}",
                             "quote fields that contain the delimiter, or fix that row")
     columns = {name: [r[j] for r in rows[1:]] for j, name in enumerate(header)}
     return _Table(columns, str(path), "line", 2)
@@ -157,30 +157,29 @@ class _RestrictedUnpickler(pickle.Unpickler):
     """Admits classes from datasets/pandas/numpy/pyarrow and the handful of functions their pickles
     call to rebuild themselves; anything else (os.system, subprocess, eval, ...) is refused unloaded."""
 
-    PREFIXES = ("datasets.", "pandas.", "numpy.", "pyarrow.")
+    ROOTS = ("datasets", "pandas", "numpy", "pyarrow")
+    # Callables (not classes) that real Dataset/DataFrame pickles use, recorded from pandas 2-3,
+    # datasets 2-5, numpy 1-2 and pyarrow pickles at protocols 2-5.
     FUNCTIONS = {
-        ("copyreg", "_reconstructor"), ("copyreg", "__newobj__"), ("builtins", "object"),
-        ("builtins", "getattr"), ("collections", "OrderedDict"), ("builtins", "slice"),
-        ("builtins", "complex"), ("builtins", "frozenset"), ("builtins", "set"), ("builtins", "bytearray"),
+        ("copyreg", "_reconstructor"), ("copyreg", "__newobj__"), ("builtins", "object"), ("_codecs", "encode"),
+        ("builtins", "bytearray"), ("builtins", "slice"), ("__builtin__", "bytearray"), ("__builtin__", "slice"),
+        ("collections", "OrderedDict"), ("pandas", "NA"), ("pandas._libs.missing", "NA"),
         ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
-        ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"), ("numpy", "dtype"),
+        ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),
         ("numpy.core.numeric", "_frombuffer"), ("numpy._core.numeric", "_frombuffer"),
         ("pandas._libs.internals", "_unpickle_block"), ("pandas.core.internals.blocks", "new_block"),
-        ("pandas._libs.arrays", "__pyx_unpickle_NDArrayBacked"), ("pandas.core.arrays.arrow.array", "ArrowExtensionArray"),
-        ("pyarrow.lib", "_reconstruct_table"), ("pyarrow.lib", "type_for_alias"), ("pyarrow.lib", "schema"),
-        ("pyarrow.lib", "field"), ("pyarrow.lib", "_restore_array"), ("pyarrow.lib", "chunked_array"),
-        ("pyarrow.lib", "table"), ("pyarrow.lib", "array"), ("pyarrow.lib", "py_buffer"),
-        ("pyarrow.lib", "ipc_read_table"), ("pyarrow.lib", "_reconstruct_record_batch"),
-        ("datasets.table", "_in_memory_arrow_table_from_buffer"), ("datasets.table", "_memory_mapped_arrow_table_from_file"),
-        ("datasets.table", "_interpolation_search"),
+        ("pandas._libs.arrays", "__pyx_unpickle_NDArrayBacked"), ("pandas.core.indexes.base", "_new_Index"),
+        ("pyarrow.lib", "_reconstruct_table"), ("pyarrow.lib", "_restore_array"), ("pyarrow.lib", "chunked_array"),
+        ("pyarrow.lib", "type_for_alias"), ("pyarrow.lib", "schema"), ("pyarrow.lib", "field"),
+        ("pyarrow.lib", "py_buffer"),
     }
     # Functions that look harmless by module but read files or unpickle further: never admitted.
-    DENY = {"read_pickle", "load", "loads", "eval", "read_csv", "fromfile", "memmap", "_memory_mapped_arrow_table_from_file"}
+    DENY = {"read_pickle", "load", "loads", "eval", "read_csv", "fromfile", "memmap", "MemoryMappedTable"}
 
     def find_class(self, module: str, name: str):
         if (module, name) in self.FUNCTIONS and name not in self.DENY:
             return super().find_class(module, name)
-        if module.startswith(self.PREFIXES) and name not in self.DENY:
+        if module.split(".")[0] in self.ROOTS and name not in self.DENY:
             obj = super().find_class(module, name)
             if isinstance(obj, type):
                 return obj

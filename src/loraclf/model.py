@@ -46,7 +46,7 @@ def load_base(cfg: Config, label_names: list[str], meta: bool = False):
     """The encoder with a fresh `num_labels` head. meta=True allocates nothing (for counting)."""
     from transformers import AutoModelForSequenceClassification
     config = _auto_config(cfg, label_names)
-    kw = {"attn_implementation": cfg.model.attn_implementation}
+    kw = {"attn_implementation": attention_for(cfg.model.attn_implementation)}
     if meta:
         from accelerate import init_empty_weights
         with init_empty_weights():
@@ -64,6 +64,13 @@ def load_base(cfg: Config, label_names: list[str], meta: bool = False):
                         "give a local model folder, a Hub name with network access, or --set model.init=random") from None
     finally:
         hf_logging.set_verbosity(verbosity)
+
+
+def attention_for(choice: str) -> str:
+    """auto: SDPA on CUDA; eager on CPU, where it measured faster for short texts (bench/NOTES.md)."""
+    if choice != "auto":
+        return choice
+    return "sdpa" if torch.cuda.is_available() else "eager"
 
 
 def head_module_names(model) -> list[str]:

@@ -144,6 +144,8 @@ def train(cfg: Config, data: list[str], out: Path, test_data: list[str] = (), pr
         elif test_ex is not None:
             ids = test_ex.ids if test_ex.ids is not None else list(range(len(test_ex)))
             rundir.write_text(out / "submission.csv", predict_mod.submission_csv(ids, test_logits, label_names))
+        if test_ex is not None:
+            rundir.write_text(out / "predictions.csv", predict_mod.predictions_csv(test_ex, test_logits, label_names))
         if "test" in result:
             log(metrics_mod.table(result["test"], "test"))
         elif "val" in result:

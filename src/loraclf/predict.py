@@ -48,6 +48,20 @@ def submission_csv(ids, logits: np.ndarray, label_names: list[str], names: bool 
     return buf.getvalue()
 
 
+def predictions_csv(examples, logits: np.ndarray, label_names: list[str]) -> str:
+    """One row per example with its text, true and predicted class and confidence (for reports)."""
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    p = softmax(logits)
+    w.writerow(["id", "label", "pred", "confidence", "text"] + [f"p_{n}" for n in label_names])
+    ids = examples.ids if examples.ids is not None else range(len(examples))
+    for i, id_ in enumerate(ids):
+        y = label_names[examples.labels[i]] if examples.labels is not None else ""
+        k = int(p[i].argmax())
+        w.writerow([id_, y, label_names[k], f"{p[i, k]:.6f}", examples.texts[i]] + [f"{v:.6f}" for v in p[i]])
+    return buf.getvalue()
+
+
 def load_for_inference(run_dir: Path):
     from transformers import AutoTokenizer
     from .model import load_run_model

@@ -1,0 +1,73 @@
+"""The budget is exact: the meta-device count, the closed form and the real build agree."""
+import pytest
+
+from conftest import LABELS, tiny_config
+from loraclf import budget, model
+from loraclf.errors import UserError
+
+CASES = [
+    ("lora", 4, "query,value", "[]", "none"),
+    ("lora", 8, "query,key,value", "[]", "none"),
+    ("lora", 3, "query,key,value,dense", "[1]", "none"),
+    ("lora", 2, "dense", "[]", "lora_only"),
+    ("lora", 5, "query,value", "[0]", "all"),
+    ("rslora", 4, "query,value", "[]", "none"),
+    ("dora", 4, "query,value", "[]", "none"),
+]
+
+
+@pytest.mark.parametrize("method,r,targets,layers,bias", CASES)
+def test_meta_count_equals_real_count_and_closed_form(tiny_model, method, r, targets, layers, bias):
+    cfg = tiny_config(tiny_model, f"adapter.method={method}", f"adapter.r={r}", f"adapter.target_modules={targets}",
+                      f"adapter.layers={layers}", f"adapter.bias={bias}")
+    planned = budget.count_config(cfg, LABELS)
+    built = budget.count(model.build(cfg, LABELS))
+    assert planned == built
+    real = sum(p.numel() for p in model.build(cfg, LABELS).parameters() if p.requires_grad)
+    assert planned.trainable == real == sum(planned.groups.values())
+    if bias == "none":
+        fixed, step = budget.per_rank(cfg, LABELS)
+        assert fixed + r * step == planned.trainable
+
+
+def test_roberta_base_reports_exact_counts(roberta_dir):
+    from loraclf import config
+    a = config.load("agnews-a", overrides=[f"model.name={roberta_dir}"])
+    b = config.load("agnews-b", overrides=[f"model.name={roberta_dir}"])
+    ca, cb = budget.count_config(a, LABELS), budget.count_config(b, LABELS)
+    assert (ca.trainable, ca.total) == (925_444, 125_574_152)
+    assert round(ca.percent, 3) == 0.737
+    assert cb.trainable == 741_124
+    assert ca.groups == {"lora:key": 110_592, "lora:query": 110_592, "lora:value": 110_592, "head": 593_668}
+
+
+def test_over_budget_is_refused_with_breakdown_and_largest_rank(roberta_dir):
+    from loraclf import config
+    cfg = config.load("agnews-a", overrides=[f"model.name={roberta_dir}", "adapter.r=16"])
+    with pytest.raises(UserError) as e:
+        budget.check(cfg, LABELS)
+    msg = str(e.value)
+    assert "exceed the budget of 1,000,000" in msg and "head" in msg and "593,668" in msg
+    assert "largest rank that fits is r=7" in msg
+    assert budget.count_config(config.load("agnews-a", overrides=[f"model.name={roberta_dir}", "adapter.r=7"]),
+                               LABELS).trainable <= 1_000_000
+
+
+def test_unknown_target_lists_linear_modules(tiny_bert):
+    cfg = tiny_config(tiny_bert, "adapter.target_modules=query,q_proj")
+    with pytest.raises(UserError) as e:
+        budget.count_config(cfg, LABELS)
+    assert "'q_proj' matches no linear module" in str(e.value)
+    assert "query, key, value, dense" in str(e.value)
+
+
+def test_layer_out_of_range(tiny_bert):
+    with pytest.raises(UserError, match="out of range: the model has 2 layers"):
+        budget.count_config(tiny_config(tiny_bert, "adapter.layers=[5]"), LABELS)
+
+
+def test_plan_lists_options_within_budget(tiny_bert):
+    cfg = tiny_config(tiny_bert)
+    rows = budget.plan(cfg, LABELS, 20_000)
+    assert rows and all(r["trainable"] <= 20_000 for r in rows)
+    assert any(r.get("largest") for r in rows)

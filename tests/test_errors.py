@@ -1,0 +1,67 @@
+"""Bad input: one line on stderr naming the problem and the fix, exit code 2, nothing written."""
+import subprocess
+import sys
+
+import pytest
+
+from loraclf import cli
+
+CASES = {
+    "missing file": (None, "does not exist"),
+    "empty file": ("", "is empty"),
+    "header only": ("label,text\n", "has a header but no rows"),
+    "missing column": ("label,body\n0,hello\n", "has no column 'text' (columns: label, body)"),
+    "empty text": ('label,text\n0,hello\n1,"  "\n', "line 3 column 'text': empty or missing text"),
+    "unknown label": ("label,text\nWorld,a\nPolitics,b\n", "line 3 column 'label': unknown label 'Politics'"),
+    "label out of range": ("label,text\n0,a\n7,b\n", "line 3 column 'label': label 7 is out of range 0..3"),
+    "mixed label types": ("label,text\n0,a\nSports,b\n", "labels mix class ids and class names"),
+    "bad encoding": (b"label,text\n0,caf\xe9 au lait\n", "line 2: byte 0xe9 is not valid utf-8"),
+    "wrong field count": ("label,text\n0,a\n1,b,c\n", "line 3: 3 fields where the header has 2"),
+    "bad quoting": ('label,text\n0,"a\n', "malformed CSV"),
+    "jsonl not json": ('{"label": 0, "text": "a"}\n{oops\n', "line 2: not valid JSON"),
+    "duplicate ids": ("id,label,text\n1,0,a\n1,1,b\n", "duplicate id '1'"),
+}
+
+
+def _write(tmp_path, content, suffix=".csv"):
+    path = tmp_path / f"bad{suffix}"
+    if content is None:
+        return path
+    path.write_bytes(content if isinstance(content, bytes) else content.encode())
+    return path
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_bad_training_data_exits_2_and_writes_nothing(tmp_path, capsys, case, tiny_bert):
+    content, message = CASES[case]
+    path = _write(tmp_path, content, ".jsonl" if "jsonl" in case else ".csv")
+    out = tmp_path / "run"
+    code = cli.main(["train", "--data", str(path), "--out", str(out), "--set", f"model.name={tiny_bert}",
+                     "--set", 'data.label_names=["World","Sports","Business","Sci/Tech"]'])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert message in err and str(path) in err
+    assert err.count("\n") == 1 and err.startswith("loraclf: error: ")
+    assert not out.exists()
+
+
+def test_unknown_target_and_over_budget_write_nothing(tmp_path, capsys, small_csv, tiny_bert):
+    out = tmp_path / "run"
+    base = ["train", "--data", str(small_csv), "--out", str(out), "--set", f"model.name={tiny_bert}"]
+    assert cli.main(base + ["--set", "adapter.target_modules=q_proj"]) == 2
+    assert "matches no linear module" in capsys.readouterr().err
+    assert cli.main(base + ["--budget", "100"]) == 2
+    assert "exceed the budget of 100" in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_cli_prints_no_traceback(tmp_path):
+    r = subprocess.run([sys.executable, "-m", "loraclf.cli", "train", "--data", str(tmp_path / "nope.csv"),
+                        "--out", str(tmp_path / "run")], capture_output=True, text=True)
+    assert r.returncode == 2
+    assert "Traceback" not in r.stderr and "nope.csv does not exist" in r.stderr
+
+
+def test_predict_on_missing_run(tmp_path, capsys):
+    assert cli.main(["predict", str(tmp_path), str(tmp_path / "x.csv")]) == 2
+    assert "not a loraclf run directory" in capsys.readouterr().err
