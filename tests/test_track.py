@@ -21,7 +21,7 @@ def test_flatten_and_metrics(fake_run):
 def test_mlflow_sqlite_roundtrip(fake_run, tmp_path, monkeypatch):
     mlflow = pytest.importorskip("mlflow", reason="--track mlflow is optional: pip install mlflow-skinny sqlalchemy alembic")
     from mlflow.tracking import MlflowClient
-    monkeypatch.chdir(tmp_path)  # MLflow puts artifacts of a SQLite store under ./mlruns
+    monkeypatch.chdir(fake_run)  # artifacts must not land in the current folder
     report.write(fake_run)
     uri = f"sqlite:///{tmp_path / 'mlruns.db'}"
     run_id = track.log_run(fake_run, "mlflow", uri)
@@ -38,6 +38,7 @@ def test_mlflow_sqlite_roundtrip(fake_run, tmp_path, monkeypatch):
     assert run.data.metrics["test.accuracy"] == pytest.approx(test_acc)
     assert run.data.params["adapter.r"] == "8" and run.data.params["model.name"] == "fake/encoder"
     assert run.data.tags["loraclf.run_dir"] == str(fake_run.resolve())
+    assert (tmp_path / "mlruns").is_dir()  # artifacts beside the database
     arts = {a.path for a in client.list_artifacts(run_id)}
     assert {"report.html", "report.md", "metrics.json", "metrics.jsonl", "config.json", "plots"} <= arts
     assert any(a.path.endswith("confusion_test.png") for a in client.list_artifacts(run_id, "plots"))
@@ -47,11 +48,12 @@ def test_mlflow_sqlite_roundtrip(fake_run, tmp_path, monkeypatch):
     assert track.log_run(fake_run, "mlflow", uri) == run_id
     assert len(client.get_metric_history(run_id, "train_loss")) == len(loss)
     assert client.get_run(run_id).data.metrics["eval-extra.accuracy"] == 0.5
-    assert mlflow is not None
+    assert mlflow is not None and not (fake_run / "mlruns").exists()
 
 
-def test_mlflow_bad_uri(fake_run, tmp_path):
+def test_mlflow_bad_uri(fake_run, tmp_path, monkeypatch):
     pytest.importorskip("mlflow", reason="--track mlflow is optional: pip install mlflow-skinny sqlalchemy alembic")
+    monkeypatch.chdir(tmp_path)
     (tmp_path / "a-file").write_text("")
     for uri in ("nosuchscheme://host/x", f"sqlite:///{tmp_path}/a-file/x.db"):
         with pytest.raises(UserError, match="tracking store"):
@@ -84,6 +86,6 @@ def test_track_args_and_errors(tmp_path, capsys):
         ap.parse_args(["--track", "wandb"])
     with pytest.raises(UserError, match="not a run directory"):
         track.log_run(tmp_path, "mlflow")
-    with pytest.raises(UserError, match="without --track"):
+    with pytest.raises(UserError, match="only used with --track mlflow"):
         report_cli.maybe_track(tmp_path, ap.parse_args(["--tracking-uri", "sqlite:///x.db"]))
     report_cli.maybe_track(tmp_path, ap.parse_args([]))  # nothing asked, nothing done

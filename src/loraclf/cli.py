@@ -9,6 +9,7 @@ import sys
 import time
 from pathlib import Path
 
+from . import report_cli
 from .errors import UserError
 
 
@@ -25,13 +26,17 @@ def _config(args):
 
 def cmd_train(args) -> int:
     from . import pipeline
+    report_cli.check_track_args(args)
     cfg = _config(args)
     out = Path(args.out or f"runs/{cfg.preset or 'run'}-{time.strftime('%Y%m%d-%H%M%S')}")
     if not args.data and not args.resume:
         raise UserError("no training data", "give --data FILE_OR_FOLDER (repeat it for several files)")
     result = pipeline.train(cfg, args.data or [], out, args.test_data or [], args.predict_data, resume=args.resume,
                             overwrite=args.overwrite, trust_pickle=args.trust_pickle)
+    if not _is_main_process():
+        return 0
     _maybe_report(out, args)
+    report_cli.maybe_track(out, args)
     t = result["train"]
     line = f"run: {out}   trainable {result['budget']['trainable']:,}   train {t['wall_seconds']:.0f}s ({t['samples_per_s']:.1f} samples/s)"
     for split in ("val", "test"):
@@ -41,13 +46,14 @@ def cmd_train(args) -> int:
     return 0
 
 
+def _is_main_process() -> bool:
+    return int(os.environ.get("RANK", "0")) == 0
+
+
 def _maybe_report(run_dir: Path, args) -> None:
     if getattr(args, "no_report", False):
         return
-    try:
-        from . import report
-    except ImportError:
-        return
+    from . import report
     report.write(run_dir)
 
 
@@ -56,6 +62,7 @@ def cmd_evaluate(args) -> int:
     m = pipeline.evaluate(Path(args.run), args.data, trust_pickle=args.trust_pickle, batch_size=args.batch_size, name=args.name)
     print(metrics.table(m, f"{args.run} on {', '.join(args.data)}"))
     _maybe_report(Path(args.run), args)
+    report_cli.maybe_track(Path(args.run), args)
     return 0
 
 
@@ -131,6 +138,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace an existing run directory")
     p.add_argument("--trust-pickle", action="store_true", help="unpickle any object (only for files you trust)")
     p.add_argument("--no-report", action="store_true", help="skip plots and report.html")
+    report_cli.add_track_args(p)
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("evaluate", help="score a finished run on labelled data")
@@ -140,6 +148,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--trust-pickle", action="store_true")
     p.add_argument("--no-report", action="store_true")
+    report_cli.add_track_args(p)
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("predict", help="write ID,Label predictions for any input")
@@ -164,11 +173,14 @@ def parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("presets", help="list the built-in presets")
     p.set_defaults(func=cmd_presets)
+    report_cli.add_commands(sub)
     return ap
 
 
 def main(argv=None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    import warnings
+    warnings.filterwarnings("ignore", category=FutureWarning)  # library deprecation notices are not for users
     args = parser().parse_args(argv)
     try:
         return args.func(args)

@@ -66,7 +66,8 @@ def train(cfg: Config, data: list[str], out: Path, test_data: list[str] = (), pr
     train_mod.seed_everything(cfg.train.seed)
     device_type = "cuda" if torch.cuda.is_available() else "cpu"
     precision = model_mod.resolve_precision(cfg.train.precision, torch.device(device_type))
-    accelerator = Accelerator(mixed_precision={"fp32": "no"}.get(precision, precision))
+    # cpu=True lets `accelerate launch --multi_gpu --num_processes N` run N gloo processes without a GPU
+    accelerator = Accelerator(mixed_precision={"fp32": "no"}.get(precision, precision), cpu=device_type == "cpu")
     main = accelerator.is_main_process
     log = log if main else (lambda *a, **k: None)
 

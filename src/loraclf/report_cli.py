@@ -3,6 +3,7 @@
     report_cli.add_commands(sub)        # in cli.parser(), after the other subcommands
     report_cli.add_track_args(p)        # on the train and evaluate parsers
     report_cli.maybe_track(out, args)   # in cmd_train / cmd_evaluate, after the report is written
+(and, optionally, report_cli.check_track_args(args) at the start of cmd_train to fail before training)
 """
 from __future__ import annotations
 
@@ -17,12 +18,17 @@ def add_track_args(p) -> None:
     p.add_argument("--tracking-uri", help=f"MLflow tracking URI (default {DEFAULT_URI}; any MLflow URI works)")
 
 
+def check_track_args(args) -> None:
+    """Call before the work starts, so a wrong combination fails fast."""
+    if getattr(args, "tracking_uri", None) and getattr(args, "track", None) != "mlflow":
+        raise UserError("--tracking-uri is only used with --track mlflow", "add --track mlflow or drop --tracking-uri")
+
+
 def maybe_track(run_dir, args) -> None:
     """Log the run if --track was given; prints where it went."""
+    check_track_args(args)
     backend = getattr(args, "track", None)
     if not backend:
-        if getattr(args, "tracking_uri", None):
-            raise UserError("--tracking-uri was given without --track", "add --track mlflow")
         return
     from . import track
     where = track.log_run(Path(run_dir), backend, getattr(args, "tracking_uri", None))
@@ -34,6 +40,7 @@ def maybe_track(run_dir, args) -> None:
 
 def cmd_report(args) -> int:
     from . import report
+    check_track_args(args)
     path = report.write(Path(args.run))
     print(f"wrote {path} and {path.with_name('report.md')} (plots in {path.parent / 'plots'})")
     maybe_track(args.run, args)

@@ -88,7 +88,7 @@ def _mlflow(run: Path, uri: str, experiment: str) -> str:
     try:
         client = MlflowClient(tracking_uri=uri)
         exp = client.get_experiment_by_name(experiment)
-        exp_id = exp.experiment_id if exp else client.create_experiment(experiment)
+        exp_id = exp.experiment_id if exp else client.create_experiment(experiment, _artifact_location(uri))
     except Exception as e:  # a bad URI, an unreachable server, a locked or foreign database
         raise UserError(f"cannot use the MLflow tracking store {uri} ({type(e).__name__}: {str(e).splitlines()[0][:200]})",
                         "check --tracking-uri (default sqlite:///mlruns.db in the current folder)") from None
@@ -122,6 +122,14 @@ def _mlflow(run: Path, uri: str, experiment: str) -> str:
         client.log_artifacts(run_id, str(run / "plots"), "plots")
     client.set_terminated(run_id)
     return run_id
+
+
+def _artifact_location(uri: str) -> str | None:
+    """For a SQLite store, artifacts go to mlruns/ beside the database file (not wherever the command ran)."""
+    if not uri.startswith("sqlite:///"):
+        return None
+    db = Path(uri[len("sqlite:///"):]).resolve()
+    return (db.parent / "mlruns").as_uri()
 
 
 def _tensorboard(run: Path) -> Path:

@@ -23,7 +23,7 @@ from . import rundir
 from .config import Config
 from .errors import UserError
 
-LOG_EVERY = 10  # optimizer steps between train-loss records
+RECORDS_PER_RUN = 300  # train-loss/lr records per run: every step for short runs, sparser for long ones
 
 
 def seed_everything(seed: int) -> None:
@@ -115,6 +115,8 @@ def predict_logits(model, encoded: data_mod.Encoded, batch_size: int, pad_id: in
 
 
 def evaluate(model, encoded, cfg: Config, label_names, pad_id, device, precision, accelerator=None) -> dict:
+    if accelerator is not None:  # DDP's forward is a collective; ranks score different batch counts
+        model = accelerator.unwrap_model(model)
     logits = predict_logits(model, encoded, cfg.train.eval_batch_size, pad_id, device, precision, accelerator)
     return metrics_mod.classification(logits, encoded.labels, label_names) | {"logits": logits}
 
@@ -146,6 +148,7 @@ def fit(model, cfg: Config, train_enc: data_mod.Encoded, val_enc: data_mod.Encod
 
     lengths = train_enc.lengths
     eval_every = t.eval_every or steps_per_epoch
+    log_every = max(1, total_steps // RECORDS_PER_RUN)
     interrupted = {"flag": False}
 
     def on_sigint(signum, frame):  # finish the current step, then checkpoint and leave
@@ -196,7 +199,7 @@ def fit(model, cfg: Config, train_enc: data_mod.Encoded, val_enc: data_mod.Encod
                 bar.update(1)
                 bar.set_postfix(loss=f"{step_loss:.4f}", samples_s=f"{world * prog.samples / max(prog.train_seconds, 1e-9):.1f}")
 
-                if prog.step % LOG_EVERY == 0 or prog.step == total_steps:
+                if prog.step % log_every == 0 or prog.step == total_steps:
                     prog.history.append(_record(prog, scheduler, running_loss / running_n, world, steps_per_epoch))
                     running_loss, running_n = 0.0, 0
                 if prog.step % eval_every == 0 or prog.step == total_steps:

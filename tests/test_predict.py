@@ -1,0 +1,58 @@
+import csv
+import pickle
+
+import numpy as np
+import pytest
+
+from conftest import LABELS, tiny_config
+from loraclf import cli, pipeline, predict
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory, tiny_bert):
+    tmp = tmp_path_factory.mktemp("predict")
+    words = ["election minister war", "football match goal", "stocks market profit", "software computer chip"]
+    train = tmp / "train.csv"
+    train.write_text("label,text\n" + "".join(f"{i % 4},{words[i % 4]} {i}\n" for i in range(48)))
+    out = tmp / "run"
+    pipeline.train(tiny_config(tiny_bert, "train.epochs=2"), [str(train)], out, log=lambda *a, **k: None)
+    return out
+
+
+def _read(path):
+    with open(path, newline="") as f:
+        return list(csv.reader(f))
+
+
+def test_submission_uses_id_column_and_keeps_order(tmp_path, tiny_run):
+    texts = ["short", "a much longer text " * 20, "mid length text here", "x"]
+    src = tmp_path / "in.csv"
+    src.write_text("id,text\n" + "".join(f"r{i},{t}\n" for i, t in enumerate(texts)))
+    out = tmp_path / "sub.csv"
+    assert cli.main(["predict", str(tiny_run), str(src), "-o", str(out)]) == 0
+    rows = _read(out)
+    assert rows[0] == ["ID", "Label"] and [r[0] for r in rows[1:]] == ["r0", "r1", "r2", "r3"]
+    model, tok, cfg, names = predict.load_for_inference(tiny_run)
+    one_by_one = [int(predict.logits_for(model, tok, [t], 32).argmax()) for t in texts]
+    assert [int(r[1]) for r in rows[1:]] == one_by_one
+
+
+def test_row_index_names_and_probs(tmp_path, tiny_run):
+    import datasets
+    src = tmp_path / "test_unlabelled.pkl"
+    src.write_bytes(pickle.dumps(datasets.Dataset.from_dict({"text": ["football goal", "chip software", "war"]})))
+    out = tmp_path / "sub.csv"
+    assert cli.main(["predict", str(tiny_run), str(src), "-o", str(out), "--label-names", "--probs"]) == 0
+    rows = _read(out)
+    assert rows[0] == ["ID", "Label"] + [f"p_{n}" for n in LABELS]
+    assert [r[0] for r in rows[1:]] == ["0", "1", "2"] and all(r[1] in LABELS for r in rows[1:])
+    probs = np.array([[float(v) for v in r[2:]] for r in rows[1:]])
+    np.testing.assert_allclose(probs.sum(1), 1.0, atol=1e-5)
+
+
+def test_evaluate_writes_json(tmp_path, tiny_run, capsys):
+    src = tmp_path / "labelled.csv"
+    src.write_text("label,text\nSports,football goal\nWorld,election war\n")
+    assert cli.main(["evaluate", str(tiny_run), "--data", str(src), "--no-report"]) == 0
+    assert "accuracy" in capsys.readouterr().out
+    assert (tiny_run / "eval-labelled.json").is_file()
