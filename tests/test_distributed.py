@@ -24,6 +24,6 @@ def test_two_cpu_processes_write_one_run(tmp_path, tiny_bert, small_csv):
     assert metrics["train"]["processes"] == 2
     assert metrics["test"]["n"] == 40  # every test row scored once, across both ranks
     names = sorted(p.name for p in out.iterdir())
-    assert names == sorted(["adapter", "budget.json", "config.json", "labels.json", "metrics.json", "metrics.jsonl",
+    assert names == sorted(["adapter", "budget.json", "config.json", "inputs.json", "labels.json", "metrics.json", "metrics.jsonl",
                             "predictions.csv", "submission.csv", "tokenizer"])
     assert len((out / "submission.csv").read_text().splitlines()) == 41

@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 from . import report_cli
-from .errors import UserError
+from .errors import Interrupted, UserError
 
 
 def _config(args):
@@ -184,6 +184,9 @@ def main(argv=None) -> int:
     args = parser().parse_args(argv)
     try:
         return args.func(args)
+    except Interrupted as e:
+        print(f"loraclf: {e}", file=sys.stderr)
+        return 130
     except UserError as e:
         print(f"loraclf: error: {e}", file=sys.stderr)
         return 2

@@ -7,3 +7,7 @@ class UserError(Exception):
     def __init__(self, what: str, fix: str = ""):
         self.what, self.fix = what, fix
         super().__init__(f"{what}. {fix}".strip() if fix else what)
+
+
+class Interrupted(UserError):
+    """Ctrl-C during training: a checkpoint was saved. The CLI exits 130."""

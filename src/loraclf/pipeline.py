@@ -55,12 +55,14 @@ def train(cfg: Config, data: list[str], out: Path, test_data: list[str] = (), pr
     from transformers import AutoTokenizer
 
     out = Path(out)
-    if resume:
+    if resume:  # the run goes on exactly as it started: same config, same data
         saved = out / "config.json"
         if not saved.is_file():
             raise UserError(f"nothing to resume in {out} (no config.json)", "start the run without --resume")
         from . import config as config_mod
-        cfg = config_mod.from_dict(rundir.read_json(saved))  # the run goes on exactly as it started
+        cfg = config_mod.from_dict(rundir.read_json(saved))
+        inputs = rundir.read_json(out / "inputs.json")
+        data, test_data, predict_data = inputs["data"], inputs["test_data"], inputs["predict_data"]
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
     train_mod.seed_everything(cfg.train.seed)
@@ -100,6 +102,8 @@ def train(cfg: Config, data: list[str], out: Path, test_data: list[str] = (), pr
         rundir.write_json(out / "config.json", cfg.to_dict() | {"format_version": rundir.FORMAT_VERSION})
         rundir.write_json(out / "labels.json", label_names)
         rundir.write_json(out / "budget.json", built.to_dict())
+        rundir.write_json(out / "inputs.json", {"data": [_abs(d) for d in data], "test_data": [_abs(d) for d in test_data],
+                                                "predict_data": _abs(predict_data) if predict_data else None})
         tokenizer.save_pretrained(str(out / "tokenizer"))
 
     # 3. train
@@ -153,6 +157,12 @@ def train(cfg: Config, data: list[str], out: Path, test_data: list[str] = (), pr
             log(metrics_mod.table(result["val"], "validation (best weights)"))
     accelerator.wait_for_everyone()
     return result
+
+
+def _abs(source: str) -> str:
+    """Absolute path for files and folders; Hub names stay as they are."""
+    p = Path(source)
+    return str(p.resolve()) if p.exists() else str(source)
 
 
 def evaluate(run_dir: Path, sources: list[str], trust_pickle: bool = False, batch_size: int = 64, name: str = "") -> dict:

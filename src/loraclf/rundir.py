@@ -5,6 +5,7 @@ Layout (format version 1):
   config.json          resolved config (reproduces the run with its seed)
   labels.json          class names, in id order
   budget.json          exact trainable/total counts and their breakdown
+  inputs.json          the data the run was trained/tested on (absolute paths or Hub names)
   metrics.jsonl        one record per log/eval step (train loss, lr, val metrics, throughput)
   metrics.json         final metrics: val (best), test (if given), throughput, wall time
   adapter/             peft adapter + trained head (PeftModel.from_pretrained on the base model)

@@ -21,7 +21,7 @@ from . import data as data_mod
 from . import metrics as metrics_mod
 from . import rundir
 from .config import Config
-from .errors import UserError
+from .errors import Interrupted, UserError
 
 RECORDS_PER_RUN = 300  # train-loss/lr records per run: every step for short runs, sparser for long ones
 
@@ -78,6 +78,8 @@ class Progress:
     train_seconds: float = 0.0
     samples: int = 0
     tokens: int = 0
+    running_loss: float = 0.0     # train loss summed since the last record
+    running_n: int = 0
     history: list[dict] = field(default_factory=list)
 
 
@@ -157,7 +159,6 @@ def fit(model, cfg: Config, train_enc: data_mod.Encoded, val_enc: data_mod.Encod
 
     from tqdm.auto import tqdm
     bar = tqdm(total=total_steps, initial=prog.step, disable=not main or None, desc="train", unit="step", leave=False)
-    running_loss, running_n = 0.0, 0
     try:
         while prog.step < total_steps and not prog.stopped_early:
             epoch_seed = t.seed + prog.epoch
@@ -194,34 +195,35 @@ def fit(model, cfg: Config, train_enc: data_mod.Encoded, val_enc: data_mod.Encod
                 prog.step += 1
                 b += len(group)
                 prog.batch_in_epoch = b
-                running_loss += step_loss
-                running_n += 1
+                prog.running_loss += step_loss
+                prog.running_n += 1
                 bar.update(1)
                 bar.set_postfix(loss=f"{step_loss:.4f}", samples_s=f"{world * prog.samples / max(prog.train_seconds, 1e-9):.1f}")
 
                 if prog.step % log_every == 0 or prog.step == total_steps:
-                    prog.history.append(_record(prog, scheduler, running_loss / running_n, world, steps_per_epoch))
-                    running_loss, running_n = 0.0, 0
+                    prog.history.append(_record(prog, scheduler, prog.running_loss / prog.running_n, world, steps_per_epoch))
+                    prog.running_loss, prog.running_n = 0.0, 0
                 if prog.step % eval_every == 0 or prog.step == total_steps:
                     best_state = _eval_step(model, cfg, val_enc, label_names, pad_id, device, precision, accelerator,
                                             prog, best_state, steps_per_epoch, log, bar)
                     model.train()
                 if main:
                     _flush_history(run_dir, prog)
+                if b >= len(batches):  # epoch done: a checkpoint taken now resumes at the next epoch
+                    prog.epoch += 1
+                    prog.batch_in_epoch = 0
                 if (t.save_every and prog.step % t.save_every == 0) or interrupted["flag"]:
                     save_checkpoint(ckpt_dir, accelerator, model, optimizer, scheduler, prog, best_state, main)
                 if interrupted["flag"]:
-                    raise KeyboardInterrupt
+                    bar.close()
+                    raise Interrupted(f"interrupted at step {prog.step}; a checkpoint is in {ckpt_dir}",
+                                      f"continue with: loraclf train --resume --out {run_dir}")
                 if prog.stopped_early:
                     break
-            if b >= len(batches):
-                prog.epoch += 1
-                prog.batch_in_epoch = 0
-    except KeyboardInterrupt:
+    except KeyboardInterrupt:  # several processes: no handler, so no consistent point to save at
         bar.close()
-        save_checkpoint(ckpt_dir, accelerator, model, optimizer, scheduler, prog, best_state, main)
-        raise UserError(f"interrupted at step {prog.step}; a checkpoint is in {ckpt_dir}",
-                        f"continue with the same command plus --resume") from None
+        raise Interrupted(f"interrupted at step {prog.step}", "rerun; with train.save_every set, --resume continues "
+                          "from the last checkpoint") from None
     finally:
         if old_handler is not None:
             signal.signal(signal.SIGINT, old_handler)

