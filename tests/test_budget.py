@@ -53,6 +53,14 @@ def test_over_budget_is_refused_with_breakdown_and_largest_rank(roberta_dir):
                                LABELS).trainable <= 1_000_000
 
 
+def test_linear_head_trains_only_the_final_projection(roberta_dir):
+    from loraclf import config
+    cfg = config.load("agnews-a", overrides=[f"model.name={roberta_dir}", "model.head=linear", "adapter.r=16"])
+    b = budget.count_config(cfg, LABELS)
+    assert b.groups["head"] == 768 * 4 + 4
+    assert b.trainable == 12 * 3 * 16 * (768 + 768) + 3076 <= 1_000_000
+
+
 def test_unknown_target_lists_linear_modules(tiny_bert):
     cfg = tiny_config(tiny_bert, "adapter.target_modules=query,q_proj")
     with pytest.raises(UserError) as e:

@@ -70,8 +70,9 @@ def _trained_run(tmp_path, model_dir, csv, *overrides):
     return out, cfg
 
 
-def test_save_load_fresh_process_identical_logits_with_head(tmp_path, tiny_model, small_csv):
-    out, cfg = _trained_run(tmp_path, tiny_model, small_csv)
+@pytest.mark.parametrize("head", ["full", "linear"])
+def test_save_load_fresh_process_identical_logits_with_head(tmp_path, tiny_model, small_csv, head):
+    out, cfg = _trained_run(tmp_path, tiny_model, small_csv, f"model.head={head}")
     m, _, _ = model.load_run_model(out)
     head = [p for n, p in m.named_parameters() if "modules_to_save" in n and n.endswith("weight")][-1]
     fresh = model.load_base(cfg, LABELS)

@@ -257,13 +257,18 @@ def _trainer_args(out_dir: Path, cfg, steps: int, eval_batch: int, seed: int):
     cuda = torch.cuda.is_available()
     bf16 = (cuda and torch.cuda.is_bf16_supported()) or (not cuda and cpu_has_native_bf16())
     t = cfg.train
+    import dataclasses
+    fields = {f.name for f in dataclasses.fields(TrainingArguments)}
+    # length grouping: `group_by_length=True` up to transformers 4.x, `train_sampling_strategy` from 5.x
+    grouping = ({"train_sampling_strategy": "group_by_length"} if "train_sampling_strategy" in fields
+                else {"group_by_length": True})
     return TrainingArguments(
         output_dir=str(out_dir), per_device_train_batch_size=t.batch_size, per_device_eval_batch_size=eval_batch,
         learning_rate=t.lr, weight_decay=t.weight_decay, adam_epsilon=t.eps, lr_scheduler_type="linear",
         warmup_steps=math.ceil(t.warmup_ratio * steps), max_grad_norm=t.max_grad_norm, max_steps=steps,
-        group_by_length=True, bf16=bf16, fp16=cuda and not bf16, use_cpu=not cuda, dataloader_num_workers=0,
+        bf16=bf16, fp16=cuda and not bf16, use_cpu=not cuda, dataloader_num_workers=0,
         report_to=[], save_strategy="no", logging_strategy="no", eval_strategy="no", disable_tqdm=True,
-        seed=seed, dataloader_pin_memory=cuda), ("bf16" if bf16 else "fp16" if cuda else "fp32")
+        seed=seed, dataloader_pin_memory=cuda, **grouping), ("bf16" if bf16 else "fp16" if cuda else "fp32")
 
 
 def _step_timer():
@@ -330,7 +335,6 @@ def run_loraclf_infer(model, cfg, tokenizer, texts, run_dir: Path) -> dict:
     from . import model as model_mod
     from . import predict as predict_mod
     from . import rundir
-    from .model import autocast  # noqa: F401  (the predict path uses it)
     run_dir.mkdir(parents=True, exist_ok=True)
     rundir.write_json(run_dir / "config.json", cfg.to_dict() | {"format_version": rundir.FORMAT_VERSION})
     rundir.write_json(run_dir / "labels.json", LABELS)
@@ -513,7 +517,6 @@ def accuracy_guard(agnews_dir: Path, train_rows: int, test_rows: int, epochs: fl
     log(f"  guard: plain fp32 {100 * out['plain_fp32']['accuracy']:.2f}% ({out['plain_fp32']['train_seconds']:.0f}s)")
     out["difference_points"] = 100 * (out["loraclf"]["accuracy"] - out["plain_fp32"]["accuracy"])
     out["within_0_5_points"] = abs(out["difference_points"]) <= 0.5
-    del torch
     return out
 
 
@@ -733,6 +736,128 @@ def run(opts, log=None) -> dict:
     return res
 
 
+# ------------------------------------------------------------------------------------ levers
+
+def _timed(fn, repeats: int) -> float:
+    fn()  # warmup
+    ts = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        ts.append(time.perf_counter() - t)
+    return statistics.median(ts)
+
+
+def levers(opts, log=None) -> list[dict]:
+    """Each lever's effect, in-process on roberta-base (random weights) and real texts: one training step
+    on a length-grouped batch of 16 (loraclf's step: collate, forward, loss, backward, clip, AdamW) and
+    inference over a fixed set of rows. Medians of `repeats` after one warmup."""
+    import torch
+    import torch.nn.functional as F
+    from transformers import AutoTokenizer
+    from . import data as data_mod
+    from . import model as model_mod
+    from . import train as train_mod
+    log = log or (lambda *a, **k: print(*a, file=sys.stderr, flush=True))
+    reps = opts.repeats or 3
+    if opts.threads:
+        torch.set_num_threads(opts.threads)
+    agnews_dir, model_dir = Path(opts.agnews_dir).resolve(), Path(opts.roberta_dir).resolve()
+    ex = data_mod.load(str(agnews_dir / "test.csv"), label_names=LABELS)
+    tok = AutoTokenizer.from_pretrained(str(model_dir))
+    rows = sample_rows(len(ex), opts.infer_rows or 128, seed=2)
+    sub = ex.subset(rows)
+    enc = data_mod.encode(tok, sub, 256)
+    order = np.argsort(enc.lengths)
+    mid = len(order) // 2
+    train_index = [int(i) for i in order[mid - 8: mid + 8]]  # a typical (median-length) batch of 16
+    results = []
+
+    def record(lever, variant, seconds, unit_count, unit):
+        results.append({"lever": lever, "variant": variant, "seconds": seconds, f"{unit}_per_s": unit_count / seconds})
+        log(f"  {lever:<28} {variant:<26} {seconds:7.3f}s  {unit_count / seconds:8.2f} {unit}/s")
+
+    def train_step_fn(model, cfg, precision="fp32", foreach=None, fused=None):
+        params = [p for p in model.parameters() if p.requires_grad]
+        kw = {"fused": True} if fused else {"foreach": foreach}
+        opt = torch.optim.AdamW(params, lr=cfg.train.lr, **kw)
+        dev = torch.device("cpu")
+        model.train()
+
+        def step():
+            batch = data_mod.collate(enc, train_index, tok.pad_token_id)
+            with model_mod.autocast(dev, precision):
+                logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+            loss = F.cross_entropy(logits.float(), batch["labels"])
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+        return step
+
+    def build(extra=()):
+        cfg = bench_config(str(model_dir), "loraclf", list(extra) + list(opts.set or []))
+        return model_mod.build(cfg, LABELS), cfg
+
+    def infer_fn(model, batch_size, precision="fp32"):
+        def go():
+            with torch.inference_mode():
+                train_mod.predict_logits(model, enc, batch_size, tok.pad_token_id, torch.device("cpu"), precision)
+        return go
+
+    bs = 16
+    # attention implementation
+    for attn in ("eager", "sdpa"):
+        model, cfg = build([f"model.attn_implementation={attn}"])
+        record("attention (train step)", attn, _timed(train_step_fn(model, cfg), reps), bs, "samples")
+        record("attention (inference)", attn, _timed(infer_fn(model, 64), max(1, reps - 1)), len(enc), "rows")
+    # precision
+    model, cfg = build()
+    for prec in ("fp32", "bf16"):
+        record("precision (train step)", prec, _timed(train_step_fn(model, cfg, prec), reps), bs, "samples")
+    record("precision (inference)", "bf16", _timed(infer_fn(model, 64, "bf16"), max(1, reps - 1)), len(enc), "rows")
+    # optimizer implementation: the step alone on the 925k trainable parameters
+    params = [p for p in model.parameters() if p.requires_grad]
+    for p in params:
+        p.grad = torch.randn_like(p)
+    for name, kw in (("for-loop", {"foreach": False}), ("foreach", {"foreach": True}), ("fused", {"fused": True})):
+        try:
+            opt = torch.optim.AdamW(params, lr=1e-4, **kw)
+            record("AdamW step alone", name, _timed(opt.step, 10), 1, "steps")
+        except (RuntimeError, TypeError) as e:
+            log(f"  AdamW {name}: unavailable ({e})")
+    model.zero_grad(set_to_none=True)
+    # merged LoRA weights for inference, and the eval batch size
+    from peft import PeftModel  # noqa: F401
+    record("merged LoRA (inference)", "unmerged (peft)", _timed(infer_fn(model, 64), max(1, reps - 1)), len(enc), "rows")
+    merged = model.merge_and_unload()
+    merged.eval()
+    record("merged LoRA (inference)", "merged", _timed(infer_fn(merged, 64), max(1, reps - 1)), len(enc), "rows")
+    for b in (16, 32, 64, 128):
+        record("eval batch size (merged)", str(b), _timed(infer_fn(merged, b), max(1, reps - 1)), len(enc), "rows")
+    # padding: length-sorted batches vs pad to 256 (the report-A way) for the same rows
+    def padded():
+        ids, mask, _ = report_a_tensors(tok, sub.texts, sub.labels, 256)
+        with torch.inference_mode():
+            for i in range(0, len(ids), 64):
+                merged(input_ids=ids[i:i + 64], attention_mask=mask[i:i + 64])
+    record("padding (inference)", "pad to 256", _timed(padded, 1), len(enc), "rows")
+    del merged, model
+    # threads
+    model, cfg = build()
+    n_threads = torch.get_num_threads()
+    for t in sorted({1, n_threads}):
+        torch.set_num_threads(t)
+        record("threads (train step)", str(t), _timed(train_step_fn(model, cfg), reps), bs, "samples")
+    torch.set_num_threads(n_threads)
+    # adapters only in the upper layers: autograd then stops below the lowest adapted layer
+    for layers in ("", "8,9,10,11"):
+        model, cfg = build([f"adapter.layers=[{layers}]"] if layers else [])
+        record("adapted layers (train step)", "all 12" if not layers else "top 4 only",
+               _timed(train_step_fn(model, cfg), reps), bs, "samples")
+    return results
+
+
 # ------------------------------------------------------------------------------------ command line
 
 def _add_args(p: argparse.ArgumentParser) -> None:
@@ -753,9 +878,20 @@ def _add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--contenders", nargs="+", choices=CONTENDERS)
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="extra config override for every contender")
     p.add_argument("--in-process", action="store_true", help="no subprocess per contender (peak RSS is then shared)")
+    p.add_argument("--levers", action="store_true", help="measure each speed lever in isolation instead (bench/NOTES.md)")
 
 
 def cmd_bench(args) -> int:
+    if args.levers:
+        rows = levers(args)
+        if args.json:
+            print(json.dumps(rows, indent=2))
+        else:
+            print("| lever | variant | seconds | throughput |\n|---|---|---:|---:|")
+            for r in rows:
+                unit = next(k for k in r if k.endswith("_per_s"))
+                print(f"| {r['lever']} | {r['variant']} | {r['seconds']:.3f} | {r[unit]:.2f} {unit[:-6]}/s |")
+        return 0
     res = run(args)
     if args.json:
         print(json.dumps(res, indent=2, default=float))

@@ -20,7 +20,7 @@ from .errors import UserError
 class ModelConfig:
     name: str = "roberta-base"          # Hub name or local directory
     init: str = "pretrained"            # "pretrained" | "random" (config only: counts and speed)
-    head: str = "full"                  # "full" | "linear" | "lora": how the classifier head is trained
+    head: str = "full"                  # "full" | "linear" (only the final projection trains)
     attn_implementation: str = "auto"   # "auto" (sdpa on CUDA, eager on CPU: faster for short texts) | "sdpa" | "eager"
 
 
@@ -223,7 +223,7 @@ def from_dict(data: dict) -> Config:
 
 CHOICES = {
     "model.init": ("pretrained", "random"),
-    "model.head": ("full", "linear", "lora"),
+    "model.head": ("full", "linear"),
     "model.attn_implementation": ("auto", "sdpa", "eager"),
     "adapter.method": ("lora", "rslora", "dora", "pissa", "vera", "ia3", "none"),
     "adapter.bias": ("none", "all", "lora_only"),

@@ -121,13 +121,25 @@ def peft_config(cfg: Config, model):
 
 
 def attach(cfg: Config, base):
-    """Wrap the base model with adapters; the head is trained in full (peft's modules_to_save)."""
+    """Wrap the base model with adapters, then apply the head strategy:
+    full   -- the whole head trains (peft's modules_to_save; the reports' behaviour);
+    linear -- only the head's final projection (hidden x classes) trains; layers before it stay frozen
+              at their initial values, which are still saved with the adapter so reloads match."""
     from peft import get_peft_model
     if cfg.adapter.method == "none":  # full fine-tuning, a reference point for studies
         for p in base.parameters():
             p.requires_grad_(True)
         return base
-    return get_peft_model(base, peft_config(cfg, base))
+    model = get_peft_model(base, peft_config(cfg, base))
+    if cfg.model.head == "linear":
+        trained_copy = [m for n, m in model.named_modules() if n.endswith("modules_to_save.default")]
+        for head in trained_copy:
+            linears = [m for m in head.modules() if isinstance(m, torch.nn.Linear)]
+            for p in head.parameters():
+                p.requires_grad_(False)
+            for p in linears[-1].parameters():
+                p.requires_grad_(True)
+    return model
 
 
 def enable_gradient_checkpointing(model) -> None:

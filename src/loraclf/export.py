@@ -1,0 +1,520 @@
+"""`loraclf export RUN --merged DIR` and `--onnx DIR`: a run's adapter merged into its base model, as a plain
+Hugging Face folder (loads with transformers alone, no peft) or as an ONNX graph for onnxruntime.
+
+An export folder holds:
+  config.json            the Hugging Face config (id2label/label2id = the run's class names; nothing about peft)
+  model.safetensors      merged fp32 weights (--merged only)
+  model.onnx             the graph, inputs input_ids + attention_mask (int64), output logits (--onnx only)
+  tokenizer files        the run's tokenizer
+  labels.json            class names, in id order
+  loraclf.json           what serving and `predict --backend onnx` need: kind, max_length, labels, budget, metrics,
+                         the run's config
+  README.md              model card: base model, data, budget breakdown, metrics, intended use
+
+The merge is done in fp32. Every export is checked before it is put in place: the merged folder reloaded by
+transformers must give the unmerged peft model's logits within 1e-4, and onnxruntime the PyTorch logits within
+1e-3. The folder is written to a temp folder and swapped in, so a failed export leaves nothing half-written.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+
+from . import rundir
+from .errors import UserError
+
+META = "loraclf.json"
+EXPORT_FORMAT = "loraclf-export"
+MERGED_ATOL, ONNX_ATOL = 1e-4, 1e-3
+# Texts of varied length (so the check batches mix padding and none) for the built-in export checks.
+CHECK_TEXTS = [
+    "Stocks rallied on Wall Street after the central bank held interest rates steady.",
+    "The home side scored twice in the final ten minutes to win the cup.",
+    "A new chip promises faster machine learning on phones.",
+    "Talks between the two governments broke down on Tuesday, officials said, and the ministers left "
+    "the summit without a joint statement on the border dispute or the refugee crisis.",
+    "ok",
+    "",
+    "Oil prices fell.",
+    "Researchers released an open-source compiler that cuts build times in half for large projects.",
+]
+
+
+# ------------------------------------------------------------------------------------------ helpers
+
+def _read_json(path: Path, default=None):
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return default
+
+
+def is_export(path) -> bool:
+    return (Path(path) / META).is_file()
+
+
+def read_meta(export_dir) -> dict:
+    export_dir = Path(export_dir)
+    meta = _read_json(export_dir / META)
+    if not isinstance(meta, dict) or meta.get("format") != EXPORT_FORMAT:
+        raise UserError(f"{export_dir} is not a loraclf export (no valid {META})",
+                        "give a folder written by `loraclf export RUN --merged DIR` or `--onnx DIR`")
+    return meta
+
+
+def _check_run(run_dir: Path) -> None:
+    if not run_dir.is_dir():
+        raise UserError(f"run directory {run_dir} does not exist", "give the --out folder of a `loraclf train` run")
+    if not (run_dir / "config.json").is_file() or is_export(run_dir):
+        raise UserError(f"{run_dir} is not a loraclf run directory (no loraclf config.json)",
+                        "give the --out folder of a `loraclf train` run")
+    if not (run_dir / "adapter").is_dir():
+        raise UserError(f"{run_dir} has no trained adapter yet", "wait for training to finish, or resume it with --resume")
+
+
+def _check_out(out: Path, overwrite: bool) -> None:
+    if out.exists() and not out.is_dir():
+        raise UserError(f"export folder {out} is a file", "give a folder path")
+    if out.is_dir() and any(out.iterdir()) and not overwrite:
+        raise UserError(f"export folder {out} already exists and is not empty",
+                        "pass --overwrite to replace it, or choose another folder")
+
+
+def _max_length(cfg) -> int:
+    return cfg.data.max_length_infer or cfg.data.max_length
+
+
+def merged_model(run_dir: Path):
+    """The run's model with its adapter merged into the base weights, in fp32, in eval mode.
+    Returns (merged, unmerged_or_None, cfg, label_names); unmerged is the peft model (for checking)."""
+    from .model import load_run_model
+    model, cfg, label_names = load_run_model(run_dir, merged=False)
+    model = model.float()
+    if not hasattr(model, "merge_and_unload"):  # adapter.method == "none": a full model already
+        return model.eval(), None, cfg, label_names
+    import copy
+    unmerged = copy.deepcopy(model).eval()
+    merged = model.merge_and_unload().eval()
+    return merged, unmerged, cfg, label_names
+
+
+def _clean_config(model, label_names: list[str]) -> None:
+    """config.json of the export: the class names, fp32, nothing that points at peft or the adapter."""
+    c = model.config
+    c.id2label = dict(enumerate(label_names))
+    c.label2id = {n: i for i, n in enumerate(label_names)}
+    c.num_labels = len(label_names)
+    for attr in ("_name_or_path",):
+        if hasattr(c, attr):
+            setattr(c, attr, "")
+    try:
+        c.dtype = "float32"
+    except Exception:  # noqa: BLE001 - older transformers call it torch_dtype
+        c.torch_dtype = "float32"
+
+
+def _copy_tokenizer(run_dir: Path, out: Path) -> None:
+    src = run_dir / "tokenizer"
+    if not src.is_dir():
+        raise UserError(f"{run_dir} has no tokenizer/ folder", "re-run training with this version of loraclf")
+    for f in src.iterdir():
+        if f.is_file() and f.name not in ("config.json", "README.md", META):
+            shutil.copy2(f, out / f.name)
+
+
+def _metrics_summary(run_dir: Path) -> dict:
+    m = _read_json(run_dir / "metrics.json", {}) or {}
+    out = {}
+    for split in ("val", "test"):
+        s = m.get(split)
+        if isinstance(s, dict) and "accuracy" in s:
+            out[split] = {k: s[k] for k in ("n", "accuracy", "macro_f1", "loss") if k in s}
+    for p in sorted(run_dir.glob("eval-*.json")):
+        s = _read_json(p)
+        if isinstance(s, dict) and "accuracy" in s:
+            out[p.stem] = {k: s[k] for k in ("n", "accuracy", "macro_f1", "loss") if k in s}
+    return out
+
+
+def _meta(kind: str, run_dir: Path, cfg, label_names: list[str], extra: dict | None = None) -> dict:
+    from dataclasses import asdict
+    budget = _read_json(run_dir / "budget.json") or (_read_json(run_dir / "metrics.json", {}) or {}).get("budget")
+    cfg_dict = _read_json(run_dir / "config.json") or asdict(cfg)
+    return {"format": EXPORT_FORMAT, "version": 1, "kind": kind, "source_run": str(run_dir.resolve()),
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "base_model": cfg.model.name,
+            "adapter": {"method": cfg.adapter.method, "r": cfg.adapter.r, "alpha": cfg.adapter.alpha,
+                        "target_modules": list(cfg.adapter.target_modules)},
+            "max_length": _max_length(cfg), "labels": list(label_names), "budget": budget,
+            "budget_limit": cfg.train.budget, "metrics": _metrics_summary(run_dir),
+            "inputs": _read_json(run_dir / "inputs.json"), "run_config": cfg_dict} | (extra or {})
+
+
+def _write_common(out: Path, run_dir: Path, meta: dict, model_config) -> None:
+    _copy_tokenizer(run_dir, out)
+    rundir.write_json(out / "labels.json", meta["labels"])
+    rundir.write_json(out / META, meta)
+    rundir.write_text(out / "README.md", model_card(meta))
+    if model_config is not None and not (out / "config.json").exists():
+        model_config.save_pretrained(str(out))
+
+
+def _build(out: Path, overwrite: bool, fill) -> Path:
+    """Write an export into a temp folder beside `out`, then swap it into place."""
+    out = Path(out)
+    _check_out(out, overwrite)
+    tmp = rundir.temp_dir(out)
+    try:
+        fill(tmp)
+        mode = 0o666 & ~rundir._umask()
+        for f in tmp.iterdir():  # some writers (safetensors) make 0600 files
+            if f.is_file():
+                os.chmod(f, mode)
+        rundir.replace_dir(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
+
+
+def _torch_logits(model, tokenizer, texts: list[str], max_length: int, batch_size: int = 64) -> np.ndarray:
+    import torch
+    from .predict import logits_for
+    return logits_for(model, tokenizer, texts, max_length, batch_size, precision="fp32", device=torch.device("cpu"))
+
+
+def _tokenizer(path: Path):
+    from transformers import AutoTokenizer
+    return AutoTokenizer.from_pretrained(str(path))
+
+
+# ------------------------------------------------------------------------------------------ merged
+
+def export_merged(run_dir, out, overwrite: bool = False, check_texts: list[str] | None = None, _loaded=None) -> Path:
+    """A plain Hugging Face folder: AutoModelForSequenceClassification.from_pretrained(out) needs no peft."""
+    run_dir = Path(run_dir)
+    _check_run(run_dir)
+    merged, unmerged, cfg, label_names = _loaded or merged_model(run_dir)
+    tokenizer = _tokenizer(run_dir / "tokenizer")
+    texts = list(check_texts or CHECK_TEXTS)
+    reference = _torch_logits(unmerged if unmerged is not None else merged, tokenizer, texts, _max_length(cfg))
+
+    def fill(tmp: Path) -> None:
+        from transformers import AutoModelForSequenceClassification
+        _clean_config(merged, label_names)
+        merged.save_pretrained(str(tmp), safe_serialization=True)
+        for f in tmp.glob("*.bin"):  # weights only as safetensors
+            f.unlink()
+        meta = _meta("merged", run_dir, cfg, label_names, {"weights": "model.safetensors", "dtype": "float32"})
+        _write_common(tmp, run_dir, meta, None)
+        reloaded = AutoModelForSequenceClassification.from_pretrained(str(tmp), attn_implementation="eager").eval()
+        diff = float(np.abs(_torch_logits(reloaded, tokenizer, texts, _max_length(cfg)) - reference).max())
+        if not diff <= MERGED_ATOL:
+            raise UserError(f"the merged model's logits differ from the run's by {diff:.2e} (limit {MERGED_ATOL:g})",
+                            "this adapter cannot be merged exactly; serve or predict from the run directory instead")
+
+    return _build(Path(out), overwrite, fill)
+
+
+# ------------------------------------------------------------------------------------------ ONNX
+
+def _onnx_export(model, path: Path, opset: int, exporter: str) -> str:
+    """torch.onnx.export with batch and sequence dynamic. exporter: 'dynamo' (torch.export based, the default
+    in torch>=2.9, needs onnxscript), 'legacy' (TorchScript based) or 'auto' (dynamo, else legacy)."""
+    import logging
+
+    import torch
+    ids = torch.tensor([[101, 2023, 2003, 1037, 3231, 102], [101, 2460, 102, 0, 0, 0]])  # one padded row
+    ids = ids.clamp(max=model.config.vocab_size - 1)
+    mask = torch.tensor([[1] * 6, [1, 1, 1, 0, 0, 0]])
+    names = dict(input_names=["input_ids", "attention_mask"], output_names=["logits"])
+    onnx_log = logging.getLogger("torch.onnx")
+    level = onnx_log.level
+    onnx_log.setLevel(logging.ERROR)  # "torchvision is not installed, skipping ..." is not for users
+    try:
+        return _try_exporters(model, path, opset, exporter, ids, mask, names)
+    finally:
+        onnx_log.setLevel(level)
+
+
+def _try_exporters(model, path: Path, opset: int, exporter: str, ids, mask, names: dict) -> str:
+    import warnings
+
+    import torch
+    errors = []
+    for kind in (["dynamo", "legacy"] if exporter == "auto" else [exporter]):
+        try:
+            with warnings.catch_warnings(), torch.inference_mode(False), torch.no_grad():
+                warnings.simplefilter("ignore")
+                if kind == "dynamo":
+                    import onnxscript  # noqa: F401 - the dynamo exporter needs it; fail early and clearly
+                    batch, seq = torch.export.Dim("batch"), torch.export.Dim("sequence")
+                    small = sum(p.numel() * p.element_size() for p in model.parameters()) < 1.5 * 2**30
+                    torch.onnx.export(model, (ids, mask), str(path), dynamo=True, opset_version=opset,
+                                      external_data=not small,  # one file below protobuf's 2 GB limit
+                                      dynamic_shapes=({0: batch, 1: seq}, {0: batch, 1: seq}), verbose=False, **names)
+                else:
+                    torch.onnx.export(model, (ids, mask), str(path), dynamo=False, opset_version=opset,
+                                      dynamic_axes={"input_ids": {0: "batch", 1: "sequence"},
+                                                    "attention_mask": {0: "batch", 1: "sequence"},
+                                                    "logits": {0: "batch"}}, **names)
+            return kind
+        except ImportError as e:
+            errors.append(f"{kind}: {e}")
+        except Exception as e:  # noqa: BLE001 - exporter failures are many kinds; try the other one
+            errors.append(f"{kind}: {type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}")
+        for f in path.parent.glob(path.name + "*"):
+            f.unlink()
+    raise UserError(f"ONNX export failed ({'; '.join(errors)})",
+                    "pip install 'loraclf[onnx]' (onnx, onnxruntime, onnxscript), or try --onnx-exporter legacy")
+
+
+def export_onnx(run_dir, out, overwrite: bool = False, opset: int = 18, exporter: str = "auto",
+                check_texts: list[str] | None = None, _loaded=None) -> Path:
+    """ONNX graph of the merged fp32 model; checked against PyTorch with onnxruntime before it is kept."""
+    _require_onnxruntime()
+    run_dir = Path(run_dir)
+    _check_run(run_dir)
+    merged, _, cfg, label_names = _loaded or merged_model(run_dir)
+    tokenizer = _tokenizer(run_dir / "tokenizer")
+    texts = list(check_texts or CHECK_TEXTS)
+
+    def fill(tmp: Path) -> None:
+        import torch
+        model = merged
+        if getattr(model.config, "_attn_implementation", "eager") != "eager":  # trace the plain-math attention
+            if hasattr(model, "set_attn_implementation"):
+                model.set_attn_implementation("eager")
+            else:
+                model.config._attn_implementation = "eager"
+        _clean_config(model, label_names)
+        with torch.no_grad():
+            used = _onnx_export(model, tmp / "model.onnx", opset, exporter)
+        meta = _meta("onnx", run_dir, cfg, label_names, {"onnx": "model.onnx", "opset": opset, "exporter": used})
+        _write_common(tmp, run_dir, meta, model.config)
+        reference = _torch_logits(model, tokenizer, texts, _max_length(cfg))
+        got = OnnxClassifier(tmp).logits(texts)
+        diff = float(np.abs(got - reference).max())
+        if not diff <= ONNX_ATOL:
+            raise UserError(f"onnxruntime's logits differ from PyTorch's by {diff:.2e} (limit {ONNX_ATOL:g})",
+                            "try --onnx-exporter legacy or another --opset, or use the --merged export")
+
+    return _build(Path(out), overwrite, fill)
+
+
+def _require_onnxruntime():
+    try:
+        import onnxruntime
+        return onnxruntime
+    except ImportError:
+        raise UserError("onnxruntime is not installed", "pip install 'loraclf[onnx]' (onnx, onnxruntime, onnxscript)") from None
+
+
+class OnnxClassifier:
+    """onnxruntime inference on an ONNX export: same tokenization, truncation and length-sorted batching as
+    `loraclf predict`, results in input order."""
+
+    def __init__(self, export_dir, threads: int = 0):
+        ort = _require_onnxruntime()
+        self.dir = Path(export_dir)
+        self.meta = read_meta(self.dir)
+        if not (self.dir / "model.onnx").is_file():
+            raise UserError(f"{self.dir} has no model.onnx", "export one with `loraclf export RUN --onnx DIR`")
+        opts = ort.SessionOptions()
+        if threads:
+            opts.intra_op_num_threads = threads
+        opts.log_severity_level = 3
+        self.session = ort.InferenceSession(str(self.dir / "model.onnx"), opts, providers=["CPUExecutionProvider"])
+        self.inputs = {i.name for i in self.session.get_inputs()}
+        self.tokenizer = _tokenizer(self.dir)
+        self.labels = self.meta["labels"]
+        self.max_length = int(self.meta["max_length"])
+
+    def logits(self, texts: list[str], max_length: int | None = None, batch_size: int = 64) -> np.ndarray:
+        from . import data as data_mod
+        if not texts:
+            return np.zeros((0, len(self.labels)), np.float32)
+        enc = data_mod.encode(self.tokenizer, data_mod.Examples(list(texts), None, []), max_length or self.max_length)
+        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        out = np.zeros((len(texts), len(self.labels)), np.float32)
+        for index in data_mod.length_grouped_batches(enc.lengths, batch_size, 0, shuffle=False):
+            rows = [enc.input_ids[i] for i in index]
+            width = max(len(r) for r in rows)
+            ids = np.full((len(rows), width), pad, np.int64)
+            mask = np.zeros((len(rows), width), np.int64)
+            for j, r in enumerate(rows):
+                ids[j, :len(r)] = r
+                mask[j, :len(r)] = 1
+            feed = {"input_ids": ids, "attention_mask": mask}
+            out[index] = self.session.run(["logits"], {k: v for k, v in feed.items() if k in self.inputs})[0]
+        return out
+
+
+_SESSIONS: dict = {}
+
+
+def onnx_logits(export_dir, texts: list[str], max_length: int | None = None, batch_size: int = 64) -> np.ndarray:
+    """Logits (n, classes) from an ONNX export, in input order (the session is cached per folder)."""
+    key = str(Path(export_dir).resolve())
+    if key not in _SESSIONS:
+        _SESSIONS[key] = OnnxClassifier(export_dir)
+    return _SESSIONS[key].logits(texts, max_length, batch_size)
+
+
+def onnx_throughput(export_dir, texts: list[str], batch_size: int = 64, repeats: int = 1) -> dict:
+    """For the benchmark: texts/s of onnxruntime on an ONNX export (one warm-up pass first)."""
+    clf = OnnxClassifier(export_dir)
+    clf.logits(texts[:batch_size], batch_size=batch_size)
+    t = time.perf_counter()
+    for _ in range(repeats):
+        clf.logits(texts, batch_size=batch_size)
+    secs = time.perf_counter() - t
+    return {"backend": "onnxruntime", "texts": len(texts) * repeats, "seconds": secs,
+            "samples_per_s": len(texts) * repeats / secs if secs > 0 else float("inf")}
+
+
+def predict_run(export_dir, source: str, out, names: bool = False, probs: bool = False, batch_size: int = 64,
+                trust_pickle: bool = False, text_column: str | None = None) -> dict:
+    """`loraclf predict EXPORT_DIR INPUT --backend onnx`: like predict.run, with onnxruntime on an ONNX export."""
+    from . import data as data_mod
+    from .predict import submission_csv
+    export_dir = Path(export_dir)
+    if not is_export(export_dir) or not (export_dir / "model.onnx").is_file():
+        raise UserError(f"{export_dir} is not an ONNX export (no model.onnx and {META})",
+                        "export the run first with `loraclf export RUN --onnx DIR`, then give DIR to predict --backend onnx")
+    meta = read_meta(export_dir)
+    dcfg = (meta.get("run_config") or {}).get("data", {})
+    label_names = meta["labels"]
+    examples = data_mod.load(source, text_column=text_column or dcfg.get("text_column", "text"),
+                             label_column=dcfg.get("label_column", "label"), label_names=label_names, split="test",
+                             labelled=False, encoding=dcfg.get("encoding", "utf-8"), trust_pickle=trust_pickle)
+    logits = onnx_logits(export_dir, examples.texts, int(meta["max_length"]), batch_size)
+    ids = examples.ids if examples.ids is not None else list(range(len(examples)))
+    rundir.write_text(Path(out), submission_csv(ids, logits, label_names, names, probs))
+    return {"rows": len(ids), "out": str(out), "logits": logits, "labels": examples.labels}
+
+
+# ------------------------------------------------------------------------------------------ model card
+
+def _source_name(s: str) -> str:
+    return os.path.basename(s.rstrip("/")) if os.path.isabs(s) or os.path.exists(s) else s
+
+
+def _pct(v) -> str:
+    return f"{100 * v:.2f}%" if isinstance(v, (int, float)) else "-"
+
+
+def model_card(meta: dict) -> str:
+    """README.md of an export: base model, data, budget breakdown, metrics, intended use, how to load it."""
+    base = meta.get("base_model", "?")
+    a = meta.get("adapter", {})
+    labels = meta.get("labels", [])
+    kind = meta.get("kind")
+    hub_base = not (os.path.isabs(base) or base.startswith((".", "pkg:")) or os.path.exists(base))
+    front = ["---", "library_name: " + ("transformers" if kind == "merged" else "onnx"),
+             "pipeline_tag: text-classification", "tags: [loraclf, lora, text-classification]"]
+    if hub_base:
+        front.append(f"base_model: {base}")
+    front.append("---")
+    run_name = Path(meta.get("source_run", "run")).name
+    lines = front + ["", f"# {run_name}: {_source_name(base)} + {a.get('method', 'lora')} ({'merged' if kind == 'merged' else 'ONNX'})", ""]
+    lines += ["## Model", "",
+              f"- Base model: `{_source_name(base)}`",
+              f"- Adapter: {a.get('method')} r={a.get('r')} alpha={a.get('alpha')} on "
+              f"{', '.join(a.get('target_modules', []))}, merged into the base weights in fp32",
+              f"- Maximum input length: {meta.get('max_length')} tokens (longer texts are truncated)",
+              f"- Classes ({len(labels)}): " + ", ".join(f"{i} = {n}" for i, n in enumerate(labels)), ""]
+    if kind == "merged":
+        lines += ["Plain Hugging Face format (config.json, model.safetensors, tokenizer); peft is not needed to load it.", ""]
+    else:
+        lines += [f"ONNX (opset {meta.get('opset')}, {meta.get('exporter')} exporter): inputs `input_ids`, `attention_mask` "
+                  "(int64, batch x sequence), output `logits` (batch x classes).", ""]
+    inputs = meta.get("inputs") or {}
+    dcfg = (meta.get("run_config") or {}).get("data", {})
+    lines += ["## Data", ""]
+    train = [_source_name(s) for s in inputs.get("data") or []]
+    test = [_source_name(s) for s in inputs.get("test_data") or []]
+    lines.append(f"- Training data: {', '.join(train) if train else 'not recorded'}"
+                 + (f" (at most {dcfg['max_train_samples']} rows)" if dcfg.get("max_train_samples") else ""))
+    if dcfg.get("val_size") is not None:
+        lines.append(f"- Validation: {dcfg['val_size']} of the training data held out")
+    lines.append(f"- Test data: {', '.join(test) if test else 'none given'}")
+    lines.append("")
+    b = meta.get("budget") or {}
+    lines += ["## Trainable-parameter budget", ""]
+    if b:
+        lines += ["| group | trainable parameters |", "|---|---:|"]
+        lines += [f"| {g} | {n:,} |" for g, n in (b.get("groups") or {}).items()]
+        lines += [f"| **total trainable** | **{b.get('trainable', 0):,}** |", "",
+                  f"{b.get('trainable', 0):,} of {b.get('total', 0):,} parameters trained ({b.get('percent', '?')}%)"
+                  + (f"; budget {meta['budget_limit']:,}" if meta.get("budget_limit") else "") + ".", ""]
+    else:
+        lines += ["not recorded", ""]
+    lines += ["## Metrics", ""]
+    m = meta.get("metrics") or {}
+    if m:
+        lines += ["| split | n | accuracy | macro-F1 |", "|---|---:|---:|---:|"]
+        for split, s in m.items():
+            f1 = s.get("macro_f1")
+            lines.append(f"| {split} | {s.get('n', '-')} | {_pct(s.get('accuracy'))} | {f'{f1:.4f}' if isinstance(f1, float) else '-'} |")
+    else:
+        lines.append("no evaluation recorded")
+    lines += ["", "## Intended use", "",
+              f"Classifying short English texts similar to the training data into: {', '.join(labels)}. "
+              "Every input gets one of these classes, so out-of-domain texts are still assigned one; check the "
+              "probabilities, and evaluate on your own data before relying on it. Not for decisions about people.", "",
+              "## How to use", "", "```python"]
+    if kind == "merged":
+        lines += ["from transformers import AutoModelForSequenceClassification, AutoTokenizer",
+                  "model = AutoModelForSequenceClassification.from_pretrained(\"EXPORT_DIR\").eval()",
+                  "tok = AutoTokenizer.from_pretrained(\"EXPORT_DIR\")",
+                  f"enc = tok([\"some text\"], truncation=True, max_length={meta.get('max_length')}, padding=True, return_tensors=\"pt\")",
+                  "label = model.config.id2label[model(**enc).logits.argmax(-1).item()]"]
+    else:
+        lines += ["import onnxruntime as ort",
+                  "from transformers import AutoTokenizer",
+                  "tok = AutoTokenizer.from_pretrained(\"EXPORT_DIR\")",
+                  "sess = ort.InferenceSession(\"EXPORT_DIR/model.onnx\")",
+                  f"enc = tok([\"some text\"], truncation=True, max_length={meta.get('max_length')}, padding=True, return_tensors=\"np\")",
+                  "logits = sess.run([\"logits\"], {\"input_ids\": enc[\"input_ids\"], \"attention_mask\": enc[\"attention_mask\"]})[0]"]
+    lines += ["```", "", "Or: `loraclf serve EXPORT_DIR`" + (", `loraclf predict EXPORT_DIR INPUT --backend onnx`" if kind == "onnx" else "") + ".",
+              "", f"Exported by loraclf from run `{run_name}` on {meta.get('created', '')}.", ""]
+    return "\n".join(lines)
+
+
+# ------------------------------------------------------------------------------------------ CLI
+
+def cmd_export(args) -> int:
+    if not args.merged and not args.onnx:
+        raise UserError("nothing to export", "give --merged DIR and/or --onnx DIR")
+    run_dir = Path(args.run)
+    _check_run(run_dir)
+    for d in (args.merged, args.onnx):
+        if d:
+            _check_out(Path(d), args.overwrite)
+    if args.onnx:
+        _require_onnxruntime()
+    loaded = merged_model(run_dir)
+    if args.merged:
+        out = export_merged(run_dir, args.merged, args.overwrite, _loaded=loaded)
+        print(f"wrote merged model to {out} (loads with AutoModelForSequenceClassification.from_pretrained)")
+    if args.onnx:
+        out = export_onnx(run_dir, args.onnx, args.overwrite, args.opset, args.onnx_exporter, _loaded=loaded)
+        print(f"wrote ONNX model to {out / 'model.onnx'} (use: loraclf predict {out} INPUT --backend onnx)")
+    return 0
+
+
+def add_commands(sub) -> None:
+    p = sub.add_parser("export", help="merge the adapter into the base model: Hugging Face folder and/or ONNX")
+    p.add_argument("run", help="run directory")
+    p.add_argument("--merged", metavar="DIR", help="write a plain Hugging Face model folder (no peft needed)")
+    p.add_argument("--onnx", metavar="DIR", help="write an ONNX export (model.onnx + tokenizer)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing export folder")
+    p.add_argument("--opset", type=int, default=18, help="ONNX opset (default 18)")
+    p.add_argument("--onnx-exporter", default="auto", choices=["auto", "dynamo", "legacy"],
+                   help="torch.onnx exporter: dynamo (torch.export), legacy (TorchScript), auto = dynamo then legacy")
+    p.set_defaults(func=cmd_export)

@@ -1,0 +1,396 @@
+"""`loraclf serve RUN_OR_EXPORT`: an HTTP JSON API (FastAPI on uvicorn) over a run directory, a --merged export
+or an --onnx export.
+
+  POST /predict  {"texts": ["...", ...]} -> {"labels": [ids], "names": [class names], "probabilities": [[...], ...]}
+  GET  /health   {"status": "ok"}
+  GET  /info     model, source, labels, budget, metrics, limits, batching statistics
+
+Requests are micro-batched across clients: one worker thread owns the model; it takes every request waiting,
+waits up to --max-wait-ms for more (until --max-batch texts), runs one length-sorted pass, and answers each
+request with its own rows. Limits: more than --max-texts texts, a text over --max-chars characters or a body over
+--max-body-bytes give 413; a body that is not JSON or not {"texts": [strings]} gives 422; every error body is
+JSON {"error": "..."}. A failing forward pass answers 500 to the requests of that batch only; the server goes on.
+SIGTERM (or Ctrl+C): stop accepting connections, finish the requests in flight, exit 0.
+"""
+
+import asyncio
+import concurrent.futures
+import json
+import queue
+import signal
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .errors import UserError
+
+DEFAULTS = dict(max_texts=64, max_chars=10_000, max_batch=64, max_wait_ms=2.0)
+
+
+# ------------------------------------------------------------------------------------------ models
+
+class Predictor:
+    """Logits for a list of texts, plus what /info shows. Built from a run directory or an export."""
+
+    def __init__(self, logits_fn, labels: list[str], info: dict):
+        self.logits, self.labels, self.info = logits_fn, list(labels), info
+
+
+def _read_json(path: Path, default=None):
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return default
+
+
+def load_predictor(path, batch_size: int = 64, precision: str = "auto") -> Predictor:
+    """A run directory (adapter merged on load), a --merged export (transformers alone) or an --onnx export."""
+    from . import export
+    path = Path(path)
+    if not path.is_dir():
+        raise UserError(f"{path} does not exist or is not a folder", "give a run directory or an export folder")
+    if export.is_export(path):
+        meta = export.read_meta(path)
+        info = {"model": meta.get("base_model"), "source": str(path), "kind": meta["kind"], "labels": meta["labels"],
+                "budget": meta.get("budget"), "budget_limit": meta.get("budget_limit"), "adapter": meta.get("adapter"),
+                "metrics": meta.get("metrics"), "max_length": meta["max_length"]}
+        if meta["kind"] == "onnx":
+            clf = export.OnnxClassifier(path)
+            return Predictor(lambda texts: clf.logits(texts, batch_size=batch_size), meta["labels"],
+                             info | {"backend": "onnxruntime"})
+        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+        from .model import attention_for
+        model = AutoModelForSequenceClassification.from_pretrained(str(path), attn_implementation=attention_for("auto")).eval()
+        tokenizer = AutoTokenizer.from_pretrained(str(path))
+        return _torch_predictor(model, tokenizer, int(meta["max_length"]), meta["labels"], info, batch_size, precision)
+    if not (path / "config.json").is_file():
+        raise UserError(f"{path} is neither a loraclf run directory nor an export (no config.json, no loraclf.json)",
+                        "give the --out folder of `loraclf train`, or a folder from `loraclf export`")
+    from .predict import load_for_inference
+    model, tokenizer, cfg, labels = load_for_inference(path)
+    info = {"model": cfg.model.name, "source": str(path), "kind": "run", "labels": labels,
+            "budget": _read_json(path / "budget.json"), "budget_limit": cfg.train.budget,
+            "adapter": {"method": cfg.adapter.method, "r": cfg.adapter.r, "alpha": cfg.adapter.alpha,
+                        "target_modules": list(cfg.adapter.target_modules)},
+            "metrics": export._metrics_summary(path), "max_length": cfg.data.max_length_infer or cfg.data.max_length}
+    return _torch_predictor(model, tokenizer, info["max_length"], labels, info, batch_size, precision)
+
+
+def _torch_predictor(model, tokenizer, max_length, labels, info, batch_size, precision) -> Predictor:
+    from .predict import logits_for
+
+    def fn(texts):
+        return logits_for(model, tokenizer, texts, max_length, batch_size, precision)
+    return Predictor(fn, labels, info | {"backend": "torch", "precision": precision})
+
+
+# ------------------------------------------------------------------------------------------ batching
+
+@dataclass
+class _Job:
+    texts: list[str]
+    future: concurrent.futures.Future = field(default_factory=concurrent.futures.Future)
+
+
+class Batcher:
+    """One worker thread runs every forward pass; requests that arrive while it is busy share the next one."""
+
+    def __init__(self, logits_fn, max_batch: int = 64, max_wait_ms: float = 2.0):
+        self.logits_fn, self.max_batch, self.max_wait = logits_fn, max_batch, max_wait_ms / 1000
+        self.queue: queue.Queue = queue.Queue()
+        self.stats = {"requests": 0, "texts": 0, "batches": 0, "errors": 0, "largest_batch": 0}
+        self._thread = threading.Thread(target=self._loop, name="loraclf-batcher", daemon=True)
+        self._thread.start()
+
+    def submit(self, texts: list[str]) -> concurrent.futures.Future:
+        job = _Job(texts)
+        self.queue.put(job)
+        return job.future
+
+    def close(self, timeout: float = 30) -> None:
+        self.queue.put(None)
+        self._thread.join(timeout)
+
+    def _take(self) -> tuple[list[_Job], bool]:
+        first = self.queue.get()
+        if first is None:
+            return [], True
+        jobs, n = [first], len(first.texts)
+        deadline = time.monotonic() + self.max_wait
+        while n < self.max_batch:
+            try:  # whatever is already waiting, then up to max_wait for more
+                job = self.queue.get_nowait()
+            except queue.Empty:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                try:
+                    job = self.queue.get(timeout=left)
+                except queue.Empty:
+                    break
+            if job is None:
+                return jobs, True
+            jobs.append(job)
+            n += len(job.texts)
+        return jobs, False
+
+    def _loop(self) -> None:
+        stop = False
+        while not stop:
+            jobs, stop = self._take()
+            jobs = [j for j in jobs if j.future.set_running_or_notify_cancel()]
+            if not jobs:
+                continue
+            texts = [t for j in jobs for t in j.texts]
+            try:
+                logits = np.asarray(self.logits_fn(texts), dtype=np.float32)
+            except Exception as e:  # noqa: BLE001 - one bad request must not fail the others in its batch
+                if len(jobs) == 1:
+                    self.stats["errors"] += 1
+                    jobs[0].future.set_exception(e)
+                else:
+                    for j in jobs:
+                        self._one(j)
+                continue
+            self.stats["requests"] += len(jobs)
+            self.stats["texts"] += len(texts)
+            self.stats["batches"] += 1
+            self.stats["largest_batch"] = max(self.stats["largest_batch"], len(texts))
+            start = 0
+            for j in jobs:
+                j.future.set_result(logits[start: start + len(j.texts)])
+                start += len(j.texts)
+
+    def _one(self, job: _Job) -> None:
+        """Run one request alone (after its batch failed): its own answer or its own error."""
+        try:
+            logits = np.asarray(self.logits_fn(job.texts), dtype=np.float32)
+        except Exception as e:  # noqa: BLE001 - the request gets a 500; the server goes on
+            self.stats["errors"] += 1
+            job.future.set_exception(e)
+            return
+        self.stats["requests"] += 1
+        self.stats["texts"] += len(job.texts)
+        self.stats["batches"] += 1
+        job.future.set_result(logits)
+
+
+# ------------------------------------------------------------------------------------------ app
+
+class RequestError(Exception):
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status, self.message = status, message
+
+
+def parse_request(body: bytes, max_texts: int, max_chars: int) -> list[str]:
+    """{"texts": [str, ...]} -> the texts; RequestError(413/422) otherwise."""
+    try:
+        data = json.loads(body)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise RequestError(422, f"the request body is not valid JSON ({e})") from None
+    if not isinstance(data, dict) or "texts" not in data:
+        raise RequestError(422, 'the request body must be a JSON object {"texts": ["...", ...]}')
+    texts = data["texts"]
+    if not isinstance(texts, list):
+        raise RequestError(422, f'"texts" must be a list of strings, not {_json_type(texts)}')
+    if not texts:
+        raise RequestError(422, '"texts" is empty: give at least one text')
+    if len(texts) > max_texts:
+        raise RequestError(413, f"{len(texts)} texts in one request; the limit is {max_texts}: split the request")
+    for i, t in enumerate(texts):
+        if not isinstance(t, str):
+            raise RequestError(422, f'"texts"[{i}] is {_json_type(t)}, not a string')
+        if len(t) > max_chars:
+            raise RequestError(413, f'"texts"[{i}] has {len(t)} characters; the limit is {max_chars}')
+        try:
+            t.encode("utf-8")
+        except UnicodeEncodeError:
+            raise RequestError(422, f'"texts"[{i}] is not valid Unicode (a lone surrogate escape)') from None
+    return texts
+
+
+def _json_type(v) -> str:
+    return {dict: "an object", list: "a list", str: "a string", bool: "a boolean", int: "a number",
+            float: "a number", type(None): "null"}.get(type(v), type(v).__name__)
+
+
+def create_app(predictor: Predictor, max_texts: int = DEFAULTS["max_texts"], max_chars: int = DEFAULTS["max_chars"],
+               max_batch: int = DEFAULTS["max_batch"], max_wait_ms: float = DEFAULTS["max_wait_ms"],
+               max_body_bytes: int | None = None):
+    from contextlib import asynccontextmanager
+
+    from fastapi import FastAPI, Request
+    from fastapi.exceptions import RequestValidationError
+    from fastapi.responses import JSONResponse
+    from starlette.exceptions import HTTPException as StarletteHTTPException
+
+    # JSON escapes cost up to 6 bytes a character (12 for a surrogate pair); leave room for that and the wrapper
+    max_body = max_body_bytes or max_texts * (max_chars * 6 + 16) + 4096
+    state: dict = {}
+
+    @asynccontextmanager
+    async def lifespan(app):
+        state["batcher"] = Batcher(predictor.logits, max_batch=max_batch, max_wait_ms=max_wait_ms)
+        state["started"] = time.time()
+        try:
+            yield
+        finally:  # runs after uvicorn has finished the requests in flight
+            state["batcher"].close()
+
+    app = FastAPI(title="loraclf", lifespan=lifespan, docs_url="/docs", redoc_url=None)
+
+    def error(status: int, message: str) -> JSONResponse:
+        return JSONResponse({"error": message}, status_code=status)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request, exc):
+        return error(exc.status_code, str(exc.detail))
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request, exc):
+        return error(422, "invalid request: " + "; ".join(str(e.get("msg")) for e in exc.errors()))
+
+    @app.exception_handler(Exception)
+    async def internal_error(request, exc):
+        return error(500, f"internal error: {type(exc).__name__}")
+
+    @app.get("/health")
+    async def health():
+        return {"status": "ok"}
+
+    @app.get("/info")
+    async def info():
+        return predictor.info | {
+            "labels": predictor.labels,
+            "limits": {"max_texts": max_texts, "max_chars": max_chars, "max_body_bytes": max_body},
+            "batching": {"max_batch": max_batch, "max_wait_ms": max_wait_ms} | state["batcher"].stats,
+            "uptime_s": round(time.time() - state["started"], 1)}
+
+    @app.post("/predict")
+    async def predict(request: Request):
+        length = request.headers.get("content-length")
+        if length is not None and length.isdigit() and int(length) > max_body:
+            return error(413, f"request body of {int(length)} bytes; the limit is {max_body}")
+        chunks, size = [], 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > max_body:
+                return error(413, f"request body over {max_body} bytes")
+            chunks.append(chunk)
+        try:
+            texts = parse_request(b"".join(chunks), max_texts, max_chars)
+        except RequestError as e:
+            return error(e.status, e.message)
+        try:
+            logits = await asyncio.wrap_future(state["batcher"].submit(texts))
+        except Exception as e:  # noqa: BLE001 - a failed forward pass answers 500, the server goes on
+            return error(500, f"prediction failed: {type(e).__name__}: {str(e)[:200]}")
+        z = np.exp(logits - logits.max(-1, keepdims=True))
+        probs = z / z.sum(-1, keepdims=True)
+        ids = logits.argmax(-1).tolist()
+        return {"labels": ids, "names": [predictor.labels[i] for i in ids],
+                "probabilities": probs.astype(float).tolist()}
+
+    return app
+
+
+# ------------------------------------------------------------------------------------------ CLI
+
+def serve(path, host: str = "127.0.0.1", port: int = 8000, max_texts: int = DEFAULTS["max_texts"],
+          max_chars: int = DEFAULTS["max_chars"], max_batch: int = DEFAULTS["max_batch"],
+          max_wait_ms: float = DEFAULTS["max_wait_ms"], max_body_bytes: int | None = None, batch_size: int = 64,
+          precision: str = "auto", drain_timeout: float = 30, access_log: bool = False, log=print) -> int:
+    try:
+        import fastapi  # noqa: F401
+        import uvicorn
+    except ImportError:
+        raise UserError("serving needs fastapi and uvicorn", "pip install 'loraclf[serve]'") from None
+    for name, v in (("--max-texts", max_texts), ("--max-chars", max_chars), ("--max-batch", max_batch)):
+        if v < 1:
+            raise UserError(f"{name} must be at least 1, not {v}", f"give {name} 1 or more")
+    if not 0 <= port <= 65535:
+        raise UserError(f"--port {port} is not a port number", "give a port between 1 and 65535")
+    _check_port(host, port)
+    predictor = load_predictor(path, batch_size, precision)
+    app = create_app(predictor, max_texts, max_chars, max_batch, max_wait_ms, max_body_bytes)
+    config = uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=access_log,
+                            timeout_graceful_shutdown=drain_timeout, lifespan="on")
+    server = uvicorn.Server(config)
+    # uvicorn drains on SIGTERM/SIGINT, then re-raises the signal to the handler that was there before it
+    # started; a no-op SIGTERM handler makes that graceful stop end in exit code 0.
+    previous = signal.signal(signal.SIGTERM, lambda *_: None) if threading.current_thread() is threading.main_thread() else None
+    log(f"serving {predictor.info['kind']} {path} ({predictor.info['backend']}, {len(predictor.labels)} classes) "
+        f"on http://{host}:{port}  (POST /predict, GET /health, GET /info; Ctrl+C to stop)", flush=True)
+    try:
+        server.run()
+    except SystemExit as e:  # uvicorn exits 1 when it cannot bind (the port was taken meanwhile)
+        raise UserError(f"could not serve on {host}:{port} (uvicorn exited with {e.code})",
+                        "the port may be in use: choose another --port") from None
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+    if not server.started:
+        raise UserError(f"could not listen on {host}:{port}", "the port may be in use: choose another --port")
+    log("server stopped", flush=True)
+    return 0
+
+
+def _check_port(host: str, port: int) -> None:
+    import socket
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except socket.gaierror as e:
+        raise UserError(f"--host {host}: {e.strerror}", "give an address of this machine, e.g. 127.0.0.1") from None
+    family, _, _, _, addr = infos[0]
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(addr)
+        except OSError as e:
+            raise UserError(f"cannot listen on {host}:{port} ({e.strerror})",
+                            "the port is in use or not allowed: choose another --port") from None
+
+
+def cmd_serve(args) -> int:
+    return serve(args.path, args.host, args.port, args.max_texts, args.max_chars, args.max_batch, args.max_wait_ms,
+                 args.max_body_bytes, args.batch_size, args.precision, args.drain_timeout, args.access_log)
+
+
+def add_commands(sub) -> None:
+    p = sub.add_parser("serve", help="HTTP JSON API: POST /predict, GET /health, GET /info")
+    p.add_argument("path", metavar="RUN_OR_EXPORT", help="run directory, or a folder from `loraclf export`")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--max-texts", type=int, default=DEFAULTS["max_texts"], help="texts per request (more: 413)")
+    p.add_argument("--max-chars", type=int, default=DEFAULTS["max_chars"], help="characters per text (more: 413)")
+    p.add_argument("--max-body-bytes", type=int, help="request body size (more: 413; default from the two above)")
+    p.add_argument("--max-batch", type=int, default=DEFAULTS["max_batch"], help="texts per micro-batch")
+    p.add_argument("--max-wait-ms", type=float, default=DEFAULTS["max_wait_ms"],
+                   help="how long a micro-batch waits for more requests (default 2)")
+    p.add_argument("--batch-size", type=int, default=64, help="forward-pass batch size inside a micro-batch")
+    p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"])
+    p.add_argument("--drain-timeout", type=float, default=30, help="seconds to finish in-flight requests on SIGTERM")
+    p.add_argument("--access-log", action="store_true", help="log every request")
+    p.set_defaults(func=cmd_serve)
+
+
+def main(argv=None) -> int:
+    """`python -m loraclf.serve RUN_OR_EXPORT ...`: the serve command on its own (same options, same errors)."""
+    import argparse
+    import sys
+    ap = argparse.ArgumentParser(prog="loraclf")
+    add_commands(ap.add_subparsers(dest="command", required=True))
+    args = ap.parse_args(["serve", *(sys.argv[1:] if argv is None else argv)])
+    try:
+        return args.func(args)
+    except UserError as e:
+        print(f"loraclf: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

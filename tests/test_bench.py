@@ -1,0 +1,152 @@
+"""`loraclf bench` internals on a tiny random RoBERTa (2 layers, hidden 32): FLOP counting, the JSON
+schema, report A's padding, a --quick-like smoke run, and the CUDA path (skipped without a GPU)."""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from loraclf import bench  # noqa: E402
+
+TINY_MAX = 64  # the tiny model has 130 positions; every contender gets data.max_length=64
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory, roberta_dir) -> Path:
+    """A 2-layer, hidden-32 RobertaConfig saved with the real roberta-base tokenizer."""
+    from transformers import AutoTokenizer, RobertaConfig
+    tok = AutoTokenizer.from_pretrained(str(roberta_dir))
+    out = tmp_path_factory.mktemp("bench-tiny")
+    RobertaConfig(vocab_size=len(tok), hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=37,
+                  max_position_embeddings=132, pad_token_id=tok.pad_token_id, bos_token_id=0, eos_token_id=2,
+                  type_vocab_size=1).save_pretrained(str(out))
+    tok.save_pretrained(str(out))
+    return out
+
+
+def _opts(tiny_dir, agnews_dir, out_dir, **kw) -> argparse.Namespace:
+    ap = argparse.ArgumentParser()
+    bench._add_args(ap)
+    args = ap.parse_args(["--quick", "--agnews-dir", str(agnews_dir), "--roberta-dir", str(tiny_dir),
+                          "--out-dir", str(out_dir), "--no-guard", "--in-process", "--set", f"data.max_length={TINY_MAX}",
+                          "--infer-rows", "24", "--report-a-infer-rows", "4"])
+    for k, v in kw.items():
+        setattr(args, k, v)
+    return args
+
+
+def test_non_embedding_params_and_flops(tiny_dir):
+    cfg = bench.bench_config(str(tiny_dir), "loraclf", [f"data.max_length={TINY_MAX}"])
+    from loraclf import model as model_mod
+    model = model_mod.build(cfg, bench.LABELS)
+    n = bench.non_embedding_params(model)
+    emb = sum(p.numel() for name, p in model.named_parameters() if "embeddings." in name and "LayerNorm" not in name)
+    head = sum(p.numel() for name, p in model.named_parameters() if "classifier" in name)
+    total = sum(p.numel() for p in model.parameters())
+    assert n == total - emb - head
+    h, i, layers, r = 32, 37, 2, cfg.adapter.r
+    per_layer = 4 * (h * h + h) + (h * i + i) + (i * h + h) + 2 * 2 * h + 3 * 2 * r * h  # attn, ffn, 2 LN, LoRA q/k/v
+    assert n == layers * per_layer + 2 * h  # + the embeddings' LayerNorm
+    assert bench.train_flops_per_token(n) == 4 * n
+    assert bench.infer_flops_per_token(n) == 2 * n
+
+
+def test_report_a_pads_to_configured_length(tiny_dir):
+    from transformers import AutoTokenizer
+    tok = AutoTokenizer.from_pretrained(str(tiny_dir))
+    ids, mask, labels = bench.report_a_tensors(tok, ["short text", "a somewhat longer text " * 3], [0, 1], 48)
+    assert ids.shape == (2, 48) and mask.shape == (2, 48)
+    assert int(mask[0].sum()) < 48 and labels.tolist() == [0, 1]
+    cfg = bench.bench_config(str(tiny_dir), "report_a", ["data.max_length=48"])
+    model = bench.report_a_model(cfg)
+    r = bench.run_report_a_train(model, cfg, ids.repeat(8, 1), mask.repeat(8, 1), labels.repeat(8), 0, 1,
+                                 torch.device("cpu"))
+    assert r["padded_width"] == 48 and r["steps"] == 1 and r["samples"] == 16 and r["precision"] == "fp32"
+    assert r["tokens"] == int(mask.repeat(8, 1).sum())
+    inf = bench.run_report_a_infer(model, tok, ["one", "two words"], 48, 16, torch.device("cpu"))
+    assert inf["padded_width"] == 48 and inf["rows"] == 2
+
+
+def test_summary_schema_and_speedups():
+    def run(c, sps, rps, tokens_per_sample=50):
+        return {"contender": c, "non_embedding_params": 1000, "peak_rss_mb": 100.0, "rss_setup_mb": 50.0,
+                "train": {"samples": 16, "tokens": 16 * tokens_per_sample, "seconds": 16 / sps, "steps": 1, "precision": "fp32"},
+                "infer": {"rows": 10, "tokens": 500, "seconds": 10 / rps, "batch_size": 16}}
+    runs = [run("loraclf", 8, 40), run("loraclf", 10, 60), run("report_a", 1, 2), run("trainer", 5, 20)]
+    res = bench.summarize(runs, {"fp32_flops_per_s": 1e6, "bf16_flops_per_s": 2.5e5}, {"repeats": 2})
+    for key in bench.REQUIRED_KEYS:
+        assert key in res
+    assert res["train_speedup_vs_report_a"] == pytest.approx(9.0)     # median 9 samples/s vs 1
+    assert res["train_speedup_vs_trainer"] == pytest.approx(9 / 5)
+    assert res["infer_speedup_vs_report_a"] == pytest.approx(25.0)    # median 50 rows/s vs 2
+    assert res["infer_speedup_vs_trainer"] == pytest.approx(2.5)
+    achieved = 9 * 50 * 4 * 1000                                      # tokens/s * 4N
+    assert res["train_peak_fraction"] == pytest.approx(achieved / 1e6)  # the machine's (faster) peak
+    assert res["train_fraction_of_bf16_peak"] == pytest.approx(achieved / 2.5e5)
+    assert set(res["targets"]) == set(bench.TARGETS)
+
+
+def test_matmul_peak_positive():
+    assert bench.matmul_peak("fp32", size=64, repeats=2) > 0
+    assert bench.matmul_peak("bf16", size=64, repeats=2) > 0
+
+
+def test_quick_smoke(tiny_dir, agnews_dir, tmp_path, capsys):
+    res = bench.run(_opts(tiny_dir, agnews_dir, tmp_path))
+    for key in bench.REQUIRED_KEYS:
+        assert res[key] is not None and res[key] > 0
+    assert set(res["train"]) == set(bench.CONTENDERS) and set(res["infer"]) == set(bench.CONTENDERS)
+    assert res["infer"]["loraclf"]["rows_measured"] == 24 and res["infer"]["trainer"]["rows_measured"] == 24
+    assert res["infer"]["report_a"]["rows_measured"] == 8                 # 4 rows x 2 repeats, extrapolated
+    ra = [r for r in res["runs"] if r["contender"] == "report_a"]
+    assert all(r["train"]["padded_width"] == TINY_MAX for r in ra)        # report A pads to the configured length
+    written = json.loads(Path(res["written"]).read_text())
+    assert set(bench.REQUIRED_KEYS) <= set(written)
+    text = bench.table(res)
+    assert "| loraclf |" in text and "report A eval measured on 8 rows" in text
+
+
+def test_cli_json_with_subprocess_workers(tiny_dir, agnews_dir, tmp_path, capsys):
+    """--json through main(), with one contender in its own subprocess (the real isolation path)."""
+    rc = bench.main(["--quick", "--json", "--agnews-dir", str(agnews_dir), "--roberta-dir", str(tiny_dir),
+                     "--out-dir", "-", "--no-guard", "--set", f"data.max_length={TINY_MAX}", "--repeats", "1",
+                     "--contenders", "loraclf", "--infer-rows", "8"])
+    assert rc == 0
+    res = json.loads(capsys.readouterr().out)
+    assert set(bench.REQUIRED_KEYS) <= set(res)
+    assert res["train"]["loraclf"]["peak_rss_mb"] > 0 and res["train_speedup_vs_report_a"] is None
+
+
+def test_add_command_wires_bench():
+    ap = argparse.ArgumentParser()
+    sub = ap.add_subparsers(dest="command")
+    bench.add_command(sub)
+    args = ap.parse_args(["bench", "--quick", "--json"])
+    assert args.func is bench.cmd_bench and args.quick and args.json
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU: the GPU path is tested only where one exists")
+@pytest.mark.parametrize("precision", ["fp16", "bf16"])
+def test_cuda_train_step_and_predict(tiny_dir, agnews_dir, tmp_path, precision):
+    """One loraclf training step and one predict on the GPU under fp16/bf16 autocast."""
+    if precision == "bf16" and not torch.cuda.is_bf16_supported():
+        pytest.skip("this GPU has no bf16")
+    from transformers import AutoTokenizer
+    from loraclf import data as data_mod
+    from loraclf import model as model_mod
+    from loraclf import predict as predict_mod
+    ex = data_mod.load(str(Path(agnews_dir) / "test.csv"), label_names=bench.LABELS).subset(range(32))
+    tok = AutoTokenizer.from_pretrained(str(tiny_dir))
+    cfg = bench.bench_config(str(tiny_dir), "loraclf", [f"data.max_length={TINY_MAX}", f"train.precision={precision}"])
+    assert model_mod.attention_for(cfg.model.attn_implementation) == "sdpa"
+    model = model_mod.build(cfg, bench.LABELS)
+    enc = data_mod.encode(tok, ex, TINY_MAX)
+    r = bench.run_loraclf_train(model, cfg, enc, tok.pad_token_id, 0, 1, tmp_path)
+    assert r["steps"] == 1 and r["precision"] == precision
+    assert next(model.parameters()).device.type == "cuda"
+    logits = predict_mod.logits_for(model, tok, ex.texts[:8], TINY_MAX, 4, precision, torch.device("cuda"))
+    assert logits.shape == (8, 4) and torch.isfinite(torch.from_numpy(logits)).all()
