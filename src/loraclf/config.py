@@ -21,6 +21,7 @@ class ModelConfig:
     name: str = "roberta-base"          # Hub name or local directory
     init: str = "pretrained"            # "pretrained" | "random" (config only: counts and speed)
     head: str = "full"                  # "full" | "linear" (only the final projection trains)
+    encoder_dropout: float = -1.0       # dropout inside the encoder; -1 keeps the pretrained config's value
     attn_implementation: str = "auto"   # "auto" (sdpa on CUDA, eager on CPU: faster for short texts) | "sdpa" | "eager"
 
 
@@ -247,6 +248,8 @@ def validate(cfg: Config) -> None:
             raise UserError(f"config key {key} = {value} must be at least 1", f"--set {key}=<positive integer>")
     if cfg.train.epochs <= 0 or cfg.train.lr <= 0:
         raise UserError("train.epochs and train.lr must be positive", "check --epochs / --set train.lr=...")
+    if not -1 <= cfg.model.encoder_dropout < 1 or (-1 < cfg.model.encoder_dropout < 0):
+        raise UserError("model.encoder_dropout must be in [0, 1), or -1 to keep the model's own", "fix the value")
     if not 0 <= cfg.adapter.dropout < 1 or not 0 <= cfg.train.label_smoothing < 1:
         raise UserError("adapter.dropout and train.label_smoothing must be in [0, 1)", "fix the value")
     if cfg.data.val_size < 0:

@@ -34,12 +34,21 @@ def _auto_config(cfg: Config, label_names: list[str]):
     from transformers import AutoConfig
     path = resolve_model_path(cfg.model.name)
     try:
-        return AutoConfig.from_pretrained(path, num_labels=len(label_names),
-                                          id2label=dict(enumerate(label_names)),
-                                          label2id={n: i for i, n in enumerate(label_names)})
+        config = AutoConfig.from_pretrained(path, num_labels=len(label_names),
+                                            id2label=dict(enumerate(label_names)),
+                                            label2id={n: i for i, n in enumerate(label_names)})
     except (OSError, ValueError) as e:
         raise UserError(f"cannot load model config {cfg.model.name!r} ({str(e).splitlines()[0][:160]})",
                         "give a local model folder, or a Hub name with network access") from None
+    if cfg.model.encoder_dropout >= 0:  # dropout masks cost ~20% of a CPU training step (bench/NOTES.md)
+        for key in DROPOUT_KEYS:
+            if getattr(config, key, None) is not None:
+                setattr(config, key, cfg.model.encoder_dropout)
+    return config
+
+
+DROPOUT_KEYS = ("hidden_dropout_prob", "attention_probs_dropout_prob", "classifier_dropout", "dropout",
+                "attention_dropout", "seq_classif_dropout", "hidden_dropout", "activation_dropout")
 
 
 def load_base(cfg: Config, label_names: list[str], meta: bool = False):
