@@ -33,7 +33,7 @@ def _opts(tiny_dir, agnews_dir, out_dir, **kw) -> argparse.Namespace:
     bench._add_args(ap)
     args = ap.parse_args(["--quick", "--agnews-dir", str(agnews_dir), "--roberta-dir", str(tiny_dir),
                           "--out-dir", str(out_dir), "--no-guard", "--in-process", "--set", f"data.max_length={TINY_MAX}",
-                          "--infer-rows", "24", "--report-a-infer-rows", "4"])
+                          "--infer-rows", "24", "--report-a-infer-rows", "4", "--peak-size", "128"])
     for k, v in kw.items():
         setattr(args, k, v)
     return args
@@ -114,7 +114,7 @@ def test_cli_json_with_subprocess_workers(tiny_dir, agnews_dir, tmp_path, capsys
     """--json through main(), with one contender in its own subprocess (the real isolation path)."""
     rc = bench.main(["--quick", "--json", "--agnews-dir", str(agnews_dir), "--roberta-dir", str(tiny_dir),
                      "--out-dir", "-", "--no-guard", "--set", f"data.max_length={TINY_MAX}", "--repeats", "1",
-                     "--contenders", "loraclf", "--infer-rows", "8"])
+                     "--contenders", "loraclf", "--infer-rows", "8", "--peak-size", "128"])
     assert rc == 0
     res = json.loads(capsys.readouterr().out)
     assert set(bench.REQUIRED_KEYS) <= set(res)

@@ -110,6 +110,23 @@ def test_merged_equals_unmerged(tmp_path, tiny_bert, small_csv):
     torch.testing.assert_close(a, b, atol=1e-5, rtol=0)
 
 
+@pytest.mark.parametrize("method", ["dora", "rslora", "vera", "ia3"])
+def test_variants_reload_with_identical_logits(tmp_path, tiny_bert, small_csv, method):
+    from loraclf import pipeline
+    cfg = tiny_config(tiny_bert, f"adapter.method={method}", "train.epochs=2")
+    out = tmp_path / "run"
+    pipeline.train(cfg, [str(small_csv)], out, log=lambda *a, **k: None)
+    ids = torch.randint(5, 1000, (3, 9))
+    with torch.no_grad():
+        merged, _, _ = model.load_run_model(out, merged=True)
+        plain, _, _ = model.load_run_model(out)
+        a = plain(input_ids=ids, attention_mask=torch.ones_like(ids)).logits
+        b = merged(input_ids=ids, attention_mask=torch.ones_like(ids)).logits
+    torch.testing.assert_close(a, b, atol=1e-5, rtol=0)
+    saved = json.loads((out / "metrics.json").read_text())
+    assert saved["budget"]["trainable"] == json.loads((out / "budget.json").read_text())["trainable"]
+
+
 def test_run_directory_contract(tmp_path, tiny_bert, small_csv):
     out, cfg = _trained_run(tmp_path, tiny_bert, small_csv)
     for name in ("config.json", "labels.json", "budget.json", "metrics.jsonl", "metrics.json", "adapter", "tokenizer"):

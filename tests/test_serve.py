@@ -33,7 +33,8 @@ class Server:
 
     def __init__(self, path, *extra, tmp: Path):
         self.port = _free_port()
-        self.log = open(tmp / f"server-{self.port}.log", "w+")
+        self.log_path = tmp / f"server-{self.port}.log"
+        self.log = open(self.log_path, "w")
         env = os.environ | {"HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
         self.proc = subprocess.Popen([sys.executable, "-m", "loraclf.serve", str(path), "--host", "127.0.0.1",
                                       "--port", str(self.port), *extra], stdout=self.log, stderr=subprocess.STDOUT, env=env)
@@ -49,9 +50,9 @@ class Server:
             time.sleep(0.2)
 
     def output(self) -> str:
-        self.log.flush()
-        self.log.seek(0)
-        return self.log.read()
+        if not self.log.closed:
+            self.log.flush()
+        return self.log_path.read_text()
 
     def request(self, method: str, path: str, body: bytes | None = None, headers=None, conn=None):
         c = conn or http.client.HTTPConnection("127.0.0.1", self.port, timeout=60)
@@ -226,7 +227,8 @@ def test_load_16_clients_2000_requests(sharp_export, tmp_path):
     reqs = _load_requests()
     flat = [t for r in reqs for t in r]
     want = _expected_from_export(sharp_export, flat)
-    assert len(set(want.argmax(-1).tolist())) == len(LABELS)  # the answers differ between inputs
+    assert len(set(want.argmax(-1).tolist())) == len(LABELS)  # the answers differ between inputs: a response
+    assert np.median(np.abs(want - np.roll(want, 1, 0)).max(1)) > 0.05  # for another input would not pass as its own
     offsets = np.cumsum([0] + [len(r) for r in reqs])
 
     server = Server(sharp_export, tmp=tmp_path)
@@ -276,7 +278,11 @@ def test_load_16_clients_2000_requests(sharp_export, tmp_path):
     for i, r in results.items():
         exp = want[offsets[i]: offsets[i + 1]]
         got = np.array(r["probabilities"])
-        if got.shape != exp.shape or not np.allclose(got, exp, atol=1e-4) or r["labels"] != exp.argmax(-1).tolist():
+        # the sharpened head magnifies float noise from different batch padding to ~1e-4; allow 1e-3
+        top2 = np.sort(exp, 1)[:, -2:]
+        tie = (top2[:, 1] - top2[:, 0]) < 2e-3
+        if got.shape != exp.shape or not np.allclose(got, exp, atol=1e-3) or \
+                not all(t or g == e for g, e, t in zip(r["labels"], exp.argmax(-1).tolist(), tie)):
             wrong.append(i)
     assert not wrong, f"{len(wrong)} responses do not match their own input, e.g. request {wrong[0]}"
     assert rc == 0, server.output()

@@ -54,9 +54,11 @@ TARGETS = {"train_speedup_vs_report_a": 15.0, "train_speedup_vs_trainer": 1.3, "
 
 # Sizes. quick: <= 5 minutes on a (contended) 2-core CPU; full: < 40 minutes on a quiet one.
 QUICK = dict(repeats=2, train_steps=2, warmup_steps=1, report_a_train_steps=1, report_a_warmup_steps=0,
-             infer_rows=128, report_a_infer_rows=16, guard_train_rows=256, guard_test_rows=400, guard_epochs=1.0)
+             infer_rows=128, report_a_infer_rows=16, guard_train_rows=256, guard_test_rows=400, guard_epochs=1.0,
+             peak_size=1024)
 FULL = dict(repeats=3, train_steps=12, warmup_steps=1, report_a_train_steps=3, report_a_warmup_steps=1,
-            infer_rows=7600, report_a_infer_rows=96, guard_train_rows=3000, guard_test_rows=7600, guard_epochs=1.0)
+            infer_rows=7600, report_a_infer_rows=96, guard_train_rows=3000, guard_test_rows=7600, guard_epochs=1.0,
+            peak_size=2048)
 
 
 # ------------------------------------------------------------------------------------ FLOPs and peaks
@@ -694,8 +696,9 @@ def run(opts, log=None) -> dict:
 
     peaks = {}
     dev = "cuda" if torch.cuda.is_available() else "cpu"
-    peaks["fp32_flops_per_s"] = matmul_peak("fp32", device=dev, repeats=3 if opts.quick else 5)
-    peaks["bf16_flops_per_s"] = matmul_peak("bf16", device=dev, repeats=3 if opts.quick else 5)
+    size = sizes["peak_size"] if dev == "cpu" else 8192
+    peaks["fp32_flops_per_s"] = matmul_peak("fp32", size=size, device=dev, repeats=3 if opts.quick else 5)
+    peaks["bf16_flops_per_s"] = matmul_peak("bf16", size=size, device=dev, repeats=3 if opts.quick else 5)
     log(f"peaks: fp32 {peaks['fp32_flops_per_s'] / 1e9:.1f} GFLOP/s, bf16 {peaks['bf16_flops_per_s'] / 1e9:.1f} GFLOP/s")
 
     runs = []
@@ -874,6 +877,8 @@ def _add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--report-a-infer-rows", type=int, help="report A eval rows per repeat (extrapolated)")
     p.add_argument("--guard-train-rows", type=int)
     p.add_argument("--guard-test-rows", type=int)
+    p.add_argument("--guard-epochs", type=float)
+    p.add_argument("--peak-size", type=int, help="matmul size for the FLOP/s peaks (CPU)")
     p.add_argument("--no-guard", action="store_true", help="skip the MiniLM accuracy guard")
     p.add_argument("--contenders", nargs="+", choices=CONTENDERS)
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="extra config override for every contender")

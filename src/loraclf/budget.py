@@ -74,7 +74,7 @@ def count_config(cfg: Config, label_names: list[str]) -> Budget:
 
 
 def per_rank(cfg: Config, label_names: list[str]) -> tuple[int, int]:
-    """(fixed, per_rank): trainable = fixed + r * per_rank for rank-linear methods (LoRA, rsLoRA, DoRA, PiSSA)."""
+    """(fixed, per_rank): trainable = fixed + r * per_rank for rank-linear methods (LoRA, rsLoRA, DoRA)."""
     if cfg.adapter.method in ("vera", "ia3", "none") or cfg.adapter.rank_pattern:
         raise UserError(f"rank planning does not apply to adapter.method={cfg.adapter.method}"
                         + (" with a rank_pattern" if cfg.adapter.rank_pattern else ""), "set the rank by hand")

@@ -27,7 +27,7 @@ class ModelConfig:
 
 @dataclass
 class AdapterConfig:
-    method: str = "lora"                # "lora" | "rslora" | "dora" | "pissa" | "vera" | "ia3" | "none" (full FT)
+    method: str = "lora"                # "lora" | "rslora" | "dora" | "vera" | "ia3" | "none" (full fine-tuning)
     r: int = 8
     alpha: float = 16.0
     dropout: float = 0.1
@@ -226,7 +226,7 @@ CHOICES = {
     "model.init": ("pretrained", "random"),
     "model.head": ("full", "linear"),
     "model.attn_implementation": ("auto", "sdpa", "eager"),
-    "adapter.method": ("lora", "rslora", "dora", "pissa", "vera", "ia3", "none"),
+    "adapter.method": ("lora", "rslora", "dora", "vera", "ia3", "none"),
     "adapter.bias": ("none", "all", "lora_only"),
     "train.scheduler": ("linear", "cosine", "constant"),
     "train.monitor": ("val_loss", "val_accuracy", "val_macro_f1"),

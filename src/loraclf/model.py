@@ -125,7 +125,6 @@ def peft_config(cfg: Config, model):
         return IA3Config(feedforward_modules=ff, **common)
     return LoraConfig(r=a.r, lora_alpha=a.alpha, lora_dropout=a.dropout, bias=a.bias,
                       use_rslora=a.method == "rslora", use_dora=a.method == "dora",
-                      init_lora_weights="pissa" if a.method == "pissa" else True,
                       rank_pattern=dict(a.rank_pattern), **common)
 
 
