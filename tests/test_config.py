@@ -56,3 +56,10 @@ def test_unknown_preset_and_config_file(tmp_path):
 def test_saved_config_round_trips():
     cfg = config.load("agnews-b", overrides=["adapter.r=5"])
     assert config.from_dict(cfg.to_dict()) == cfg
+
+
+def test_balanced_class_weights():
+    from loraclf.train import class_weights
+    w = class_weights([0, 0, 0, 1], 2, "balanced")
+    assert w.tolist() == [4 / 6, 2.0]
+    assert class_weights([0, 1], 2, "none").tolist() == [1.0, 1.0]

@@ -64,6 +64,7 @@ class TrainConfig:
     warmup_ratio: float = 0.0
     max_grad_norm: float = 1.0
     label_smoothing: float = 0.0
+    class_weight: str = "none"          # "none" | "balanced": loss weights n / (K * n_k), for imbalanced training data
     eval_every: int = 0                 # optimizer steps; 0: once per epoch
     save_every: int = 0                 # optimizer steps; 0: no intermediate checkpoints
     patience: int = 0                   # evaluations without improvement before stopping; 0: never
@@ -230,6 +231,7 @@ CHOICES = {
     "adapter.bias": ("none", "all", "lora_only"),
     "train.scheduler": ("linear", "cosine", "constant"),
     "train.monitor": ("val_loss", "val_accuracy", "val_macro_f1"),
+    "train.class_weight": ("none", "balanced"),
     "train.precision": ("auto", "fp32", "bf16", "fp16"),
 }
 

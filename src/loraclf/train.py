@@ -54,6 +54,15 @@ def make_scheduler(optimizer, cfg: Config, total_steps: int):
     return get_scheduler(name, optimizer, num_warmup_steps=warmup, num_training_steps=total_steps)
 
 
+def class_weights(labels, num_classes: int, mode: str) -> torch.Tensor:
+    """balanced: n / (K * n_k), so every class weighs the same in the loss (a balanced test set's prior)."""
+    if mode == "none":
+        return torch.ones(num_classes)
+    counts = np.bincount(np.asarray(labels), minlength=num_classes).astype(np.float64)
+    w = len(labels) / (num_classes * np.maximum(counts, 1))
+    return torch.tensor(w, dtype=torch.float32)
+
+
 def trainable_state(model) -> dict[str, torch.Tensor]:
     return {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
 
@@ -149,6 +158,7 @@ def fit(model, cfg: Config, train_enc: data_mod.Encoded, val_enc: data_mod.Encod
         log(f"resumed at step {prog.step} (epoch {prog.epoch}, batch {prog.batch_in_epoch})")
 
     lengths = train_enc.lengths
+    weight = class_weights(train_enc.labels, len(label_names), t.class_weight).to(device)
     eval_every = t.eval_every or steps_per_epoch
     log_every = max(1, total_steps // RECORDS_PER_RUN)
     interrupted = {"flag": False}
@@ -181,7 +191,8 @@ def fit(model, cfg: Config, train_enc: data_mod.Encoded, val_enc: data_mod.Encod
                     with sync:
                         with accelerator.autocast():
                             logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-                        loss = F.cross_entropy(logits.float(), batch["labels"], label_smoothing=t.label_smoothing)
+                        loss = F.cross_entropy(logits.float(), batch["labels"], weight=weight,
+                                               label_smoothing=t.label_smoothing)
                         accelerator.backward(loss * len(index) / n_rows)
                     step_loss += loss.item() * len(index) / n_rows
                     prog.tokens += int(batch["attention_mask"].sum())
