@@ -61,5 +61,5 @@ def test_saved_config_round_trips():
 def test_balanced_class_weights():
     from loraclf.train import class_weights
     w = class_weights([0, 0, 0, 1], 2, "balanced")
-    assert w.tolist() == [4 / 6, 2.0]
+    assert w.tolist() == pytest.approx([4 / 6, 2.0])
     assert class_weights([0, 1], 2, "none").tolist() == [1.0, 1.0]

@@ -18,6 +18,7 @@ from conftest import LABELS, tiny_config
 from loraclf import export, pipeline, predict, serve
 
 LOAD_CLIENTS, LOAD_REQUESTS, LOAD_TIMEOUT_S = 16, 2000, 180
+LOAD_THREADS = os.environ.get("LORACLF_SERVE_THREADS", "1")  # one intra-op thread: fastest for the tiny model
 
 
 # ------------------------------------------------------------------------------------------ helpers
@@ -231,7 +232,7 @@ def test_load_16_clients_2000_requests(sharp_export, tmp_path):
     assert np.median(np.abs(want - np.roll(want, 1, 0)).max(1)) > 0.05  # for another input would not pass as its own
     offsets = np.cumsum([0] + [len(r) for r in reqs])
 
-    server = Server(sharp_export, tmp=tmp_path)
+    server = Server(sharp_export, "--threads", LOAD_THREADS, tmp=tmp_path)
     results, errors, latencies = {}, [], []
     lock = threading.Lock()
     next_index = iter(range(LOAD_REQUESTS))
@@ -288,7 +289,7 @@ def test_load_16_clients_2000_requests(sharp_export, tmp_path):
     assert rc == 0, server.output()
     lat = np.array(latencies) * 1000
     b = info["batching"]
-    print(f"\nload test: {LOAD_CLIENTS} clients, {LOAD_REQUESTS} requests ({len(flat)} texts), 0 errors, "
+    print(f"\nload test ({LOAD_THREADS} thread(s)): {LOAD_CLIENTS} clients, {LOAD_REQUESTS} requests ({len(flat)} texts), 0 errors, "
           f"{LOAD_REQUESTS / wall:.0f} requests/s ({len(flat) / wall:.0f} texts/s), "
           f"latency p50 {np.percentile(lat, 50):.1f} ms p99 {np.percentile(lat, 99):.1f} ms, "
           f"{b['batches']} forward passes (mean {b['texts'] / max(b['batches'], 1):.1f} texts, largest {b['largest_batch']})")

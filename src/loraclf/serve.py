@@ -46,10 +46,13 @@ def _read_json(path: Path, default=None):
         return default
 
 
-def load_predictor(path, batch_size: int = 64, precision: str = "auto") -> Predictor:
+def load_predictor(path, batch_size: int = 64, precision: str = "auto", threads: int = 0) -> Predictor:
     """A run directory (adapter merged on load), a --merged export (transformers alone) or an --onnx export."""
     from . import export
     path = Path(path)
+    if threads:
+        import torch
+        torch.set_num_threads(threads)
     if not path.is_dir():
         raise UserError(f"{path} does not exist or is not a folder", "give a run directory or an export folder")
     if export.is_export(path):
@@ -58,7 +61,7 @@ def load_predictor(path, batch_size: int = 64, precision: str = "auto") -> Predi
                 "budget": meta.get("budget"), "budget_limit": meta.get("budget_limit"), "adapter": meta.get("adapter"),
                 "metrics": meta.get("metrics"), "max_length": meta["max_length"]}
         if meta["kind"] == "onnx":
-            clf = export.OnnxClassifier(path)
+            clf = export.OnnxClassifier(path, threads=threads)
             return Predictor(lambda texts: clf.logits(texts, batch_size=batch_size), meta["labels"],
                              info | {"backend": "onnxruntime"})
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
@@ -303,7 +306,8 @@ def create_app(predictor: Predictor, max_texts: int = DEFAULTS["max_texts"], max
 def serve(path, host: str = "127.0.0.1", port: int = 8000, max_texts: int = DEFAULTS["max_texts"],
           max_chars: int = DEFAULTS["max_chars"], max_batch: int = DEFAULTS["max_batch"],
           max_wait_ms: float = DEFAULTS["max_wait_ms"], max_body_bytes: int | None = None, batch_size: int = 64,
-          precision: str = "auto", drain_timeout: float = 30, access_log: bool = False, log=print) -> int:
+          precision: str = "auto", drain_timeout: float = 30, access_log: bool = False, threads: int = 0,
+          log=print) -> int:
     try:
         import fastapi  # noqa: F401
         import uvicorn
@@ -315,7 +319,9 @@ def serve(path, host: str = "127.0.0.1", port: int = 8000, max_texts: int = DEFA
     if not 0 <= port <= 65535:
         raise UserError(f"--port {port} is not a port number", "give a port between 1 and 65535")
     _check_port(host, port)
-    predictor = load_predictor(path, batch_size, precision)
+    if threads < 0:
+        raise UserError(f"--threads must be 0 (the library default) or more, not {threads}", "give --threads 1 or more")
+    predictor = load_predictor(path, batch_size, precision, threads)
     app = create_app(predictor, max_texts, max_chars, max_batch, max_wait_ms, max_body_bytes)
     config = uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=access_log,
                             timeout_graceful_shutdown=drain_timeout, lifespan="on")
@@ -357,7 +363,7 @@ def _check_port(host: str, port: int) -> None:
 
 def cmd_serve(args) -> int:
     return serve(args.path, args.host, args.port, args.max_texts, args.max_chars, args.max_batch, args.max_wait_ms,
-                 args.max_body_bytes, args.batch_size, args.precision, args.drain_timeout, args.access_log)
+                 args.max_body_bytes, args.batch_size, args.precision, args.drain_timeout, args.access_log, args.threads)
 
 
 def add_commands(sub) -> None:
@@ -374,6 +380,9 @@ def add_commands(sub) -> None:
     p.add_argument("--batch-size", type=int, default=64, help="forward-pass batch size inside a micro-batch")
     p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"])
     p.add_argument("--drain-timeout", type=float, default=30, help="seconds to finish in-flight requests on SIGTERM")
+    p.add_argument("--threads", type=int, default=0,
+                   help="CPU threads per forward pass (default 0: torch's/onnxruntime's default; 1 is often fastest "
+                        "for small models and busy machines)")
     p.add_argument("--access-log", action="store_true", help="log every request")
     p.set_defaults(func=cmd_serve)
 
