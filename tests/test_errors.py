@@ -65,3 +65,8 @@ def test_cli_prints_no_traceback(tmp_path):
 def test_predict_on_missing_run(tmp_path, capsys):
     assert cli.main(["predict", str(tmp_path), str(tmp_path / "x.csv")]) == 2
     assert "not a loraclf run directory" in capsys.readouterr().err
+
+
+def test_every_command_is_registered():
+    actions = [a for a in cli.parser()._actions if a.dest == "command"][0]
+    assert {"train", "evaluate", "predict", "plan", "presets", "report", "compare", "export", "serve"} <= set(actions.choices)

@@ -68,9 +68,14 @@ def cmd_evaluate(args) -> int:
 
 def cmd_predict(args) -> int:
     from . import predict
-    r = predict.run(Path(args.run), args.input, Path(args.output), names=args.label_names, probs=args.probs,
-                    batch_size=args.batch_size, precision=args.precision, trust_pickle=args.trust_pickle,
-                    text_column=args.text_column)
+    if args.backend == "onnx":
+        from . import export
+        r = export.predict_run(Path(args.run), args.input, Path(args.output), names=args.label_names, probs=args.probs,
+                               batch_size=args.batch_size, trust_pickle=args.trust_pickle, text_column=args.text_column)
+    else:
+        r = predict.run(Path(args.run), args.input, Path(args.output), names=args.label_names, probs=args.probs,
+                        batch_size=args.batch_size, precision=args.precision, trust_pickle=args.trust_pickle,
+                        text_column=args.text_column)
     print(f"wrote {r['rows']} predictions to {r['out']}")
     return 0
 
@@ -160,6 +165,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"])
     p.add_argument("--text-column", help="text column of the input (default: the run's)")
+    p.add_argument("--backend", default="torch", choices=["torch", "onnx"],
+                   help="onnx: RUN is a folder from `loraclf export RUN --onnx DIR`, run with onnxruntime")
     p.add_argument("--trust-pickle", action="store_true")
     p.set_defaults(func=cmd_predict)
 
@@ -174,6 +181,9 @@ def parser() -> argparse.ArgumentParser:
     p = sub.add_parser("presets", help="list the built-in presets")
     p.set_defaults(func=cmd_presets)
     report_cli.add_commands(sub)
+    from . import export, serve
+    export.add_commands(sub)
+    serve.add_commands(sub)
     return ap
 
 
