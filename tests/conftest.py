@@ -93,3 +93,14 @@ def small_csv(tmp_path) -> Path:
     path = tmp_path / "small.csv"
     path.write_text("\n".join(lines) + "\n")
     return path
+
+
+def train_tiny_run(tmp: Path, model_dir: Path, *overrides: str) -> Path:
+    """A trained run on 48 keyword rows (2 epochs of a tiny model: seconds)."""
+    from loraclf import pipeline
+    words = ["election minister war", "football match goal", "stocks market profit", "software computer chip"]
+    train = tmp / "train.csv"
+    train.write_text("label,text\n" + "".join(f"{i % 4},{words[i % 4]} {i}\n" for i in range(48)))
+    out = tmp / "run"
+    pipeline.train(tiny_config(model_dir, "train.epochs=2", *overrides), [str(train)], out, log=lambda *a, **k: None)
+    return out

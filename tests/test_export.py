@@ -11,21 +11,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import LABELS, tiny_config
-from loraclf import export, pipeline, predict
+from conftest import LABELS, train_tiny_run
+from loraclf import export, predict
 from loraclf.errors import UserError
 
 OWN_TEXTS = ["football match goal tonight", "stocks market profit fell", "", "x",
              "software computer chip " * 30, "election minister war story", "a b c d e f g"]
-
-
-def _train(tmp: Path, model_dir: Path) -> Path:
-    words = ["election minister war", "football match goal", "stocks market profit", "software computer chip"]
-    train = tmp / "train.csv"
-    train.write_text("label,text\n" + "".join(f"{i % 4},{words[i % 4]} {i}\n" for i in range(48)))
-    out = tmp / "run"
-    pipeline.train(tiny_config(model_dir, "train.epochs=2"), [str(train)], out, log=lambda *a, **k: None)
-    return out
 
 
 def _cli(argv) -> int:
@@ -42,7 +33,7 @@ def _cli(argv) -> int:
 
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory, tiny_bert):
-    return _train(tmp_path_factory.mktemp("export"), tiny_bert)
+    return train_tiny_run(tmp_path_factory.mktemp("export"), tiny_bert)
 
 
 @pytest.fixture(scope="module")
@@ -208,7 +199,7 @@ def test_overwrite_replaces_an_export(tiny_run, tmp_path):
 
 
 def test_roberta_merged_matches(tiny_roberta, tmp_path):
-    run = _train(tmp_path, tiny_roberta)
+    run = train_tiny_run(tmp_path, tiny_roberta)
     out = export.export_merged(run, tmp_path / "merged")
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
     model = AutoModelForSequenceClassification.from_pretrained(str(out)).eval()

@@ -4,19 +4,13 @@ import pickle
 import numpy as np
 import pytest
 
-from conftest import LABELS, tiny_config
-from loraclf import cli, pipeline, predict
+from conftest import LABELS, train_tiny_run
+from loraclf import cli, predict
 
 
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory, tiny_bert):
-    tmp = tmp_path_factory.mktemp("predict")
-    words = ["election minister war", "football match goal", "stocks market profit", "software computer chip"]
-    train = tmp / "train.csv"
-    train.write_text("label,text\n" + "".join(f"{i % 4},{words[i % 4]} {i}\n" for i in range(48)))
-    out = tmp / "run"
-    pipeline.train(tiny_config(tiny_bert, "train.epochs=2"), [str(train)], out, log=lambda *a, **k: None)
-    return out
+    return train_tiny_run(tmp_path_factory.mktemp("predict"), tiny_bert)
 
 
 def _read(path):

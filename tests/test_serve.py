@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import LABELS, tiny_config
-from loraclf import export, pipeline, predict, serve
+from conftest import LABELS, train_tiny_run
+from loraclf import export, predict, serve
 
 LOAD_CLIENTS, LOAD_REQUESTS, LOAD_TIMEOUT_S = 16, 2000, 180
 LOAD_THREADS = os.environ.get("LORACLF_SERVE_THREADS", "1")  # one intra-op thread: fastest for the tiny model
@@ -85,18 +85,9 @@ class Server:
             self.log.close()
 
 
-def _train(tmp: Path, model_dir: Path) -> Path:
-    words = ["election minister war", "football match goal", "stocks market profit", "software computer chip"]
-    train = tmp / "train.csv"
-    train.write_text("label,text\n" + "".join(f"{i % 4},{words[i % 4]} {i}\n" for i in range(48)))
-    out = tmp / "run"
-    pipeline.train(tiny_config(model_dir, "train.epochs=2"), [str(train)], out, log=lambda *a, **k: None)
-    return out
-
-
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory, tiny_bert):
-    return _train(tmp_path_factory.mktemp("serve"), tiny_bert)
+    return train_tiny_run(tmp_path_factory.mktemp("serve"), tiny_bert)
 
 
 @pytest.fixture(scope="module")

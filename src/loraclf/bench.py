@@ -26,7 +26,6 @@ and an accuracy guard on the real MiniLM: loraclf's fast path vs the plain fp32 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import datetime as _dt
 import json
 import math
@@ -459,7 +458,6 @@ def accuracy_guard(agnews_dir: Path, train_rows: int, test_rows: int, epochs: fl
     """Real MiniLM, shared pool: loraclf's fit (its fast path) vs report A's plain fp32 loop (padded to
     max_length, shuffled batches); same seed, same training rows, same LoRA config; both scored by the
     same fp32 evaluation on the same test rows."""
-    import torch
     from accelerate import Accelerator
     from transformers import AutoTokenizer
     from . import config as config_mod

@@ -10,7 +10,6 @@ from __future__ import annotations
 import copy
 from dataclasses import dataclass, field
 
-import torch
 
 from .config import Config
 from .errors import UserError

@@ -81,7 +81,7 @@ def cmd_predict(args) -> int:
 
 
 def cmd_plan(args) -> int:
-    from . import budget, config
+    from . import budget
     cfg = _config(args)
     names = cfg.data.label_names if cfg.data.label_names and not args.num_labels else \
         [str(i) for i in range(args.num_labels or 2)]
@@ -181,9 +181,10 @@ def parser() -> argparse.ArgumentParser:
     p = sub.add_parser("presets", help="list the built-in presets")
     p.set_defaults(func=cmd_presets)
     report_cli.add_commands(sub)
-    from . import export, serve
+    from . import bench, export, serve
     export.add_commands(sub)
     serve.add_commands(sub)
+    bench.add_command(sub)
     return ap
 
 

@@ -268,7 +268,7 @@ def _row_label(t: _Table, i: int) -> str:
 def _texts(t: _Table, text_col: str) -> list[str]:
     if text_col not in t.columns:
         raise UserError(f"{t.where} has no column {text_col!r} (columns: {', '.join(t.columns)})",
-                        f"name the text column with --set data.text_column=<name>")
+                        "name the text column with --set data.text_column=<name>")
     texts = []
     for i, v in enumerate(t.columns[text_col]):
         if v is None or (isinstance(v, float) and v != v) or not isinstance(v, str) or not v.strip():

@@ -5,8 +5,6 @@ training step, and nothing is written until it has all passed.
 """
 from __future__ import annotations
 
-import json
-import os
 import platform
 import time
 from pathlib import Path
