@@ -32,6 +32,38 @@ def test_meta_count_equals_real_count_and_closed_form(tiny_model, method, r, tar
         assert fixed + r * step == planned.trainable
 
 
+@pytest.mark.parametrize("head", ["full", "linear", "lora"])
+@pytest.mark.parametrize("method,layers", [("lora", "[]"), ("dora", "[1]"), ("rslora", "[0]")])
+def test_head_strategies_count_exactly(tiny_model, head, method, layers):
+    cfg = tiny_config(tiny_model, f"model.head={head}", f"adapter.method={method}", f"adapter.layers={layers}")
+    planned = budget.count_config(cfg, LABELS)
+    built = model.build(cfg, LABELS)
+    assert planned.trainable == sum(p.numel() for p in built.parameters() if p.requires_grad)
+    if head == "lora":  # LoRA on the head's dense, never on encoder layers that adapter.layers excludes
+        dense, _ = model.head_parts(model.load_base(cfg, LABELS, meta=True))
+        adapted = {n.split(".lora_A")[0] for n, _ in built.named_parameters() if ".lora_A." in n}
+        assert any(a.endswith(dense) for a in adapted)
+        if layers != "[]":
+            assert all(f".{layers[1]}." in a for a in adapted if not a.endswith(dense))
+        fixed, step = budget.per_rank(cfg, LABELS)
+        assert fixed + 4 * step == planned.trainable
+
+
+def test_roberta_head_strategy_counts(roberta_dir):
+    from loraclf import config
+    counts = {}
+    for head in ("full", "linear", "lora"):
+        cfg = config.load("agnews-a", None, [f"model.name={roberta_dir}", "model.init=random", f"model.head={head}"])
+        counts[head] = budget.count_config(cfg, LABELS).groups["head"]
+    # full: dense 768x768+768 and out_proj 768x4+4; linear: out_proj; lora: r=6 on dense + out_proj
+    assert counts == {"full": 593_668, "linear": 3_076, "lora": 6 * (768 + 768) + 3_076}
+
+
+def test_head_lora_refuses_non_lora_methods(tiny_bert):
+    with pytest.raises(UserError, match="needs a LoRA-family adapter"):
+        budget.count_config(tiny_config(tiny_bert, "model.head=lora", "adapter.method=ia3"), LABELS)
+
+
 def test_roberta_base_reports_exact_counts(roberta_dir):
     from loraclf import config
     a = config.load("agnews-a", overrides=[f"model.name={roberta_dir}"])

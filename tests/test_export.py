@@ -198,8 +198,9 @@ def test_overwrite_replaces_an_export(tiny_run, tmp_path):
     assert not (out / "old.txt").exists() and (out / "model.safetensors").is_file()
 
 
-def test_roberta_merged_matches(tiny_roberta, tmp_path):
-    run = train_tiny_run(tmp_path, tiny_roberta)
+@pytest.mark.parametrize("head", ["full", "lora"])
+def test_roberta_merged_matches(tiny_roberta, tmp_path, head):
+    run = train_tiny_run(tmp_path, tiny_roberta, f"model.head={head}")
     out = export.export_merged(run, tmp_path / "merged")
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
     model = AutoModelForSequenceClassification.from_pretrained(str(out)).eval()

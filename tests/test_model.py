@@ -70,7 +70,7 @@ def _trained_run(tmp_path, model_dir, csv, *overrides):
     return out, cfg
 
 
-@pytest.mark.parametrize("head", ["full", "linear"])
+@pytest.mark.parametrize("head", ["full", "linear", "lora"])
 def test_save_load_fresh_process_identical_logits_with_head(tmp_path, tiny_model, small_csv, head):
     out, cfg = _trained_run(tmp_path, tiny_model, small_csv, f"model.head={head}")
     m, _, _ = model.load_run_model(out)
@@ -78,6 +78,10 @@ def test_save_load_fresh_process_identical_logits_with_head(tmp_path, tiny_model
     fresh = model.load_base(cfg, LABELS)
     fresh_head = [p for n, p in fresh.named_parameters() if n.split(".")[0] in ("classifier", "score") and n.endswith("weight")][-1]
     assert not torch.equal(head, fresh_head), "the head was not trained"
+    if cfg.model.head == "lora":
+        dense, _ = model.head_parts(fresh)
+        lora_b = [p for n, p in m.named_parameters() if n.split(".lora_B")[0].endswith(dense) and ".lora_B." in n]
+        assert lora_b and all(p.abs().sum() > 0 for p in lora_b), "the head's LoRA was not trained"
     ids = torch.randint(5, 1000, (3, 10))
     with torch.no_grad():
         here = m(input_ids=ids, attention_mask=torch.ones_like(ids)).logits.numpy()
@@ -89,11 +93,17 @@ from transformers import AutoModelForSequenceClassification
 ids = torch.from_numpy(np.load({str(tmp_path / 'ids.npy')!r}))
 for attn in ("eager", "sdpa"):  # the run used eager (CPU default); plain loading defaults to sdpa
     base = AutoModelForSequenceClassification.from_pretrained({str(tiny_model)!r}, num_labels=4, attn_implementation=attn)
+    if {cfg.model.head == "lora"}:  # the head's frozen dense was freshly initialised; its weights are saved
+        from safetensors.torch import load_file
+        from loraclf.model import HEAD_DENSE_FILE, head_parts
+        dense = {str(out / "adapter")!r} + "/" + HEAD_DENSE_FILE
+        base.get_submodule(head_parts(base)[0]).load_state_dict(load_file(dense))
     m = PeftModel.from_pretrained(base, {str(out / 'adapter')!r}).eval()
     with torch.no_grad():
         np.save({str(tmp_path)!r} + f"/there-{{attn}}.npy", m(input_ids=ids, attention_mask=torch.ones_like(ids)).logits.numpy())
 """
-    subprocess.run([sys.executable, "-c", script], check=True, capture_output=True)
+    r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-2000:]
     np.testing.assert_array_equal(here, np.load(tmp_path / "there-eager.npy"))
     np.testing.assert_allclose(here, np.load(tmp_path / "there-sdpa.npy"), atol=1e-6)
 

@@ -40,7 +40,8 @@ class Budget:
 
 def _group(name: str) -> str:
     parts = name.split(".")
-    if "modules_to_save" in parts or parts[0] in model_mod.HEAD_NAMES or any(h in parts[:3] for h in model_mod.HEAD_NAMES):
+    if ("modules_to_save" in parts or "pooler" in parts or "pre_classifier" in parts
+            or any(h in parts[:3] for h in model_mod.HEAD_NAMES)):
         return "head"
     for marker in ("lora_A", "lora_B", "lora_magnitude_vector", "lora_embedding_A", "lora_embedding_B",
                    "vera_lambda_b", "vera_lambda_d", "ia3_l"):

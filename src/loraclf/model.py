@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import importlib
 import json
+import re
 from pathlib import Path
 
 import torch
@@ -105,6 +106,33 @@ def check_targets(model, targets: list[str]) -> None:
                             f"linear module names are: {', '.join(linear_names(model))}")
 
 
+def head_parts(model) -> tuple[str | None, str]:
+    """(pre-projection dense, final projection) of the classification head, as module paths:
+    RoBERTa classifier.dense + classifier.out_proj; BERT pooler.dense + classifier; DistilBERT
+    pre_classifier + classifier. The dense is None for heads that are a single projection."""
+    names = {re.sub(r"\.(base_layer|original_module|modules_to_save\.default)$", "", n)
+             for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
+    for dense, proj in (("classifier.dense", "classifier.out_proj"), ("pooler.dense", "classifier"),
+                        ("pre_classifier", "classifier"), ("pooler.dense", "score")):
+        d = next((n for n in names if n == dense or n.endswith("." + dense)), None)
+        p = next((n for n in names if n == proj or n.endswith("." + proj)), None)
+        if d and p:
+            return d, p
+    linears = [n for n in names if n.split(".")[0] in HEAD_NAMES]
+    return None, (sorted(linears)[-1] if linears else "classifier")
+
+
+LAYER_CONTAINERS = "layer|layers|h|block|blocks"
+
+
+def _encoder_regex(targets: list[str], layers: list[int]) -> str:
+    """The peft regex for `targets` inside encoder layers (optionally only `layers`); used when the head
+    needs its own LoRA target, because peft's layers_to_transform would also filter the head out."""
+    index = "|".join(str(i) for i in layers) if layers else r"\d+"
+    names = "|".join(re.escape(t) for t in targets)
+    return rf".*\.(?:{LAYER_CONTAINERS})\.(?:{index})\.(?:.*\.)?(?:{names})"
+
+
 def peft_config(cfg: Config, model):
     """The peft config for cfg.adapter; its counts are what budget.py reports."""
     from peft import IA3Config, LoraConfig, TaskType, VeraConfig
@@ -123,17 +151,30 @@ def peft_config(cfg: Config, model):
     if a.method == "ia3":
         ff = [t for t in a.target_modules if t in ("dense", "intermediate", "output", "fc1", "fc2", "lin1", "lin2")]
         return IA3Config(feedforward_modules=ff, **common)
-    return LoraConfig(r=a.r, lora_alpha=a.alpha, lora_dropout=a.dropout, bias=a.bias,
-                      use_rslora=a.method == "rslora", use_dora=a.method == "dora",
-                      rank_pattern=dict(a.rank_pattern), **common)
+    lora = dict(r=a.r, lora_alpha=a.alpha, lora_dropout=a.dropout, bias=a.bias, use_rslora=a.method == "rslora",
+                use_dora=a.method == "dora", rank_pattern=dict(a.rank_pattern))
+    if cfg.model.head == "lora":
+        # LoRA on the head's dense layer, full training of its projection. No task type: peft's SEQ_CLS
+        # would put the whole head in modules_to_save and train the dense layer in full.
+        dense, proj = head_parts(model)
+        if dense is None:
+            raise UserError("model.head=lora needs a dense layer before the final projection, and this "
+                            "model's head has none", "use model.head=full or model.head=linear")
+        regex = _encoder_regex(a.target_modules, a.layers) + "|" + re.escape(dense)
+        return LoraConfig(target_modules=regex, modules_to_save=[proj], **lora)
+    return LoraConfig(**lora, **common)
 
 
 def attach(cfg: Config, base):
     """Wrap the base model with adapters, then apply the head strategy:
     full   -- the whole head trains (peft's modules_to_save; the reports' behaviour);
     linear -- only the head's final projection (hidden x classes) trains; layers before it stay frozen
-              at their initial values, which are still saved with the adapter so reloads match."""
+              at their initial values, which are still saved with the adapter so reloads match;
+    lora   -- LoRA (same rank) on the head's dense layer, and its final projection trains in full."""
     from peft import get_peft_model
+    if cfg.model.head == "lora" and cfg.adapter.method not in ("lora", "rslora", "dora"):
+        raise UserError(f"model.head=lora needs a LoRA-family adapter, not adapter.method={cfg.adapter.method}",
+                        "use adapter.method=lora, rslora or dora, or model.head=full/linear")
     if cfg.adapter.method == "none":  # full fine-tuning, a reference point for studies
         for p in base.parameters():
             p.requires_grad_(True)
@@ -167,9 +208,28 @@ def build(cfg: Config, label_names: list[str]):
 
 # ------------------------------------------------------------------------------- save and load
 
+HEAD_DENSE_FILE = "head_dense_base.safetensors"
+
+
 def save(model, out_dir: Path) -> None:
-    """peft format: adapter_config.json + adapter_model.safetensors, head weights included."""
+    """peft format: adapter_config.json + adapter_model.safetensors, head weights included. With
+    head=lora the head's frozen dense layer may be freshly initialised (RoBERTa's is), so its base
+    weights are saved beside the adapter; load_run_model puts them back."""
+    from safetensors.torch import save_file
     model.save_pretrained(str(out_dir), safe_serialization=True)
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    dense, _ = head_parts(base)
+    layer = base.get_submodule(dense) if dense else None
+    if layer is not None and hasattr(layer, "base_layer"):
+        tensors = {k: v.detach().contiguous() for k, v in layer.base_layer.state_dict().items()}
+        save_file(tensors, str(Path(out_dir) / HEAD_DENSE_FILE))
+
+
+def _restore_head_dense(base, adapter_dir: Path) -> None:
+    from safetensors.torch import load_file
+    file = Path(adapter_dir) / HEAD_DENSE_FILE
+    if file.is_file():
+        base.get_submodule(head_parts(base)[0]).load_state_dict(load_file(str(file)))
 
 
 def load_run_model(run_dir: Path, merged: bool = False):
@@ -189,7 +249,9 @@ def load_run_model(run_dir: Path, merged: bool = False):
         from transformers import AutoModelForSequenceClassification
         model = AutoModelForSequenceClassification.from_pretrained(str(adapter))
     else:
-        model = PeftModel.from_pretrained(load_base(cfg, label_names), str(adapter))
+        base = load_base(cfg, label_names)
+        _restore_head_dense(base, adapter)
+        model = PeftModel.from_pretrained(base, str(adapter))
         if merged:
             model = model.merge_and_unload()
     model.eval()
