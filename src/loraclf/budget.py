@@ -104,27 +104,49 @@ def check(cfg: Config, label_names: list[str]) -> Budget:
     return b
 
 
-def plan(cfg: Config, label_names: list[str], budget: int, target_sets=None, ranks=(1, 2, 4, 8, 16, 32, 64)) -> list[dict]:
-    """Every (targets x rank) of the given sets that fits the budget, with exact counts."""
+HEADS = ("full", "linear", "lora")
+
+
+def plan(cfg: Config, label_names: list[str], budget: int, target_sets=None, heads=HEADS, layer_sets=None,
+         ranks=(1, 2, 4, 8, 16, 32, 64), all_ranks: bool = False) -> list[dict]:
+    """Every (head strategy x targets x layers) with the largest rank that fits the budget, exact counts
+    (all_ranks: also every standard rank that fits). Most adapter parameters first."""
     base = model_mod.load_base(cfg, label_names, meta=True)
     linears = model_mod.linear_names(base)
-    if target_sets is None:
-        target_sets = default_target_sets(linears)
+    target_sets = target_sets or default_target_sets(linears)
+    layer_sets = layer_sets if layer_sets is not None else default_layer_sets(getattr(base.config, "num_hidden_layers", 0))
+    has_dense = model_mod.head_parts(base)[0] is not None
     rows = []
-    for targets in target_sets:
-        c = copy.deepcopy(cfg)
-        c.adapter.target_modules = list(targets)
-        fixed, step = per_rank(c, label_names)
-        for r in ranks:
-            trainable = fixed + r * step
-            if trainable <= budget:
-                rows.append({"targets": ",".join(targets), "r": r, "trainable": trainable,
-                             "lora": r * step, "head_and_other": fixed})
-        r_max = (budget - fixed) // step if step else 0
-        if r_max >= 1 and r_max not in ranks:
-            rows.append({"targets": ",".join(targets), "r": int(r_max), "trainable": fixed + r_max * step,
-                         "lora": r_max * step, "head_and_other": fixed, "largest": True})
-    return rows
+    for head in heads:
+        if head == "lora" and (not has_dense or cfg.adapter.method not in ("lora", "rslora", "dora")):
+            continue
+        for layers in layer_sets:
+            for targets in target_sets:
+                c = copy.deepcopy(cfg)
+                c.model.head, c.adapter.target_modules, c.adapter.layers = head, list(targets), list(layers)
+                fixed, step = per_rank(c, label_names)
+                r_max = (budget - fixed) // step if step else 0
+                chosen = [r for r in ranks if r < r_max] if all_ranks else []
+                for r in chosen + ([int(r_max)] if r_max >= 1 else []):
+                    rows.append({"head": head, "targets": ",".join(targets), "layers": _layers_text(layers),
+                                 "layer_list": list(layers), "r": int(r), "trainable": fixed + r * step,
+                                 "adapter": r * step, "head_and_other": fixed, "largest": r == r_max})
+    seen, unique = set(), []
+    for row in rows:  # e.g. BERT: its head is one projection, so full and linear are the same plan
+        key = (row["targets"], row["layers"], row["r"], row["trainable"], row["adapter"])
+        if key not in seen:
+            seen.add(key)
+            unique.append(row)
+    return sorted(unique, key=lambda row: (-row["largest"], -row["adapter"], row["head_and_other"]))
+
+
+def _layers_text(layers) -> str:
+    return "all" if not layers else f"{layers[0]}-{layers[-1]}" if list(layers) == list(range(layers[0], layers[-1] + 1)) else ",".join(map(str, layers))
+
+
+def default_layer_sets(n_layers: int) -> list[list[int]]:
+    """All layers, and the top half (cheaper: no backward below the lowest adapted layer)."""
+    return [[], list(range(n_layers // 2, n_layers))] if n_layers >= 2 else [[]]
 
 
 def default_target_sets(linears: list[str]) -> list[list[str]]:

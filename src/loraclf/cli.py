@@ -86,7 +86,7 @@ def cmd_plan(args) -> int:
     names = cfg.data.label_names if cfg.data.label_names and not args.num_labels else \
         [str(i) for i in range(args.num_labels or 2)]
     limit = cfg.train.budget
-    if args.preset or args.config or args.set:
+    if (args.preset or args.config or args.set) and not args.sweep and not args.all_ranks:
         b = budget.count_config(cfg, names)
         fits = b.trainable <= limit
         if args.json:
@@ -99,15 +99,23 @@ def cmd_plan(args) -> int:
                 print(f"  (total includes the {b.frozen_head_copy:,} parameters of the original head that peft keeps frozen beside the trained copy)")
             print(f"budget {limit:,}: {'fits' if fits else 'OVER BUDGET'}")
         return 0 if fits else 1
-    rows = budget.plan(cfg, names, limit)
+    if args.sweep:
+        from . import search
+        if not args.data:
+            raise UserError("--sweep trains candidates, so it needs --data", "add --data TRAIN_FILE [...]")
+        search.sweep(cfg, args.data, args.sweep, args.sweep_rows, Path(args.out or "sweep"), val_rows=args.sweep_val_rows,
+                     overwrite=args.overwrite, trust_pickle=args.trust_pickle)
+        return 0
+    rows = budget.plan(cfg, names, limit, all_ranks=args.all_ranks)
     if args.json:
         print(json.dumps({"model": cfg.model.name, "budget": limit, "options": rows}))
         return 0
-    print(f"{cfg.model.name}, {len(names)} classes, budget {limit:,}: LoRA options that fit")
-    print(f"{'targets':<40} {'r':>4} {'trainable':>12} {'lora':>10} {'head+other':>11}")
+    print(f"{cfg.model.name}, {len(names)} classes, {cfg.adapter.method}, budget {limit:,}: "
+          f"{'every rank' if args.all_ranks else 'the largest rank'} that fits, most adapter parameters first")
+    print(f"{'head':<7} {'targets':<34} {'layers':<7} {'r':>4} {'trainable':>11} {'adapter':>10} {'head+other':>11}")
     for r in rows:
-        mark = "  <- largest r" if r.get("largest") else ""
-        print(f"{r['targets']:<40} {r['r']:>4} {r['trainable']:>12,} {r['lora']:>10,} {r['head_and_other']:>11,}{mark}")
+        print(f"{r['head']:<7} {r['targets']:<34} {r['layers']:<7} {r['r']:>4} {r['trainable']:>11,} {r['adapter']:>10,} "
+              f"{r['head_and_other']:>11,}")
     return 0
 
 
@@ -176,6 +184,15 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--budget", type=int)
     p.add_argument("--num-labels", type=int, default=0, help="classes (default: the preset's, else 2)")
     p.add_argument("--json", action="store_true")
+    p.add_argument("--all-ranks", action="store_true", help="list every standard rank that fits, not only the largest")
+    p.add_argument("--sweep", type=int, default=0, metavar="N",
+                   help="train the N most promising plans briefly and rank them by successive halving (needs --data)")
+    p.add_argument("--data", nargs="+", help="training data for --sweep")
+    p.add_argument("--sweep-rows", type=int, default=1000, help="training rows in the first round (doubled each round)")
+    p.add_argument("--sweep-val-rows", type=int, default=500, help="held-out rows every candidate is scored on")
+    p.add_argument("--out", help="sweep folder (default ./sweep): a run per candidate, sweep.json, best-config.json")
+    p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--trust-pickle", action="store_true")
     p.set_defaults(func=cmd_plan)
 
     p = sub.add_parser("presets", help="list the built-in presets")
