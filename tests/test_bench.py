@@ -114,10 +114,11 @@ def test_cli_json_with_subprocess_workers(tiny_dir, agnews_dir, tmp_path, capsys
     """--json through main(), with one contender in its own subprocess (the real isolation path)."""
     rc = bench.main(["--quick", "--json", "--agnews-dir", str(agnews_dir), "--roberta-dir", str(tiny_dir),
                      "--out-dir", "-", "--no-guard", "--set", f"data.max_length={TINY_MAX}", "--repeats", "1",
-                     "--contenders", "loraclf", "--infer-rows", "8", "--peak-size", "128"])
+                     "--contenders", "loraclf", "--infer-rows", "8", "--peak-size", "128", "--onnx"])
     assert rc == 0
     res = json.loads(capsys.readouterr().out)
     assert set(bench.REQUIRED_KEYS) <= set(res)
+    assert res["infer"]["loraclf_onnx"]["rows_measured"] == 8 and res["infer"]["loraclf_onnx"]["rows_per_s"] > 0
     assert res["train"]["loraclf"]["peak_rss_mb"] > 0 and res["train_speedup_vs_report_a"] is None
 
 

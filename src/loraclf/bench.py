@@ -354,6 +354,16 @@ def run_loraclf_infer(model, cfg, tokenizer, texts, run_dir: Path) -> dict:
             "merged": True, "logits_shape": list(logits.shape)}
 
 
+def run_onnx_infer(run_dir: Path, tokenizer, texts, out: Path, cfg) -> dict:
+    """`loraclf export --onnx` of the same trained run, then onnxruntime over the same texts (export untimed)."""
+    from . import export
+    export.export_onnx(run_dir, out)
+    r = export.onnx_throughput(out, list(texts), batch_size=cfg.train.eval_batch_size)
+    max_len = cfg.data.max_length_infer or cfg.data.max_length
+    tokens = sum(len(x) for x in tokenizer(list(texts), truncation=True, max_length=max_len)["input_ids"])
+    return {"rows": len(texts), "tokens": tokens, "seconds": r["seconds"], "batch_size": cfg.train.eval_batch_size}
+
+
 def run_report_a_infer(model, tokenizer, texts, max_length: int, batch_size: int, device) -> dict:
     """Report A's eval loop: pad to max_length, batch 16, unmerged peft model, fp32, no_grad."""
     import torch
@@ -422,6 +432,8 @@ def worker(spec: dict) -> dict:
                                                 spec["train_steps"], work)
             result["peak_rss_mb"] = peak_rss_mb()
             result["infer"] = run_loraclf_infer(model, cfg, tokenizer, infer_texts, work / "run")
+            if spec.get("onnx"):
+                result["infer_onnx"] = run_onnx_infer(work / "run", tokenizer, infer_texts, work / "onnx", cfg)
         elif contender == "trainer":
             model = report_a_model(cfg)  # the same peft model a Trainer user builds
             result["rss_setup_mb"] = current_rss_mb()
@@ -569,6 +581,13 @@ def summarize(runs: list[dict], peaks: dict, sizes: dict) -> dict:
                     "tokens_per_s": _median([r["infer"]["tokens"] / r["infer"]["seconds"] for r in mine]),
                     "rows_measured": rows, "seconds": secs, "batch_size": mine[0]["infer"].get("batch_size"),
                     "rows_per_s_all": rps}
+    onnx = [r["infer_onnx"] for r in runs if r.get("infer_onnx")]
+    if onnx:
+        infer["loraclf_onnx"] = {"rows_per_s": _median([o["rows"] / o["seconds"] for o in onnx]),
+                                 "rows_per_s_overall": sum(o["rows"] for o in onnx) / sum(o["seconds"] for o in onnx),
+                                 "tokens_per_s": _median([o["tokens"] / o["seconds"] for o in onnx]),
+                                 "rows_measured": sum(o["rows"] for o in onnx), "seconds": sum(o["seconds"] for o in onnx),
+                                 "batch_size": onnx[0]["batch_size"], "rows_per_s_all": [o["rows"] / o["seconds"] for o in onnx]}
     n = next((r["non_embedding_params"] for r in runs if r["contender"] == "loraclf"),
              next((r["non_embedding_params"] for r in runs), 0))
     flops = {"non_embedding_params": n, "train_flops_per_token": train_flops_per_token(n),
@@ -590,6 +609,8 @@ def summarize(runs: list[dict], peaks: dict, sizes: dict) -> dict:
         "train_speedup_vs_trainer": ratio(train, "loraclf", "trainer", "samples_per_s"),
         "infer_speedup_vs_report_a": ratio(infer, "loraclf", "report_a", "rows_per_s"),
         "infer_speedup_vs_trainer": ratio(infer, "loraclf", "trainer", "rows_per_s"),
+        "infer_onnx_speedup_vs_report_a": ratio(infer, "loraclf_onnx", "report_a", "rows_per_s"),
+        "infer_onnx_speedup_vs_trainer": ratio(infer, "loraclf_onnx", "trainer", "rows_per_s"),
         # the machine's peak is the faster of the two measured matmul peaks (bf16 is emulated, hence slower,
         # on CPUs without native bf16); the fractions of each peak are given beside it
         "train_peak_fraction": achieved / machine_peak if achieved else None,
@@ -665,6 +686,8 @@ def run(opts, log=None) -> dict:
     start = time.perf_counter()
     if opts.threads:
         torch.set_num_threads(opts.threads)
+    if getattr(opts, "onnx", None) is None:
+        opts.onnx = not opts.quick and _has_onnxruntime()
     sizes = dict(QUICK if opts.quick else FULL)
     for k in sizes:
         v = getattr(opts, k, None)
@@ -712,7 +735,7 @@ def run(opts, log=None) -> dict:
                     "train_steps": sizes["report_a_train_steps" if ra else "train_steps"],
                     "train_rows": train_rows[: (sizes["report_a_warmup_steps" if ra else "warmup_steps"]
                                                 + sizes["report_a_train_steps" if ra else "train_steps"]) * bs],
-                    "infer_rows": [part[i] for i in ra_rows[rep]] if ra else part}
+                    "infer_rows": [part[i] for i in ra_rows[rep]] if ra else part, "onnx": c == "loraclf" and opts.onnx}
             tick = time.perf_counter()
             r = _run_worker(spec, not opts.in_process, log)
             runs.append(r)
@@ -738,6 +761,11 @@ def run(opts, log=None) -> dict:
 
 
 # ------------------------------------------------------------------------------------ levers
+
+def _has_onnxruntime() -> bool:
+    import importlib.util
+    return importlib.util.find_spec("onnxruntime") is not None and importlib.util.find_spec("onnx") is not None
+
 
 def _timed(fn, repeats: int) -> float:
     fn()  # warmup
@@ -878,6 +906,8 @@ def _add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--guard-epochs", type=float)
     p.add_argument("--peak-size", type=int, help="matmul size for the FLOP/s peaks (CPU)")
     p.add_argument("--no-guard", action="store_true", help="skip the MiniLM accuracy guard")
+    p.add_argument("--onnx", action=argparse.BooleanOptionalAction, default=None,
+                   help="also time onnxruntime on an ONNX export of loraclf's run (default: on, off with --quick)")
     p.add_argument("--contenders", nargs="+", choices=CONTENDERS)
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="extra config override for every contender")
     p.add_argument("--in-process", action="store_true", help="no subprocess per contender (peak RSS is then shared)")
