@@ -187,7 +187,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--all-ranks", action="store_true", help="list every standard rank that fits, not only the largest")
     p.add_argument("--sweep", type=int, default=0, metavar="N",
                    help="train the N most promising plans briefly and rank them by successive halving (needs --data)")
-    p.add_argument("--data", nargs="+", help="training data for --sweep")
+    p.add_argument("--data", action="append", help="training data for --sweep (repeatable, as for train)")
     p.add_argument("--sweep-rows", type=int, default=1000, help="training rows in the first round (doubled each round)")
     p.add_argument("--sweep-val-rows", type=int, default=500, help="held-out rows every candidate is scored on")
     p.add_argument("--out", help="sweep folder (default ./sweep): a run per candidate, sweep.json, best-config.json")
