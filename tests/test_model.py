@@ -153,3 +153,37 @@ def test_run_directory_contract(tmp_path, tiny_bert, small_csv):
 def test_missing_model_path_is_a_user_error(tmp_path):
     with pytest.raises(UserError, match="cannot load model config"):
         model.load_base(tiny_config(tmp_path / "nowhere"), LABELS)
+
+
+@pytest.mark.parametrize("head", ["full", "lora"])
+def test_pissa_counts_trains_and_reloads_identically_in_a_fresh_process(tmp_path, tiny_model, small_csv, head):
+    from loraclf import budget
+    cfg = tiny_config(tiny_model, "adapter.init=pissa", f"model.head={head}")
+    built = model.build(cfg, LABELS)
+    assert budget.count_config(cfg, LABELS).trainable == sum(p.numel() for p in built.parameters() if p.requires_grad)
+    lora_b = [p for n, p in built.named_parameters() if "lora_B" in n]
+    assert all(p.abs().sum() > 0 for p in lora_b), "PiSSA initialises B from the singular vectors, not zeros"
+    out, _ = _trained_run(tmp_path, tiny_model, small_csv, "adapter.init=pissa", f"model.head={head}")
+    ids = torch.randint(5, 1000, (3, 10))
+    np.save(tmp_path / "ids.npy", ids.numpy())
+    script = f"""
+import numpy as np, torch
+from loraclf import model
+ids = torch.from_numpy(np.load({str(tmp_path / 'ids.npy')!r}))
+for merged in (False, True):
+    m, _, _ = model.load_run_model({str(out)!r}, merged=merged)
+    with torch.no_grad():
+        np.save({str(tmp_path)!r} + f"/pissa-{{merged}}.npy", m(input_ids=ids, attention_mask=torch.ones_like(ids)).logits.numpy())
+"""
+    r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-2000:]
+    here, _, _ = model.load_run_model(out)
+    with torch.no_grad():
+        expected = here(input_ids=ids, attention_mask=torch.ones_like(ids)).logits.numpy()
+    np.testing.assert_array_equal(expected, np.load(tmp_path / "pissa-False.npy"))
+    np.testing.assert_allclose(expected, np.load(tmp_path / "pissa-True.npy"), atol=1e-5)
+
+
+def test_pissa_refuses_non_lora_methods(tiny_bert):
+    with pytest.raises(UserError, match="adapter.init=pissa"):
+        model.build(tiny_config(tiny_bert, "adapter.init=pissa", "adapter.method=vera"), LABELS)

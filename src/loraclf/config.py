@@ -36,6 +36,7 @@ class AdapterConfig:
     layers: list[int] = field(default_factory=list)  # empty: every layer
     rank_pattern: dict[str, int] = field(default_factory=dict)
     lr_ratio_b: float = 1.0             # LoRA+: lr of lora_B = lr * lr_ratio_b
+    init: str = "default"               # "default" (B = 0) | "pissa" (A, B from the weights' top singular vectors)
 
 
 @dataclass
@@ -229,6 +230,7 @@ CHOICES = {
     "model.attn_implementation": ("auto", "sdpa", "eager"),
     "adapter.method": ("lora", "rslora", "dora", "vera", "ia3", "none"),
     "adapter.bias": ("none", "all", "lora_only"),
+    "adapter.init": ("default", "pissa"),
     "train.scheduler": ("linear", "cosine", "constant"),
     "train.monitor": ("val_loss", "val_accuracy", "val_macro_f1"),
     "train.class_weight": ("none", "balanced"),

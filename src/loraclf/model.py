@@ -138,6 +138,9 @@ def peft_config(cfg: Config, model):
     from peft import IA3Config, LoraConfig, TaskType, VeraConfig
     a = cfg.adapter
     check_targets(model, a.target_modules)
+    if a.init == "pissa" and a.method not in ("lora", "rslora"):
+        raise UserError(f"adapter.init=pissa applies to lora and rslora, not adapter.method={a.method}",
+                        "use adapter.method=lora, or adapter.init=default")
     layers = {"layers_to_transform": a.layers} if a.layers else {}
     if a.layers:
         n_layers = getattr(model.config, "num_hidden_layers", None)
@@ -151,8 +154,11 @@ def peft_config(cfg: Config, model):
     if a.method == "ia3":
         ff = [t for t in a.target_modules if t in ("dense", "intermediate", "output", "fc1", "fc2", "lin1", "lin2")]
         return IA3Config(feedforward_modules=ff, **common)
+    on_meta = any(p.device.type == "meta" for p in model.parameters())
     lora = dict(r=a.r, lora_alpha=a.alpha, lora_dropout=a.dropout, bias=a.bias, use_rslora=a.method == "rslora",
-                use_dora=a.method == "dora", rank_pattern=dict(a.rank_pattern))
+                use_dora=a.method == "dora", rank_pattern=dict(a.rank_pattern),
+                # PiSSA's SVD needs real weights; on the meta device (counting) shapes are all that matter
+                init_lora_weights="pissa" if a.init == "pissa" and not on_meta else True)
     if cfg.model.head == "lora":
         # LoRA on the head's dense layer, full training of its projection. No task type: peft's SEQ_CLS
         # would put the whole head in modules_to_save and train the dense layer in full.
@@ -248,6 +254,10 @@ def load_run_model(run_dir: Path, merged: bool = False):
     if cfg.adapter.method == "none":
         from transformers import AutoModelForSequenceClassification
         model = AutoModelForSequenceClassification.from_pretrained(str(adapter))
+    elif cfg.adapter.init == "pissa":
+        model = _load_pissa(cfg, label_names, adapter)
+        if merged:
+            model = model.merge_and_unload()
     else:
         base = load_base(cfg, label_names)
         _restore_head_dense(base, adapter)
@@ -256,6 +266,23 @@ def load_run_model(run_dir: Path, merged: bool = False):
             model = model.merge_and_unload()
     model.eval()
     return model, cfg, label_names
+
+
+def _load_pissa(cfg: Config, label_names: list[str], adapter: Path):
+    """PiSSA moved the adapted weights' top singular directions out of the base weights (W_res = W - BA
+    at init), so the saved adapter only fits a base with the same residual. The residual is recomputed
+    here from the pretrained weights (PiSSA's full SVD is deterministic) and the trained A, B and head
+    are loaded on top. `export --merged` gives a plain model that needs none of this."""
+    from peft import set_peft_model_state_dict
+    from safetensors.torch import load_file
+    base = load_base(cfg, label_names)
+    _restore_head_dense(base, adapter)
+    model = attach(cfg, base)
+    result = set_peft_model_state_dict(model, load_file(str(adapter / "adapter_model.safetensors")))
+    missing = [k for k in result.missing_keys if "lora_" in k or "modules_to_save" in k]
+    if missing or result.unexpected_keys:
+        raise RuntimeError(f"PiSSA adapter does not fit its model: missing {missing[:3]}, unexpected {result.unexpected_keys[:3]}")
+    return model
 
 
 @contextlib.contextmanager
