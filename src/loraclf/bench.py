@@ -879,6 +879,11 @@ def levers(opts, log=None) -> list[dict]:
         torch.set_num_threads(t)
         record("threads (train step)", str(t), _timed(train_step_fn(model, cfg), reps), bs, "samples")
     torch.set_num_threads(n_threads)
+    # dropout inside the encoder (the pretrained config's 0.1 vs off: model.encoder_dropout=0)
+    for drop in ("-1", "0"):
+        model, cfg = build([f"model.encoder_dropout={drop}"])
+        record("encoder dropout (train step)", "pretrained 0.1" if drop == "-1" else "off",
+               _timed(train_step_fn(model, cfg), reps), bs, "samples")
     # adapters only in the upper layers: autograd then stops below the lowest adapted layer
     for layers in ("", "8,9,10,11"):
         model, cfg = build([f"adapter.layers=[{layers}]"] if layers else [])
