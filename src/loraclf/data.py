@@ -11,6 +11,7 @@ import io
 import json
 import pickle
 import random
+import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -20,6 +21,11 @@ from .errors import UserError
 
 TABLE_SUFFIXES = {".csv", ".tsv", ".jsonl", ".json", ".parquet", ".pkl", ".pickle"}
 MAX_TEXT_CHARS = 1_000_000  # longer texts are cut here before tokenization (they are truncated anyway)
+DELIMITERS = {",": "comma", "\t": "tab", ";": "semicolon", "|": "pipe"}
+# What a corrupt or truncated pickle raises while loading (seen by fuzzing real Dataset/DataFrame pickles);
+# anything else is a bug and should show as one.
+PICKLE_ERRORS = (pickle.UnpicklingError, EOFError, ValueError, TypeError, KeyError, IndexError, AttributeError,
+                 ImportError, OverflowError, MemoryError, struct.error)
 
 
 @dataclass
@@ -57,8 +63,16 @@ class _Table:
 def _read_text(path: Path, encoding: str) -> str:
     raw = path.read_bytes()
     if not raw.strip():
-        raise UserError(f"{path} is empty", "give a file with a header and at least one row")
-    enc = "utf-8-sig" if encoding.lower().replace("_", "-") in ("utf-8", "utf8") else encoding
+        raise UserError(f"{path} is empty", "give a file with at least one data row (CSV/TSV: below a header)")
+    utf8 = encoding.lower().replace("_", "-") in ("utf-8", "utf8")
+    if utf8 and raw[:2] in (b"\xff\xfe", b"\xfe\xff"):
+        raise UserError(f"{path} is UTF-16 text (it starts with a UTF-16 byte order mark)",
+                        "pass --set data.encoding=utf-16, or re-save the file as UTF-8")
+    if utf8 and b"\x00" in raw[:65536]:
+        raise UserError(f"{path} contains NUL bytes, so it is not UTF-8 text (a compressed, Excel or UTF-16 file?)",
+                        "give a plain-text CSV/TSV/JSONL (decompress it, or save as CSV UTF-8), "
+                        "or pass --set data.encoding=utf-16 if it is UTF-16")
+    enc = "utf-8-sig" if utf8 else encoding  # utf-8-sig: a byte order mark at the start is dropped
     try:
         return raw.decode(enc)
     except UnicodeDecodeError as e:
@@ -76,6 +90,8 @@ def _is_agnews_row(row: list[str]) -> bool:
 def _read_delimited(path: Path, encoding: str, text_col: str) -> _Table:
     text = _read_text(path, encoding)
     delimiter = "\t" if path.suffix.lower() == ".tsv" else ","
+    # one text may be megabytes (it is truncated at tokenization); csv's default cap is 128 KiB a field
+    csv.field_size_limit(max(csv.field_size_limit(), 2**31 - 1))
     reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter, strict=True)
     try:
         rows = list(reader)
@@ -88,6 +104,11 @@ def _read_delimited(path: Path, encoding: str, text_col: str) -> _Table:
     header = rows[0]
     if _is_agnews_row(header) and text_col not in header:
         return _agnews_table(rows, path)
+    other = [d for d in DELIMITERS if d != delimiter and d in header[0]]
+    if len(header) == 1 and text_col not in header and other:
+        raise UserError(f"{path}: the header is one column {header[0]!r}, so the file looks "
+                        f"{DELIMITERS[other[0]]}-separated, not {DELIMITERS[delimiter]}-separated",
+                        "save it comma-separated as .csv or tab-separated as .tsv (tab-separated files must end in .tsv)")
     if len(rows) == 1:
         raise UserError(f"{path} has a header but no rows", "add data rows below the header")
     if len(set(header)) != len(header):
@@ -183,19 +204,23 @@ class _RestrictedUnpickler(pickle.Unpickler):
             obj = super().find_class(module, name)
             if isinstance(obj, type):
                 return obj
-        raise pickle.UnpicklingError(f"{module}.{name}")
+        raise _Refused(f"{module}.{name}")
+
+
+class _Refused(pickle.UnpicklingError):
+    """A global the restricted unpickler will not load (as opposed to a corrupt file)."""
 
 
 def _read_pickle(path: Path, trust: bool) -> _Table:
     with path.open("rb") as f:
         try:
             obj = pickle.load(f) if trust else _RestrictedUnpickler(f).load()
-        except pickle.UnpicklingError as e:
+        except _Refused as e:
             raise UserError(f"{path}: the pickle wants {e}, which is not a datasets.Dataset or pandas.DataFrame part",
                             "only pickled Datasets/DataFrames are read; if you trust this file, pass --trust-pickle") from None
-        except Exception as e:  # truncated or garbage bytes
-            raise UserError(f"{path} is not a readable pickle ({type(e).__name__}: {e})",
-                            "give a pickled datasets.Dataset or pandas.DataFrame") from None
+        except PICKLE_ERRORS as e:  # truncated or garbage bytes
+            raise UserError(f"{path} is not a readable pickle, it is truncated or corrupt ({type(e).__name__}: {str(e)[:100]})",
+                            "re-create it with pickle.dump(dataset_or_dataframe, f), or give CSV/JSONL/Parquet") from None
     import pandas as pd
     if isinstance(obj, pd.DataFrame):
         columns = {str(c): obj[c].tolist() for c in obj.columns}
@@ -271,9 +296,12 @@ def _texts(t: _Table, text_col: str) -> list[str]:
                         "name the text column with --set data.text_column=<name>")
     texts = []
     for i, v in enumerate(t.columns[text_col]):
-        if v is None or (isinstance(v, float) and v != v) or not isinstance(v, str) or not v.strip():
+        if v is None or (isinstance(v, float) and v != v) or (isinstance(v, str) and not v.strip()):
             raise UserError(f"{_row_label(t, i)} column {text_col!r}: empty or missing text",
                             "fill in the text or remove that row")
+        if not isinstance(v, str):
+            raise UserError(f"{_row_label(t, i)} column {text_col!r}: {type(v).__name__} value {str(v)[:40]}, not text",
+                            f"store {text_col!r} as strings, or name the text column with --set data.text_column=<name>")
         texts.append(v[:MAX_TEXT_CHARS])
     return texts
 
@@ -285,7 +313,26 @@ def _is_int(v) -> bool:
         return True
     if isinstance(v, float):
         return v.is_integer()
-    return isinstance(v, str) and v.strip().lstrip("-").isdigit()
+    if not isinstance(v, str):
+        return False
+    try:
+        return v.strip().lstrip("-").isdigit() or float(v).is_integer()  # "3" or "3.0"
+    except ValueError:
+        return False
+
+
+def _as_int(v) -> int:
+    return int(v) if isinstance(v, str) and v.strip().lstrip("-").isdigit() else int(float(v))
+
+
+def _is_fraction(v) -> bool:
+    """1.5 or "1.5": a number, but not a class id."""
+    if isinstance(v, bool) or _is_int(v):
+        return False
+    try:
+        return float(v) == float(v)  # not NaN
+    except (TypeError, ValueError):
+        return False
 
 
 def _labels(t: _Table, label_col: str, names: list[str]) -> tuple[list[int], list[str]]:
@@ -297,9 +344,13 @@ def _labels(t: _Table, label_col: str, names: list[str]) -> tuple[list[int], lis
     for i, v in enumerate(raw):
         if v is None or (isinstance(v, float) and v != v) or (isinstance(v, str) and not v.strip()):
             raise UserError(f"{_row_label(t, i)} column {label_col!r}: missing label", "fill in the label or remove the row")
+    for i, v in enumerate(raw):
+        if _is_fraction(v) and str(v).strip() not in names:
+            raise UserError(f"{_row_label(t, i)} column {label_col!r}: label {v!r} is not a whole number",
+                            "labels are class ids 0..K-1 or class names; fix that row")
     as_int = [_is_int(v) for v in raw]
     if all(as_int):
-        ids = [int(float(v)) if not isinstance(v, str) else int(v) for v in raw]
+        ids = [_as_int(v) for v in raw]
         offset = 1 if t.labels_one_based else 0
         k = len(names) if names else None
         for i, v in enumerate(ids):
@@ -340,6 +391,11 @@ def load(source: str, *, text_column: str = "text", label_column: str = "label",
         ids = list(ids)
         seen = set()
         for i, v in enumerate(ids):
+            if v is None or (isinstance(v, float) and v != v):
+                raise UserError(f"{_row_label(t, i)} column 'id': missing id", "give every row an id, or drop the id column")
+            if isinstance(v, (list, dict)):
+                raise UserError(f"{_row_label(t, i)} column 'id': a {type(v).__name__}, not an id",
+                                "ids must be numbers or strings")
             if v in seen:
                 raise UserError(f"{_row_label(t, i)} column 'id': duplicate id {v!r}", "ids must be unique")
             seen.add(v)

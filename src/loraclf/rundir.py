@@ -100,6 +100,13 @@ def prepare(out: Path, resume: bool, overwrite: bool) -> Path:
     if out.is_dir() and any(out.iterdir()) and not (resume or overwrite):
         raise UserError(f"run directory {out} already exists and is not empty",
                         "pass --resume to continue it, --overwrite to replace it, or choose another --out")
+    existing = out
+    while not existing.exists():  # check the disk before creating anything on it
+        existing = existing.parent
+    free = shutil.disk_usage(existing).free
+    if free < 200 * 2**20:
+        raise UserError(f"only {free // 2**20} MiB free on the disk of {out}",
+                        "free some space (a run needs a few hundred MiB) or choose another --out")
     try:
         out.mkdir(parents=True, exist_ok=True)
         probe = out / ".write-test"
@@ -108,10 +115,6 @@ def prepare(out: Path, resume: bool, overwrite: bool) -> Path:
     except OSError as e:
         raise UserError(f"cannot write to run directory {out} ({e.strerror})",
                         "choose a writable --out with free disk space") from None
-    free = shutil.disk_usage(out).free
-    if free < 200 * 2**20:
-        raise UserError(f"only {free // 2**20} MiB free on the disk of {out}",
-                        "free some space (a run needs a few hundred MiB) or choose another --out")
     return out
 
 
