@@ -6,7 +6,7 @@ Every LoRA-family configuration takes the largest rank that fits the budget (lor
 the comparison is at equal spend. Each configuration runs with --seeds seeds; reference rows: full
 fine-tuning and TF-IDF + logistic regression on the same rows.
 
-    .venv/bin/python studies/budget_study.py                     # the committed table (~1 h on 2 cores)
+    .venv/bin/python studies/budget_study.py                     # the committed table (48 runs, ~1-1.5 h on 2 cores)
     .venv/bin/python studies/budget_study.py --train-rows 400 --seeds 1 --only lora-qv --budgets 100000
 
 Results are appended to --out (JSON lines, one per run) so an interrupted study resumes where it
@@ -141,7 +141,7 @@ def main(argv=None) -> int:
     p.add_argument("--test", default=str(shared / "test.csv"))
     p.add_argument("--budgets", default="100000,500000")
     p.add_argument("--seeds", type=int, default=3)
-    p.add_argument("--train-rows", type=int, default=3000)
+    p.add_argument("--train-rows", type=int, default=2000)
     p.add_argument("--epochs", type=float, default=1.0)
     p.add_argument("--test-rows", type=int, default=2000, help="stratified subset of test.csv; 0: all 7,600")
     p.add_argument("--only", default="", help="comma-separated variant names (default: all)")

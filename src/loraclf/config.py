@@ -20,7 +20,9 @@ from .errors import UserError
 class ModelConfig:
     name: str = "roberta-base"          # Hub name or local directory
     init: str = "pretrained"            # "pretrained" | "random" (config only: counts and speed)
-    head: str = "full"                  # "full" | "linear" (only the final projection) | "lora" (LoRA on the head dense)
+    # "auto" (lora where it applies, else full: the budget study's winner) | "full" | "linear" (only the final
+    # projection) | "lora" (LoRA on the head's dense layer + trained projection)
+    head: str = "auto"
     encoder_dropout: float = -1.0       # dropout inside the encoder; -1 keeps the pretrained config's value
     attn_implementation: str = "auto"   # "auto" (sdpa on CUDA, eager on CPU: faster for short texts) | "sdpa" | "eager"
 
@@ -226,7 +228,7 @@ def from_dict(data: dict) -> Config:
 
 CHOICES = {
     "model.init": ("pretrained", "random"),
-    "model.head": ("full", "linear", "lora"),
+    "model.head": ("auto", "full", "linear", "lora"),
     "model.attn_implementation": ("auto", "sdpa", "eager"),
     "adapter.method": ("lora", "rslora", "dora", "vera", "ia3", "none"),
     "adapter.bias": ("none", "all", "lora_only"),

@@ -68,7 +68,9 @@ def load_base(cfg: Config, label_names: list[str], meta: bool = False):
     verbosity = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()  # "some weights were newly initialized": expected for the head
     try:
-        return AutoModelForSequenceClassification.from_pretrained(resolve_model_path(cfg.model.name), config=config, **kw)
+        # fp32 master weights whatever the checkpoint's dtype (an fp16 checkpoint would otherwise train in fp16)
+        return AutoModelForSequenceClassification.from_pretrained(resolve_model_path(cfg.model.name), config=config,
+                                                                  dtype=torch.float32, **kw)
     except (OSError, ValueError) as e:
         raise UserError(f"cannot load model weights {cfg.model.name!r} ({str(e).splitlines()[0][:160]})",
                         "give a local model folder, a Hub name with network access, or --set model.init=random") from None
@@ -171,6 +173,16 @@ def peft_config(cfg: Config, model):
     return LoraConfig(**lora, **common)
 
 
+def resolve_head(cfg: Config, base) -> str:
+    """model.head=auto becomes lora when the head has a dense layer and the adapter is LoRA-family (the
+    budget study's winner at both budgets, studies/README), else full. Written back into cfg, so the run's
+    saved config names the strategy actually used."""
+    if cfg.model.head == "auto":
+        lora_family = cfg.adapter.method in ("lora", "rslora", "dora")
+        cfg.model.head = "lora" if lora_family and head_parts(base)[0] is not None else "full"
+    return cfg.model.head
+
+
 def attach(cfg: Config, base):
     """Wrap the base model with adapters, then apply the head strategy:
     full   -- the whole head trains (peft's modules_to_save; the reports' behaviour);
@@ -178,6 +190,7 @@ def attach(cfg: Config, base):
               at their initial values, which are still saved with the adapter so reloads match;
     lora   -- LoRA (same rank) on the head's dense layer, and its final projection trains in full."""
     from peft import get_peft_model
+    resolve_head(cfg, base)
     if cfg.model.head == "lora" and cfg.adapter.method not in ("lora", "rslora", "dora"):
         raise UserError(f"model.head=lora needs a LoRA-family adapter, not adapter.method={cfg.adapter.method}",
                         "use adapter.method=lora, rslora or dora, or model.head=full/linear")
