@@ -136,10 +136,12 @@ def test_cuda_train_step_and_predict(tiny_dir, agnews_dir, tmp_path, precision):
     """One loraclf training step and one predict on the GPU under fp16/bf16 autocast."""
     if precision == "bf16" and not torch.cuda.is_bf16_supported():
         pytest.skip("this GPU has no bf16")
+    from accelerate.state import AcceleratorState
     from transformers import AutoTokenizer
     from loraclf import data as data_mod
     from loraclf import model as model_mod
     from loraclf import predict as predict_mod
+    AcceleratorState._reset_state(reset_partial_state=True)  # one mixed-precision setting per process otherwise
     ex = data_mod.load(str(Path(agnews_dir) / "test.csv"), label_names=bench.LABELS).subset(range(32))
     tok = AutoTokenizer.from_pretrained(str(tiny_dir))
     cfg = bench.bench_config(str(tiny_dir), "loraclf", [f"data.max_length={TINY_MAX}", f"train.precision={precision}"])

