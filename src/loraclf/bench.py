@@ -871,6 +871,13 @@ def levers(opts, log=None) -> list[dict]:
     record("merged LoRA (inference)", "merged", _timed(infer_fn(merged, 64), max(1, reps - 1)), len(enc), "rows")
     for b in (16, 32, 64, 128):
         record("eval batch size (merged)", str(b), _timed(infer_fn(merged, b), max(1, reps - 1)), len(enc), "rows")
+    # bf16 inference: autocast casts every linear weight on every batch; casting them once gives the same logits
+    record("bf16 inference weights", "autocast casts per batch", _timed(infer_fn(merged, 64, "bf16"), reps), len(enc), "rows")
+    for mod in merged.modules():
+        if isinstance(mod, torch.nn.Linear):
+            mod.to(torch.bfloat16)
+    record("bf16 inference weights", "linears cast once", _timed(infer_fn(merged, 64, "bf16"), reps), len(enc), "rows")
+    merged.float()
     # padding: length-sorted batches vs pad to 256 (the report-A way) for the same rows
     def padded():
         ids, mask, _ = report_a_tensors(tok, sub.texts, sub.labels, 256)
