@@ -95,6 +95,15 @@ def test_matmul_peak_positive():
     assert bench.matmul_peak("bf16", size=64, repeats=2) > 0
 
 
+def test_levers_measure_every_lever(tiny_dir, agnews_dir, tmp_path):
+    rows = bench.levers(_opts(tiny_dir, agnews_dir, tmp_path, infer_rows=16, repeats=1), log=lambda *a, **k: None)
+    levers = {r["lever"] for r in rows}
+    assert {"precision (train step)", "padding (inference)", "bf16 inference weights", "merged LoRA (inference)",
+            "encoder dropout (train step)", "adapted layers (train step)", "threads (train step)"} <= levers
+    assert all(r["seconds"] > 0 for r in rows)
+    assert {r["variant"] for r in rows if r["lever"] == "adapted layers (train step)"} == {"all 2", "top 1 only"}
+
+
 def test_quick_smoke(tiny_dir, agnews_dir, tmp_path, capsys):
     res = bench.run(_opts(tiny_dir, agnews_dir, tmp_path))
     for key in bench.REQUIRED_KEYS:

@@ -899,9 +899,11 @@ def levers(opts, log=None) -> list[dict]:
         record("encoder dropout (train step)", "pretrained 0.1" if drop == "-1" else "off",
                _timed(train_step_fn(model, cfg), reps), bs, "samples")
     # adapters only in the upper layers: autograd then stops below the lowest adapted layer
-    for layers in ("", "8,9,10,11"):
+    n_layers = model.config.num_hidden_layers
+    top = list(range(n_layers - max(1, n_layers // 3), n_layers))  # roberta-base: layers 8-11
+    for layers in ("", ",".join(map(str, top))):
         model, cfg = build([f"adapter.layers=[{layers}]"] if layers else [])
-        record("adapted layers (train step)", "all 12" if not layers else "top 4 only",
+        record("adapted layers (train step)", f"all {n_layers}" if not layers else f"top {len(top)} only",
                _timed(train_step_fn(model, cfg), reps), bs, "samples")
     return results
 
