@@ -879,11 +879,11 @@ def levers(opts, log=None) -> list[dict]:
     record("bf16 inference weights", "linears cast once", _timed(infer_fn(merged, 64, "bf16"), reps), len(enc), "rows")
     merged.float()
     # padding: length-sorted batches vs pad to 256 (the report-A way) for the same rows
-    def padded():
+    def padded(m=merged):
         ids, mask, _ = report_a_tensors(tok, sub.texts, sub.labels, 256)
         with torch.inference_mode():
             for i in range(0, len(ids), 64):
-                merged(input_ids=ids[i:i + 64], attention_mask=mask[i:i + 64])
+                m(input_ids=ids[i:i + 64], attention_mask=mask[i:i + 64])
     record("padding (inference)", "pad to 256", _timed(padded, 1), len(enc), "rows")
     del merged, model
     # threads
