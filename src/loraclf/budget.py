@@ -118,7 +118,7 @@ def plan(cfg: Config, label_names: list[str], budget: int, target_sets=None, hea
     has_dense = model_mod.head_parts(base)[0] is not None
     rows = []
     for head in heads:
-        if head == "lora" and (not has_dense or cfg.adapter.method not in ("lora", "rslora", "dora")):
+        if head == "lora" and (not has_dense or cfg.adapter.method not in model_mod.LORA_FAMILY):
             continue
         for layers in layer_sets:
             for targets in target_sets:

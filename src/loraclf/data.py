@@ -290,13 +290,22 @@ def _row_label(t: _Table, i: int) -> str:
     return f"{t.where} {t.row_name} {lines[i] if lines else t.first_row + i}"
 
 
+def _is_missing(v) -> bool:
+    """None or NaN: an empty cell as pandas, pyarrow and JSON give it."""
+    return v is None or (isinstance(v, float) and v != v)
+
+
+def _is_blank(v) -> bool:
+    return _is_missing(v) or (isinstance(v, str) and not v.strip())
+
+
 def _texts(t: _Table, text_col: str) -> list[str]:
     if text_col not in t.columns:
         raise UserError(f"{t.where} has no column {text_col!r} (columns: {', '.join(t.columns)})",
                         "name the text column with --set data.text_column=<name>")
     texts = []
     for i, v in enumerate(t.columns[text_col]):
-        if v is None or (isinstance(v, float) and v != v) or (isinstance(v, str) and not v.strip()):
+        if _is_blank(v):
             raise UserError(f"{_row_label(t, i)} column {text_col!r}: empty or missing text",
                             "fill in the text or remove that row")
         if not isinstance(v, str):
@@ -342,7 +351,7 @@ def _labels(t: _Table, label_col: str, names: list[str]) -> tuple[list[int], lis
                         "name the label column with --set data.label_column=<name>")
     raw = t.columns[label_col]
     for i, v in enumerate(raw):
-        if v is None or (isinstance(v, float) and v != v) or (isinstance(v, str) and not v.strip()):
+        if _is_blank(v):
             raise UserError(f"{_row_label(t, i)} column {label_col!r}: missing label", "fill in the label or remove the row")
     for i, v in enumerate(raw):
         if _is_fraction(v) and str(v).strip() not in names:
@@ -391,7 +400,7 @@ def load(source: str, *, text_column: str = "text", label_column: str = "label",
         ids = list(ids)
         seen = set()
         for i, v in enumerate(ids):
-            if v is None or (isinstance(v, float) and v != v):
+            if _is_missing(v):
                 raise UserError(f"{_row_label(t, i)} column 'id': missing id", "give every row an id, or drop the id column")
             if isinstance(v, (list, dict)):
                 raise UserError(f"{_row_label(t, i)} column 'id': a {type(v).__name__}, not an id",

@@ -17,6 +17,7 @@ from .config import Config
 from .errors import UserError
 
 HEAD_NAMES = ("classifier", "score")
+LORA_FAMILY = ("lora", "rslora", "dora")  # the methods head=lora can pair with (it puts LoRA on the head dense)
 
 
 def resolve_model_path(name: str) -> str:
@@ -178,7 +179,7 @@ def resolve_head(cfg: Config, base) -> str:
     budget study's winner at both budgets, studies/README), else full. Written back into cfg, so the run's
     saved config names the strategy actually used."""
     if cfg.model.head == "auto":
-        lora_family = cfg.adapter.method in ("lora", "rslora", "dora")
+        lora_family = cfg.adapter.method in LORA_FAMILY
         cfg.model.head = "lora" if lora_family and head_parts(base)[0] is not None else "full"
     return cfg.model.head
 
@@ -191,7 +192,7 @@ def attach(cfg: Config, base):
     lora   -- LoRA (same rank) on the head's dense layer, and its final projection trains in full."""
     from peft import get_peft_model
     resolve_head(cfg, base)
-    if cfg.model.head == "lora" and cfg.adapter.method not in ("lora", "rslora", "dora"):
+    if cfg.model.head == "lora" and cfg.adapter.method not in LORA_FAMILY:
         raise UserError(f"model.head=lora needs a LoRA-family adapter, not adapter.method={cfg.adapter.method}",
                         "use adapter.method=lora, rslora or dora, or model.head=full/linear")
     if cfg.adapter.method == "none":  # full fine-tuning, a reference point for studies
