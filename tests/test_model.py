@@ -92,7 +92,7 @@ import numpy as np, torch
 from peft import PeftModel
 from transformers import AutoModelForSequenceClassification
 ids = torch.from_numpy(np.load({str(tmp_path / 'ids.npy')!r}))
-for attn in ("eager", "sdpa"):  # the run used eager (CPU default); plain loading defaults to sdpa
+for attn in ("eager", "sdpa"):  # the run loads with sdpa (auto), as plain loading does
     base = AutoModelForSequenceClassification.from_pretrained({str(tiny_model)!r}, num_labels=4, attn_implementation=attn)
     if {cfg.model.head == "lora"}:  # the head's frozen dense was freshly initialised; its weights are saved
         from safetensors.torch import load_file
@@ -105,8 +105,9 @@ for attn in ("eager", "sdpa"):  # the run used eager (CPU default); plain loadin
 """
     r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr[-2000:]
-    np.testing.assert_array_equal(here, np.load(tmp_path / "there-eager.npy"))
-    np.testing.assert_allclose(here, np.load(tmp_path / "there-sdpa.npy"), atol=1e-6)
+    assert m.get_base_model().config._attn_implementation == "sdpa"
+    np.testing.assert_array_equal(here, np.load(tmp_path / "there-sdpa.npy"))
+    np.testing.assert_allclose(here, np.load(tmp_path / "there-eager.npy"), atol=1e-6)
 
 
 def test_merged_equals_unmerged(tmp_path, tiny_bert, small_csv):

@@ -792,6 +792,7 @@ def levers(opts, log=None) -> list[dict]:
     import torch.nn.functional as F
     from transformers import AutoTokenizer
     from . import data as data_mod
+    from . import fastpath
     from . import model as model_mod
     from . import train as train_mod
     log = log or (lambda *a, **k: print(*a, file=sys.stderr, flush=True))
@@ -813,19 +814,22 @@ def levers(opts, log=None) -> list[dict]:
         results.append({"lever": lever, "variant": variant, "seconds": seconds, f"{unit}_per_s": unit_count / seconds})
         log(f"  {lever:<28} {variant:<26} {seconds:7.3f}s  {unit_count / seconds:8.2f} {unit}/s")
 
-    def train_step_fn(model, cfg, precision="fp32", foreach=None, fused=None):
+    def train_step_fn(model, cfg, precision="fp32", cheap_dropout=False, cast_once=False, attn=None, index=None):
+        """fit's step; each fast-path lever off unless asked for (fp32, torch's dropout, loaded attention)."""
         params = [p for p in model.parameters() if p.requires_grad]
-        kw = {"fused": True} if fused else {"foreach": foreach}
-        opt = torch.optim.AdamW(params, lr=cfg.train.lr, **kw)
+        opt = torch.optim.AdamW(params, lr=cfg.train.lr, foreach=True)
         dev = torch.device("cpu")
         model.train()
+        frozen_dtype = fastpath.autocast_dtype(precision) if cast_once else None
 
         def step():
-            batch = data_mod.collate(enc, train_index, tok.pad_token_id)
-            with model_mod.autocast(dev, precision):
-                logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-            loss = F.cross_entropy(logits.float(), batch["labels"])
-            loss.backward()
+            batch = data_mod.collate(enc, index or train_index, tok.pad_token_id)
+            with fastpath.frozen_linears_as(model, frozen_dtype), fastpath.cpu_dropout(cheap_dropout), \
+                    fastpath.attention(model, attn):
+                with model_mod.autocast(dev, precision):
+                    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+                loss = F.cross_entropy(logits.float(), batch["labels"])
+                loss.backward()
             torch.nn.utils.clip_grad_norm_(params, 1.0)
             opt.step()
             opt.zero_grad(set_to_none=True)
@@ -842,16 +846,43 @@ def levers(opts, log=None) -> list[dict]:
         return go
 
     bs = 16
-    # attention implementation
+    fast = "bf16" if model_mod.cpu_has_native_bf16() else "fp32"  # what precision=auto picks here
+    long_index = [int(i) for i in order[-bs:]]  # the longest texts: attention's share grows with length
+    # attention implementation, plain fp32 and with the fast path (cheap dropout, weights cast once)
     for attn in ("eager", "sdpa"):
         model, cfg = build([f"model.attn_implementation={attn}"])
         record("attention (train step)", attn, _timed(train_step_fn(model, cfg), reps), bs, "samples")
         record("attention (inference)", attn, _timed(infer_fn(model, 64), max(1, reps - 1)), len(enc), "rows")
+        record(f"attention ({fast} inference)", attn, _timed(infer_fn(model, 64, fast), max(1, reps - 1)), len(enc), "rows")
+        for label, index in (("median", None), ("longest", long_index)):
+            step = train_step_fn(model, cfg, fast, cheap_dropout=True, cast_once=True, index=index)
+            record(f"attention ({fast} fast train, {label})", attn, _timed(step, reps), bs, "samples")
+    # torch.compile (inductor, dynamic shapes) on the plain step: compile time, then the steady state
+    model, cfg = build(["model.attn_implementation=eager"])
+    try:
+        compiled = torch.compile(model, dynamic=True)
+        for label, index in (("median", None), ("longest", long_index)):
+            step = train_step_fn(compiled, cfg, fast, index=index)
+            tick = time.perf_counter()
+            step()
+            log(f"  torch.compile first step ({label}): {time.perf_counter() - tick:.1f}s")
+            results.append({"lever": f"torch.compile ({fast} train, {label})", "variant": "first step (compiling)",
+                            "seconds": time.perf_counter() - tick})
+            record(f"torch.compile ({fast} train, {label})", "compiled", _timed(step, reps), bs, "samples")
+    except Exception as e:  # no C++ compiler, or an inductor limitation: record it, go on
+        log(f"  torch.compile: unavailable ({type(e).__name__}: {str(e)[:200]})")
     # precision
     model, cfg = build()
     for prec in ("fp32", "bf16"):
         record("precision (train step)", prec, _timed(train_step_fn(model, cfg, prec), reps), bs, "samples")
     record("precision (inference)", "bf16", _timed(infer_fn(model, 64, "bf16"), max(1, reps - 1)), len(enc), "rows")
+    # the training fast path's levers, one at a time on top of the previous, at the auto precision, eager
+    model, cfg = build(["model.attn_implementation=eager"])
+    for label, index in (("median", None), ("longest", long_index)):
+        for variant, kw in (("torch dropout, autocast casts", {}), ("cheap dropout", {"cheap_dropout": True}),
+                            ("+ frozen weights cast once", {"cheap_dropout": True, "cast_once": True})):
+            record(f"fast path ({fast} train, {label})", variant, _timed(train_step_fn(model, cfg, fast, **kw, index=index), reps),
+                   bs, "samples")
     # optimizer implementation: the step alone on the 925k trainable parameters
     params = [p for p in model.parameters() if p.requires_grad]
     for p in params:

@@ -24,7 +24,9 @@ class ModelConfig:
     # projection) | "lora" (LoRA on the head's dense layer + trained projection)
     head: str = "auto"
     encoder_dropout: float = -1.0       # dropout inside the encoder; -1 keeps the pretrained config's value
-    attn_implementation: str = "auto"   # "auto" (sdpa on CUDA, eager on CPU: faster for short texts) | "sdpa" | "eager"
+    # "auto" (sdpa; on CPU the training forwards run eager when the model has attention dropout, which is
+    # faster there with fast_dropout: bench/NOTES.md) | "sdpa" | "eager"
+    attn_implementation: str = "auto"
 
 
 @dataclass
@@ -74,6 +76,7 @@ class TrainConfig:
     monitor: str = "val_loss"           # "val_loss" | "val_accuracy" | "val_macro_f1"
     precision: str = "auto"             # "auto" | "fp32" | "bf16" | "fp16"
     gradient_checkpointing: bool = False
+    fast_dropout: bool = True           # CPU: dropout masks from 16-bit random thresholds (fastpath.py); false: torch's
     group_by_length: bool = True
     seed: int = 42
     budget: int = 1_000_000

@@ -80,10 +80,9 @@ def load_base(cfg: Config, label_names: list[str], meta: bool = False):
 
 
 def attention_for(choice: str) -> str:
-    """auto: SDPA on CUDA; eager on CPU, where it measured faster for short texts (bench/NOTES.md)."""
-    if choice != "auto":
-        return choice
-    return "sdpa" if torch.cuda.is_available() else "eager"
+    """auto: SDPA (the faster one for inference on CPU too); train.fit switches CPU training forwards with
+    attention dropout to eager (fastpath.training_attention)."""
+    return "sdpa" if choice == "auto" else choice
 
 
 def head_module_names(model) -> list[str]:

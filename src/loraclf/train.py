@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from . import data as data_mod
+from . import fastpath
 from . import metrics as metrics_mod
 from . import rundir
 from .config import Config
@@ -167,70 +168,77 @@ def fit(model, cfg: Config, train_enc: data_mod.Encoded, val_enc: data_mod.Encod
         interrupted["flag"] = True
     old_handler = signal.signal(signal.SIGINT, on_sigint) if main and world == 1 else None
 
+    unwrapped = accelerator.unwrap_model(model)
+    train_attn = fastpath.training_attention(cfg.model.attn_implementation, device, unwrapped)
+    cheap_dropout = fastpath.cheap_dropout_applies(device, t.fast_dropout, t.gradient_checkpointing)
+    # frozen weights held in the autocast dtype for the whole loop: the same numbers, no per-step casts
+    frozen = fastpath.frozen_linears_as(unwrapped, fastpath.autocast_dtype(precision))
     from tqdm.auto import tqdm
     bar = tqdm(total=total_steps, initial=prog.step, disable=not main or None, desc="train", unit="step", leave=False)
     try:
-        while prog.step < total_steps and not prog.stopped_early:
-            epoch_seed = t.seed + prog.epoch
-            if t.group_by_length:
-                batches = data_mod.length_grouped_batches(lengths, t.batch_size, epoch_seed)
-            else:
-                batches = data_mod.random_batches(len(train_enc), t.batch_size, epoch_seed)
-            batches = batches[: batches_per_epoch * world][rank::world]
-            model.train()
-            b = prog.batch_in_epoch
-            while b < len(batches) and prog.step < total_steps:
-                group = batches[b: b + t.grad_accum]
-                tick = time.perf_counter()
-                n_rows = sum(len(ix) for ix in group)
-                step_loss = 0.0
-                for k, index in enumerate(group):
-                    batch = data_mod.collate(train_enc, index, pad_id)
-                    batch = {key: v.to(device, non_blocking=True) for key, v in batch.items()}
-                    sync = accelerator.no_sync(model) if k < len(group) - 1 and world > 1 else _null()
-                    with sync:
-                        with accelerator.autocast():
-                            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-                        loss = F.cross_entropy(logits.float(), batch["labels"], weight=weight,
-                                               label_smoothing=t.label_smoothing)
-                        accelerator.backward(loss * len(index) / n_rows)
-                    step_loss += loss.item() * len(index) / n_rows
-                    prog.tokens += int(batch["attention_mask"].sum())
-                if t.max_grad_norm > 0:
-                    accelerator.clip_grad_norm_(model.parameters(), t.max_grad_norm)
-                optimizer.step()
-                scheduler.step()
-                optimizer.zero_grad(set_to_none=True)
-                prog.train_seconds += time.perf_counter() - tick
-                prog.samples += n_rows
-                prog.step += 1
-                b += len(group)
-                prog.batch_in_epoch = b
-                prog.running_loss += step_loss
-                prog.running_n += 1
-                bar.update(1)
-                bar.set_postfix(loss=f"{step_loss:.4f}", samples_s=f"{world * prog.samples / max(prog.train_seconds, 1e-9):.1f}")
+        with frozen:
+            while prog.step < total_steps and not prog.stopped_early:
+                epoch_seed = t.seed + prog.epoch
+                if t.group_by_length:
+                    batches = data_mod.length_grouped_batches(lengths, t.batch_size, epoch_seed)
+                else:
+                    batches = data_mod.random_batches(len(train_enc), t.batch_size, epoch_seed)
+                batches = batches[: batches_per_epoch * world][rank::world]
+                model.train()
+                b = prog.batch_in_epoch
+                while b < len(batches) and prog.step < total_steps:
+                    group = batches[b: b + t.grad_accum]
+                    tick = time.perf_counter()
+                    n_rows = sum(len(ix) for ix in group)
+                    step_loss = 0.0
+                    for k, index in enumerate(group):
+                        batch = data_mod.collate(train_enc, index, pad_id)
+                        batch = {key: v.to(device, non_blocking=True) for key, v in batch.items()}
+                        sync = accelerator.no_sync(model) if k < len(group) - 1 and world > 1 else _null()
+                        # backward inside the same attention: gradient checkpointing recomputes the forward there
+                        with sync, fastpath.cpu_dropout(cheap_dropout), fastpath.attention(unwrapped, train_attn):
+                            with accelerator.autocast():
+                                logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+                            loss = F.cross_entropy(logits.float(), batch["labels"], weight=weight,
+                                                   label_smoothing=t.label_smoothing)
+                            accelerator.backward(loss * len(index) / n_rows)
+                        step_loss += loss.item() * len(index) / n_rows
+                        prog.tokens += int(batch["attention_mask"].sum())
+                    if t.max_grad_norm > 0:
+                        accelerator.clip_grad_norm_(model.parameters(), t.max_grad_norm)
+                    optimizer.step()
+                    scheduler.step()
+                    optimizer.zero_grad(set_to_none=True)
+                    prog.train_seconds += time.perf_counter() - tick
+                    prog.samples += n_rows
+                    prog.step += 1
+                    b += len(group)
+                    prog.batch_in_epoch = b
+                    prog.running_loss += step_loss
+                    prog.running_n += 1
+                    bar.update(1)
+                    bar.set_postfix(loss=f"{step_loss:.4f}", samples_s=f"{world * prog.samples / max(prog.train_seconds, 1e-9):.1f}")
 
-                if prog.step % log_every == 0 or prog.step == total_steps:
-                    prog.history.append(_record(prog, scheduler, prog.running_loss / prog.running_n, world, steps_per_epoch))
-                    prog.running_loss, prog.running_n = 0.0, 0
-                if prog.step % eval_every == 0 or prog.step == total_steps:
-                    best_state = _eval_step(model, cfg, val_enc, label_names, pad_id, device, precision, accelerator,
-                                            prog, best_state, steps_per_epoch, log, bar)
-                    model.train()
-                if main:
-                    _flush_history(run_dir, prog)
-                if b >= len(batches):  # epoch done: a checkpoint taken now resumes at the next epoch
-                    prog.epoch += 1
-                    prog.batch_in_epoch = 0
-                if (t.save_every and prog.step % t.save_every == 0) or interrupted["flag"]:
-                    save_checkpoint(ckpt_dir, accelerator, model, optimizer, scheduler, prog, best_state, main)
-                if interrupted["flag"]:
-                    bar.close()
-                    raise Interrupted(f"interrupted at step {prog.step}; a checkpoint is in {ckpt_dir}",
-                                      f"continue with: loraclf train --resume --out {run_dir}")
-                if prog.stopped_early:
-                    break
+                    if prog.step % log_every == 0 or prog.step == total_steps:
+                        prog.history.append(_record(prog, scheduler, prog.running_loss / prog.running_n, world, steps_per_epoch))
+                        prog.running_loss, prog.running_n = 0.0, 0
+                    if prog.step % eval_every == 0 or prog.step == total_steps:
+                        best_state = _eval_step(model, cfg, val_enc, label_names, pad_id, device, precision, accelerator,
+                                                prog, best_state, steps_per_epoch, log, bar)
+                        model.train()
+                    if main:
+                        _flush_history(run_dir, prog)
+                    if b >= len(batches):  # epoch done: a checkpoint taken now resumes at the next epoch
+                        prog.epoch += 1
+                        prog.batch_in_epoch = 0
+                    if (t.save_every and prog.step % t.save_every == 0) or interrupted["flag"]:
+                        save_checkpoint(ckpt_dir, accelerator, model, optimizer, scheduler, prog, best_state, main)
+                    if interrupted["flag"]:
+                        bar.close()
+                        raise Interrupted(f"interrupted at step {prog.step}; a checkpoint is in {ckpt_dir}",
+                                          f"continue with: loraclf train --resume --out {run_dir}")
+                    if prog.stopped_early:
+                        break
     except KeyboardInterrupt:  # several processes: no handler, so no consistent point to save at
         bar.close()
         raise Interrupted(f"interrupted at step {prog.step}", "rerun; with train.save_every set, --resume continues "
@@ -239,7 +247,6 @@ def fit(model, cfg: Config, train_enc: data_mod.Encoded, val_enc: data_mod.Encod
         if old_handler is not None:
             signal.signal(signal.SIGINT, old_handler)
     bar.close()
-    unwrapped = accelerator.unwrap_model(model)
     if best_state is not None:
         load_trainable_state(unwrapped, best_state)
         log(f"restored best weights from step {prog.best_step} ({t.monitor} {prog.best:.4f})")

@@ -1,0 +1,161 @@
+"""The training fast path (fastpath.py): cheaper CPU dropout, frozen weights cast once, attention by phase."""
+import pytest
+import torch
+import torch.nn.functional as F
+
+from conftest import LABELS, tiny_config
+from loraclf import fastpath, model
+
+
+@pytest.mark.parametrize("p", [0.05, 0.1, 0.5])
+def test_dropout_mask_rate_and_scale(p):
+    torch.manual_seed(0)
+    drop, scale = fastpath.dropout_mask((1000, 1000), p)
+    p_eff = round(p * 65536) / 65536
+    assert abs(p_eff - p) < 1e-5
+    assert abs(drop.float().mean().item() - p) < 0.002          # 1M draws: sd ~0.0003
+    assert scale == pytest.approx(1 / (1 - p_eff), rel=1e-12)    # kept values scaled so E[out] = x
+
+
+def test_dropout_masks_are_independent_and_seeded():
+    torch.manual_seed(1)
+    a, _ = fastpath.dropout_mask((256, 256), 0.5)
+    b, _ = fastpath.dropout_mask((256, 256), 0.5)
+    torch.manual_seed(1)
+    a2, _ = fastpath.dropout_mask((256, 256), 0.5)
+    assert torch.equal(a, a2)
+    assert 0.45 < (a == b).float().mean().item() < 0.55           # two draws agree only by chance
+    rows = a.float().mean(1)                                     # no stripes from the int64 -> 4 x int16 split
+    assert rows.min() > 0.35 and rows.max() < 0.65
+    for k in range(4):
+        assert abs(a.reshape(-1, 4)[:, k].float().mean().item() - 0.5) < 0.02
+
+
+def test_dropout_forward_and_backward():
+    torch.manual_seed(0)
+    x = torch.randn(64, 33, requires_grad=True)
+    g = torch.randn(64, 33)
+    y = fastpath.dropout(x, 0.3)
+    y.backward(g)
+    kept = y != 0
+    scale = 1 / (1 - round(0.3 * 65536) / 65536)
+    torch.testing.assert_close(y[kept], x.detach()[kept] * scale)
+    torch.testing.assert_close(x.grad, torch.where(kept, g * scale, torch.zeros_like(g)))
+    assert 0.2 < 1 - kept.float().mean().item() < 0.4
+
+
+def test_mode_replaces_training_dropout_only():
+    drop = torch.nn.Dropout(0.2)
+    x = torch.ones(200, 200)
+    with fastpath.cpu_dropout():
+        torch.manual_seed(0)
+        ours = drop(x)
+        torch.manual_seed(0)
+        ours_functional = F.dropout(x, 0.2, training=True)
+        assert torch.equal(F.dropout(x, 0.2, training=False), x)   # eval: untouched
+        assert torch.equal(F.dropout(x, 0.0, training=True), x)
+    torch.manual_seed(0)
+    theirs = drop(x)
+    assert torch.equal(ours, ours_functional)
+    assert not torch.equal(ours, theirs)                             # a different mask generator was used
+    for out in (ours, theirs):
+        assert abs((out == 0).float().mean().item() - 0.2) < 0.02
+    with fastpath.cpu_dropout(enabled=False):
+        torch.manual_seed(0)
+        assert torch.equal(drop(x), theirs)
+
+
+def _batch():
+    torch.manual_seed(0)
+    ids = torch.randint(5, 1000, (4, 12))
+    mask = torch.ones_like(ids)
+    mask[1, 8:] = 0
+    return ids, mask, torch.tensor([0, 1, 2, 3])
+
+
+def _grads_after_step(m, precision="bf16", cheap=True, attn=None, frozen_dtype="auto", seed=0):
+    if frozen_dtype == "auto":
+        frozen_dtype = fastpath.autocast_dtype(precision)
+    ids, mask, y = _batch()
+    m.zero_grad(set_to_none=True)
+    m.train()
+    with fastpath.frozen_linears_as(m, frozen_dtype), fastpath.cpu_dropout(cheap), fastpath.attention(m, attn):
+        torch.manual_seed(seed)
+        with model.autocast(torch.device("cpu"), precision):
+            logits = m(input_ids=ids, attention_mask=mask).logits
+        F.cross_entropy(logits.float(), y).backward()
+    return logits.detach().float(), {n: p.grad.clone() for n, p in m.named_parameters() if p.requires_grad}
+
+
+def test_frozen_linears_cast_once_gives_the_same_numbers_and_restores_fp32(tiny_model):
+    m = model.build(tiny_config(tiny_model, "adapter.dropout=0.1"), LABELS)
+    before = {n: p.detach().clone() for n, p in m.named_parameters()}
+    a_logits, a_grads = _grads_after_step(m, frozen_dtype=None)
+    b_logits, b_grads = _grads_after_step(m, frozen_dtype=torch.bfloat16)
+    assert torch.equal(a_logits, b_logits)
+    for n in a_grads:
+        assert torch.equal(a_grads[n], b_grads[n]), n
+    for n, p in m.named_parameters():  # every weight back in fp32, bit for bit
+        assert p.dtype == torch.float32 and torch.equal(p.detach(), before[n]), n
+    with fastpath.frozen_linears_as(m, torch.bfloat16) as n_cast:
+        frozen = [mod for mod in m.modules() if isinstance(mod, torch.nn.Linear) and not mod.weight.requires_grad]
+        assert n_cast == len(frozen) > 0 and all(mod.weight.dtype == torch.bfloat16 for mod in frozen)
+        assert all(p.dtype == torch.float32 for p in m.parameters() if p.requires_grad)
+
+
+def test_attention_switch_restores(tiny_bert):
+    m = model.build(tiny_config(tiny_bert), LABELS)
+    assert m.get_base_model().config._attn_implementation == "sdpa"  # auto
+    with fastpath.attention(m, "eager"):
+        assert m.get_base_model().config._attn_implementation == "eager"
+    assert m.get_base_model().config._attn_implementation == "sdpa"
+    assert fastpath.training_attention("auto", torch.device("cpu"), m) == "eager"   # tiny configs: dropout 0.1
+    assert fastpath.training_attention("sdpa", torch.device("cpu"), m) is None
+    assert fastpath.training_attention("auto", torch.device("cuda"), m) is None
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_checkpointing_sees_the_same_attention_and_never_the_cheap_dropout(tiny_bert, precision):
+    """Non-reentrant checkpointing reruns the forward during backward, outside the dropout mode: fit turns
+    the cheap dropout off then (the control below shows why), and the attention switch covers backward."""
+    cfg = tiny_config(tiny_bert, "adapter.dropout=0.2", "train.gradient_checkpointing=true")
+    ckpt = model.build(cfg, LABELS)
+    plain = model.build(tiny_config(tiny_bert, "adapter.dropout=0.2"), LABELS)
+    plain.load_state_dict(ckpt.state_dict())
+    assert not fastpath.cheap_dropout_applies(torch.device("cpu"), True, cfg.train.gradient_checkpointing)
+    _, g_ckpt = _grads_after_step(ckpt, precision, cheap=False, attn="eager")
+    _, g_plain = _grads_after_step(plain, precision, cheap=False, attn="eager")
+    lora = [n for n in g_plain if "lora_B" in n]
+    assert lora
+    for n in lora:
+        assert g_plain[n].abs().sum() > 0, n
+        torch.testing.assert_close(g_ckpt[n], g_plain[n], atol=1e-6, rtol=1e-4)
+    from torch.utils.checkpoint import CheckpointError
+    with pytest.raises(CheckpointError):
+        _grads_after_step(ckpt, precision, cheap=True, attn="eager")
+
+
+@pytest.mark.parametrize("fast", [True, False])
+def test_fit_runs_the_fast_path_and_leaves_fp32_weights(tmp_path, tiny_bert, monkeypatch, fast):
+    from accelerate import Accelerator
+    from loraclf import data as data_mod
+    from loraclf import train
+    from transformers import AutoTokenizer
+    calls = []
+    real = fastpath.dropout
+    monkeypatch.setattr(fastpath, "dropout", lambda x, p: calls.append(p) or real(x, p))
+    cfg = tiny_config(tiny_bert, "adapter.dropout=0.1", "train.precision=bf16", f"train.fast_dropout={str(fast).lower()}")
+    m = model.build(cfg, LABELS)
+    start = {n: p.detach().clone() for n, p in m.named_parameters() if p.requires_grad}
+    tok = AutoTokenizer.from_pretrained(str(tiny_bert))
+    ex = data_mod.Examples([f"text number {i}" for i in range(32)], [i % 4 for i in range(32)], LABELS)
+    enc = data_mod.encode(tok, ex, 32)
+    prog = train.fit(m, cfg, enc, enc, LABELS, tok.pad_token_id, tmp_path, Accelerator(mixed_precision="bf16", cpu=True),
+                     log=lambda *a, **k: None)
+    assert prog.step == 4
+    # per step: embeddings, 2 layers x (attention probs, 2 hidden, LoRA on query and value), the pooler's
+    # LoRA (head=auto) and the classifier's dropout
+    assert len(calls) == (4 * (1 + 2 * 5 + 1 + 1) if fast else 0)
+    assert all(p.dtype == torch.float32 for p in m.parameters())
+    assert all(not torch.equal(p.detach(), start[n]) for n, p in m.named_parameters() if "lora_B" in n)
+    assert m.get_base_model().config._attn_implementation == "sdpa"
