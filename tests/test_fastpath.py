@@ -109,9 +109,22 @@ def test_attention_switch_restores(tiny_bert):
     with fastpath.attention(m, "eager"):
         assert m.get_base_model().config._attn_implementation == "eager"
     assert m.get_base_model().config._attn_implementation == "sdpa"
-    assert fastpath.training_attention("auto", torch.device("cpu"), m) == "eager"   # tiny configs: dropout 0.1
+    assert fastpath.training_attention("auto", torch.device("cpu"), m) == fastpath.TRAIN_ATTENTION  # dropout 0.1
     assert fastpath.training_attention("sdpa", torch.device("cpu"), m) is None
     assert fastpath.training_attention("auto", torch.device("cuda"), m) is None
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_train_attention_matches_eager(tiny_model, precision):
+    """fp32: the same computation as eager; bf16: the scores stay bf16 instead of fp32, so close, not equal."""
+    m = model.build(tiny_config(tiny_model, "adapter.dropout=0.0", "model.encoder_dropout=0"), LABELS)
+    assert fastpath.training_attention("auto", torch.device("cpu"), m) is None  # no attention dropout: SDPA stays
+    eager_logits, eager_grads = _grads_after_step(m, precision, attn="eager")
+    ours_logits, ours_grads = _grads_after_step(m, precision, attn=fastpath.TRAIN_ATTENTION)
+    tol = {"fp32": dict(atol=1e-6, rtol=1e-5), "bf16": dict(atol=2e-2, rtol=5e-2)}[precision]
+    torch.testing.assert_close(ours_logits, eager_logits, **tol)
+    for n in eager_grads:
+        torch.testing.assert_close(ours_grads[n], eager_grads[n], **tol)
 
 
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
@@ -123,8 +136,8 @@ def test_checkpointing_sees_the_same_attention_and_never_the_cheap_dropout(tiny_
     plain = model.build(tiny_config(tiny_bert, "adapter.dropout=0.2"), LABELS)
     plain.load_state_dict(ckpt.state_dict())
     assert not fastpath.cheap_dropout_applies(torch.device("cpu"), True, cfg.train.gradient_checkpointing)
-    _, g_ckpt = _grads_after_step(ckpt, precision, cheap=False, attn="eager")
-    _, g_plain = _grads_after_step(plain, precision, cheap=False, attn="eager")
+    _, g_ckpt = _grads_after_step(ckpt, precision, cheap=False, attn=fastpath.TRAIN_ATTENTION)
+    _, g_plain = _grads_after_step(plain, precision, cheap=False, attn=fastpath.TRAIN_ATTENTION)
     lora = [n for n in g_plain if "lora_B" in n]
     assert lora
     for n in lora:
@@ -132,7 +145,7 @@ def test_checkpointing_sees_the_same_attention_and_never_the_cheap_dropout(tiny_
         torch.testing.assert_close(g_ckpt[n], g_plain[n], atol=1e-6, rtol=1e-4)
     from torch.utils.checkpoint import CheckpointError
     with pytest.raises(CheckpointError):
-        _grads_after_step(ckpt, precision, cheap=True, attn="eager")
+        _grads_after_step(ckpt, precision, cheap=True, attn=fastpath.TRAIN_ATTENTION)
 
 
 @pytest.mark.parametrize("fast", [True, False])

@@ -8,8 +8,9 @@
   on every step (85M parameters for roberta-base). Casting once, for the length of training, gives the
   same numbers (autocast's cast is the same rounding) without that traffic.
 - `attention(model, impl)`: SDPA is the faster attention for inference, but with attention dropout in
-  training it falls back to an unfused path whose dropout the lever above cannot reach; eager attention
-  with the cheaper dropout measured faster there. So on CPU, training forwards run eager, evaluation SDPA.
+  training it falls back to an unfused path whose dropout the lever above cannot reach. So CPU training
+  forwards run TRAIN_ATTENTION: HF's eager attention with its [batch, heads, L, L] tensors (mask add,
+  softmax, dropout) kept in the autocast dtype instead of fp32, and the cheaper dropout; evaluation SDPA.
 """
 from __future__ import annotations
 
@@ -97,6 +98,39 @@ def frozen_linears_as(model, dtype: torch.dtype | None):
                 p.data = orig
 
 
+TRAIN_ATTENTION = "loraclf_cpu_train"
+
+
+def _train_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
+    """transformers' eager attention, except that under autocast the scores stay in its dtype: eager adds
+    an fp32 mask (promoting the scores to fp32), autocast runs softmax in fp32, dropout follows in fp32, and
+    the next matmul casts back. The softmax kernel accumulates in fp32 either way; in fp32 this is eager."""
+    if scaling is None:
+        scaling = query.size(-1) ** -0.5
+    scores = torch.matmul(query, key.transpose(2, 3)).mul_(scaling)
+    with torch.autocast(device_type=query.device.type, enabled=False):
+        if attention_mask is not None:  # 0 / float32-min; a bf16 copy is clamped so it stays finite
+            mask = attention_mask
+            if mask.dtype != scores.dtype:
+                mask = mask.to(scores.dtype).clamp_(min=torch.finfo(scores.dtype).min)
+            scores = scores.add_(mask)
+        probs = torch.softmax(scores, dim=-1)
+        probs = F.dropout(probs, p=dropout, training=module.training)
+        out = torch.matmul(probs, value.to(probs.dtype))
+    return out.transpose(1, 2).contiguous(), probs
+
+
+def _register_train_attention() -> bool:
+    try:
+        from transformers import AttentionInterface
+        from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMaskInterface
+    except ImportError:  # transformers < 4.53: plain eager
+        return False
+    AttentionInterface.register(TRAIN_ATTENTION, _train_attention)
+    AttentionMaskInterface.register(TRAIN_ATTENTION, ALL_MASK_ATTENTION_FUNCTIONS["eager"])
+    return True
+
+
 @contextlib.contextmanager
 def attention(model, impl: str | None):
     """Switch a transformers model's attention implementation inside the block (None: leave it)."""
@@ -113,10 +147,14 @@ def attention(model, impl: str | None):
 
 
 def training_attention(choice: str, device: torch.device, model) -> str | None:
-    """auto on CPU with attention dropout: eager for the training forwards (None: keep the loaded one)."""
+    """auto on CPU with attention dropout: TRAIN_ATTENTION for the training forwards (None: keep the loaded
+    one). Models that do not dispatch through transformers' AttentionInterface get plain eager."""
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     p = getattr(base.config, "attention_probs_dropout_prob", getattr(base.config, "attention_dropout", 0.0)) or 0.0
-    return "eager" if choice == "auto" and device.type == "cpu" and p > 0 else None
+    if choice != "auto" or device.type != "cpu" or p <= 0:
+        return None
+    supported = getattr(base, "_supports_attention_backend", False) and _register_train_attention()
+    return TRAIN_ATTENTION if supported else "eager"
 
 
 def autocast_dtype(precision: str) -> torch.dtype | None:
