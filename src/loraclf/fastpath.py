@@ -121,6 +121,7 @@ def _train_attention(module, query, key, value, attention_mask, scaling=None, dr
 
 
 def _register_train_attention() -> bool:
+    """Make TRAIN_ATTENTION known to transformers (idempotent); False where transformers is too old."""
     try:
         from transformers import AttentionInterface
         from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMaskInterface
@@ -139,6 +140,8 @@ def attention(model, impl: str | None):
     if impl is None or before is None or impl == before or not hasattr(base, "set_attn_implementation"):
         yield
         return
+    if impl == TRAIN_ATTENTION and not _register_train_attention():
+        impl = "eager"
     base.set_attn_implementation(impl)
     try:
         yield
