@@ -118,7 +118,7 @@ def test_attention_switch_restores(tiny_bert):
 def test_train_attention_matches_eager(tiny_model, precision):
     """fp32: the same computation as eager; bf16: the scores stay bf16 instead of fp32, so close, not equal."""
     m = model.build(tiny_config(tiny_model, "adapter.dropout=0.0", "model.encoder_dropout=0"), LABELS)
-    assert fastpath.training_attention("auto", torch.device("cpu"), m) is None  # no attention dropout: SDPA stays
+    assert fastpath.training_attention("auto", torch.device("cpu"), m) == fastpath.TRAIN_ATTENTION  # dropout or not
     eager_logits, eager_grads = _grads_after_step(m, precision, attn="eager")
     ours_logits, ours_grads = _grads_after_step(m, precision, attn=fastpath.TRAIN_ATTENTION)
     tol = {"fp32": dict(atol=1e-6, rtol=1e-5), "bf16": dict(atol=2e-2, rtol=5e-2)}[precision]
@@ -172,3 +172,20 @@ def test_fit_runs_the_fast_path_and_leaves_fp32_weights(tmp_path, tiny_bert, mon
     assert all(p.dtype == torch.float32 for p in m.parameters())
     assert all(not torch.equal(p.detach(), start[n]) for n, p in m.named_parameters() if "lora_B" in n)
     assert m.get_base_model().config._attn_implementation == "sdpa"
+
+
+def test_inference_casts_frozen_weights_once_with_identical_logits(tiny_bert):
+    from loraclf import data as data_mod
+    from loraclf import predict, train
+    from transformers import AutoTokenizer
+    m = model.build(tiny_config(tiny_bert), LABELS).merge_and_unload().eval()
+    m.requires_grad_(False)
+    tok = AutoTokenizer.from_pretrained(str(tiny_bert))
+    texts = [f"text {'word ' * (i % 9)} number {i}" for i in range(40)]
+    enc = data_mod.encode(tok, data_mod.Examples(texts, None, []), 32)
+    cpu = torch.device("cpu")
+    with torch.inference_mode():  # autocast casting the weights on every batch
+        per_batch = train.predict_logits(m, enc, 8, tok.pad_token_id, cpu, "bf16")
+    once = predict.logits_for(m, tok, texts, 32, batch_size=8, precision="bf16", device=cpu)
+    assert (once == per_batch).all()
+    assert all(p.dtype == torch.float32 for p in m.parameters())

@@ -854,9 +854,11 @@ def levers(opts, log=None) -> list[dict]:
         record("attention (train step)", attn, _timed(train_step_fn(model, cfg), reps), bs, "samples")
         record("attention (inference)", attn, _timed(infer_fn(model, 64), max(1, reps - 1)), len(enc), "rows")
         record(f"attention ({fast} inference)", attn, _timed(infer_fn(model, 64, fast), max(1, reps - 1)), len(enc), "rows")
-        for label, index in (("median", None), ("longest", long_index)):
-            step = train_step_fn(model, cfg, fast, cheap_dropout=True, cast_once=True, index=index)
-            record(f"attention ({fast} fast train, {label})", attn, _timed(step, reps), bs, "samples")
+        variants = [(attn, None)] + ([(fastpath.TRAIN_ATTENTION, fastpath.TRAIN_ATTENTION)] if attn == "sdpa" else [])
+        for name, switch in variants:  # fit's CPU choice last: sdpa loaded, training forwards switched
+            for label, index in (("median", None), ("longest", long_index)):
+                step = train_step_fn(model, cfg, fast, cheap_dropout=True, cast_once=True, attn=switch, index=index)
+                record(f"attention ({fast} fast train, {label})", name, _timed(step, reps), bs, "samples")
     # torch.compile (inductor, dynamic shapes) on the plain step: compile time, then the steady state
     model, cfg = build(["model.attn_implementation=eager"])
     try:
@@ -865,9 +867,8 @@ def levers(opts, log=None) -> list[dict]:
             step = train_step_fn(compiled, cfg, fast, index=index)
             tick = time.perf_counter()
             step()
-            log(f"  torch.compile first step ({label}): {time.perf_counter() - tick:.1f}s")
-            results.append({"lever": f"torch.compile ({fast} train, {label})", "variant": "first step (compiling)",
-                            "seconds": time.perf_counter() - tick})
+            record(f"torch.compile ({fast} train, {label})", "first step (compiling)", time.perf_counter() - tick, bs,
+                   "samples")
             record(f"torch.compile ({fast} train, {label})", "compiled", _timed(step, reps), bs, "samples")
     except Exception as e:  # no C++ compiler, or an inductor limitation: record it, go on
         log(f"  torch.compile: unavailable ({type(e).__name__}: {str(e)[:200]})")
@@ -908,6 +909,8 @@ def levers(opts, log=None) -> list[dict]:
         if isinstance(mod, torch.nn.Linear):
             mod.to(torch.bfloat16)
     record("bf16 inference weights", "linears cast once", _timed(infer_fn(merged, 64, "bf16"), reps), len(enc), "rows")
+    merged.to(torch.bfloat16)  # everything bf16, LayerNorm and residual adds included: faster, but not autocast's numbers
+    record("bf16 inference weights", "whole model bf16", _timed(infer_fn(merged, 64, "fp32"), reps), len(enc), "rows")
     merged.float()
     # padding: length-sorted batches vs pad to 256 (the report-A way) for the same rows
     def padded(m=merged):

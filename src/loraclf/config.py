@@ -24,8 +24,8 @@ class ModelConfig:
     # projection) | "lora" (LoRA on the head's dense layer + trained projection)
     head: str = "auto"
     encoder_dropout: float = -1.0       # dropout inside the encoder; -1 keeps the pretrained config's value
-    # "auto" (sdpa; on CPU the training forwards run eager when the model has attention dropout, which is
-    # faster there with fast_dropout: bench/NOTES.md) | "sdpa" | "eager"
+    # "auto" (sdpa; on CPU the training forwards run fastpath.TRAIN_ATTENTION, eager attention in the
+    # autocast dtype, which measured faster there: bench/NOTES.md) | "sdpa" | "eager"
     attn_implementation: str = "auto"
 
 

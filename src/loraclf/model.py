@@ -80,8 +80,8 @@ def load_base(cfg: Config, label_names: list[str], meta: bool = False):
 
 
 def attention_for(choice: str) -> str:
-    """auto: SDPA (the faster one for inference on CPU too); train.fit switches CPU training forwards with
-    attention dropout to eager (fastpath.training_attention)."""
+    """auto: SDPA (the faster one for inference on CPU too); train.fit switches CPU training forwards to
+    fastpath.TRAIN_ATTENTION (fastpath.training_attention)."""
     return "sdpa" if choice == "auto" else choice
 
 
