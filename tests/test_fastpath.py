@@ -1,4 +1,5 @@
 """The training fast path (fastpath.py): cheaper CPU dropout, frozen weights cast once, attention by phase."""
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -184,8 +185,13 @@ def test_inference_casts_frozen_weights_once_with_identical_logits(tiny_bert):
     texts = [f"text {'word ' * (i % 9)} number {i}" for i in range(40)]
     enc = data_mod.encode(tok, data_mod.Examples(texts, None, []), 32)
     cpu = torch.device("cpu")
-    with torch.inference_mode():  # autocast casting the weights on every batch
-        per_batch = train.predict_logits(m, enc, 8, tok.pad_token_id, cpu, "bf16")
+    per_batch = np.zeros((len(texts), len(LABELS)), np.float32)  # autocast casting the weights on every batch
+    with torch.inference_mode():
+        for index in data_mod.length_grouped_batches(enc.lengths, 8, 0, shuffle=False):
+            batch = data_mod.collate(enc, index, tok.pad_token_id)
+            with model.autocast(cpu, "bf16"):
+                per_batch[index] = m(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits.float()
+        assert (train.predict_logits(m, enc, 8, tok.pad_token_id, cpu, "bf16") == per_batch).all()
     once = predict.logits_for(m, tok, texts, 32, batch_size=8, precision="bf16", device=cpu)
     assert (once == per_batch).all()
     assert all(p.dtype == torch.float32 for p in m.parameters())

@@ -1,16 +1,17 @@
 """The training step's fast path: three measured levers (bench/NOTES.md), each a context manager.
 
 - `cpu_dropout()`: torch's CPU dropout draws one Bernoulli sample per element through a slow scalar
-  generator; it was 31% of a bf16 training step. Here the mask comes from 16 random bits per element
-  (one int64 draw gives four) compared with a threshold, so p is exact to 1/65536, and the kept values
-  are scaled by 1/(1 - that p): the same unbiased dropout, about 2x cheaper forward + backward.
+  generator, the largest cost after the matmuls in a profiled bf16 training step. Here the mask comes
+  from 16 random bits per element (one int64 draw gives four) compared with a threshold, so p is exact to
+  1/65536, and the kept values are scaled by 1/(1 - that p): the same unbiased dropout, cheaper.
 - `frozen_linears_as(model, dtype)`: under autocast every frozen Linear weight is cast to bf16/fp16 again
   on every step (85M parameters for roberta-base). Casting once, for the length of training, gives the
   same numbers (autocast's cast is the same rounding) without that traffic.
 - `attention(model, impl)`: SDPA is the faster attention for inference, but on CPU its training path is
   slower (with attention dropout it falls back to an unfused path whose dropout the lever above cannot
-  reach; without, its backward measured slower than eager). So CPU training forwards run TRAIN_ATTENTION: HF's eager attention with its [batch, heads, L, L] tensors (mask add,
-  softmax, dropout) kept in the autocast dtype instead of fp32, and the cheaper dropout; evaluation SDPA.
+  reach; without, its backward measured slower than eager). So CPU training forwards run TRAIN_ATTENTION:
+  HF's eager attention with its [batch, heads, L, L] tensors (mask add, softmax, dropout) kept in the
+  autocast dtype instead of fp32, and the cheaper dropout; evaluation SDPA.
 """
 from __future__ import annotations
 
@@ -82,20 +83,20 @@ def cheap_dropout_applies(device: torch.device, wanted: bool, gradient_checkpoin
 def frozen_linears_as(model, dtype: torch.dtype | None):
     """Frozen nn.Linear weights and biases held in `dtype` inside the block, fp32 originals put back after
     (so evaluation, saving and merging afterwards see exactly the weights they saw before)."""
-    saved = []
+    saved, n_modules = [], 0  # (parameter, its fp32 data)
     if dtype is not None:
         for m in model.modules():
             params = [p for p in (m.weight, m.bias) if p is not None] if isinstance(m, torch.nn.Linear) else []
             if params and not any(p.requires_grad for p in params) and params[0].dtype != dtype:
-                saved.append((m, [p.data for p in params]))
+                n_modules += 1
                 for p in params:
+                    saved.append((p, p.data))
                     p.data = p.data.to(dtype)
     try:
-        yield len(saved)
+        yield n_modules
     finally:
-        for m, originals in saved:
-            for p, orig in zip([p for p in (m.weight, m.bias) if p is not None], originals):
-                p.data = orig
+        for p, orig in saved:
+            p.data = orig
 
 
 TRAIN_ATTENTION = "loraclf_cpu_train"
@@ -132,10 +133,14 @@ def _register_train_attention() -> bool:
     return True
 
 
+def _transformers_model(model):
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
 @contextlib.contextmanager
 def attention(model, impl: str | None):
     """Switch a transformers model's attention implementation inside the block (None: leave it)."""
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    base = _transformers_model(model)
     before = getattr(base.config, "_attn_implementation", None)
     if impl is None or before is None or impl == before or not hasattr(base, "set_attn_implementation"):
         yield
@@ -153,7 +158,7 @@ def training_attention(choice: str, device: torch.device, model) -> str | None:
     """auto on CPU: TRAIN_ATTENTION for the training forwards (None: keep the loaded one). Without attention
     dropout too: SDPA's CPU backward made `make demo` (no dropout) train 1.29x slower than eager did.
     Models that do not dispatch through transformers' AttentionInterface get plain eager."""
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    base = _transformers_model(model)
     if choice != "auto" or device.type != "cpu":
         return None
     supported = getattr(base, "_supports_attention_backend", False) and _register_train_attention()

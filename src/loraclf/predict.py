@@ -19,17 +19,13 @@ def device_for_inference() -> torch.device:
 
 def logits_for(model, tokenizer, texts: list[str], max_length: int, batch_size: int = 64,
                precision: str = "auto", device: torch.device | None = None) -> np.ndarray:
-    """Logits in input order. Under bf16/fp16 the frozen weights are cast once per call rather than by
-    autocast on every batch (the same numbers); so one model must not serve two precisions at once."""
-    from .fastpath import autocast_dtype, frozen_linears_as
     from .model import resolve_precision
     from .train import predict_logits
     device = device or device_for_inference()
     model.to(device)
-    precision = resolve_precision(precision, device)
     enc = data_mod.encode(tokenizer, data_mod.Examples(texts, None, []), max_length)
-    with torch.inference_mode(), frozen_linears_as(model, autocast_dtype(precision)):
-        return predict_logits(model, enc, batch_size, tokenizer.pad_token_id, device, precision)
+    with torch.inference_mode():
+        return predict_logits(model, enc, batch_size, tokenizer.pad_token_id, device, resolve_precision(precision, device))
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:

@@ -102,19 +102,23 @@ def better(monitor: str, value: float, best: float | None) -> bool:
 @torch.no_grad()
 def predict_logits(model, encoded: data_mod.Encoded, batch_size: int, pad_id: int, device, precision: str,
                    accelerator=None) -> np.ndarray:
-    """Logits in input order. Batches are length-sorted; with several processes each takes a share."""
+    """Logits in input order. Batches are length-sorted; with several processes each takes a share.
+    Under bf16/fp16 the frozen weights are cast once per call rather than by autocast on every batch (the
+    same numbers; inside fit they already are), so one model must not score two precisions at once."""
     from .model import autocast
     model.eval()
     batches = data_mod.length_grouped_batches(encoded.lengths, batch_size, 0, shuffle=False)
     rank, world = (accelerator.process_index, accelerator.num_processes) if accelerator else (0, 1)
     mine = batches[rank::world]
     out_idx, out = [], []
-    for index in mine:
-        batch = data_mod.collate(encoded, index, pad_id)
-        with autocast(device, precision):
-            logits = model(input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device)).logits
-        out.append(logits.float().cpu().numpy())
-        out_idx += index
+    with fastpath.frozen_linears_as(model, fastpath.autocast_dtype(precision)):
+        for index in mine:
+            batch = data_mod.collate(encoded, index, pad_id)
+            with autocast(device, precision):
+                logits = model(input_ids=batch["input_ids"].to(device),
+                               attention_mask=batch["attention_mask"].to(device)).logits
+            out.append(logits.float().cpu().numpy())
+            out_idx += index
     if world > 1:
         from accelerate.utils import gather_object
         parts = gather_object([(out_idx, np.concatenate(out) if out else np.zeros((0, 0), np.float32))])
