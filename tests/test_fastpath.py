@@ -11,7 +11,8 @@ from loraclf import fastpath, model
 @pytest.mark.parametrize("p", [0.05, 0.1, 0.5])
 def test_dropout_mask_rate_and_scale(p):
     torch.manual_seed(0)
-    drop, scale = fastpath.dropout_mask((1000, 1000), p)
+    keep, scale = fastpath.dropout_mask((1000, 1000), p)
+    drop = ~keep
     p_eff = round(p * 65536) / 65536
     assert abs(p_eff - p) < 1e-5
     assert abs(drop.float().mean().item() - p) < 0.002          # 1M draws: sd ~0.0003
@@ -32,17 +33,27 @@ def test_dropout_masks_are_independent_and_seeded():
         assert abs(a.reshape(-1, 4)[:, k].float().mean().item() - 0.5) < 0.02
 
 
-def test_dropout_forward_and_backward():
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_dropout_forward_and_backward(dtype):
     torch.manual_seed(0)
-    x = torch.randn(64, 33, requires_grad=True)
-    g = torch.randn(64, 33)
+    x = torch.randn(64, 33, dtype=dtype, requires_grad=True)
+    g = torch.randn(64, 33, dtype=dtype)
     y = fastpath.dropout(x, 0.3)
     y.backward(g)
+    assert y.dtype == x.grad.dtype == dtype
     kept = y != 0
     scale = 1 / (1 - round(0.3 * 65536) / 65536)
-    torch.testing.assert_close(y[kept], x.detach()[kept] * scale)
-    torch.testing.assert_close(x.grad, torch.where(kept, g * scale, torch.zeros_like(g)))
+    # exact: x times the fp32 scale, rounded once (a scale folded into a bf16 mask would round it first)
+    assert torch.equal(y[kept], (x.detach()[kept].float() * scale).to(dtype))
+    assert torch.equal(x.grad, torch.where(kept, (g.float() * scale).to(dtype), torch.zeros_like(g)))
     assert 0.2 < 1 - kept.float().mean().item() < 0.4
+
+
+def test_bf16_dropout_is_unbiased():
+    torch.manual_seed(0)
+    x = torch.rand(2000, 1000).add_(1).to(torch.bfloat16)     # values in [1, 2): many round differently
+    y = fastpath.dropout(x, 0.1)
+    assert abs(y.double().mean().item() / x.double().mean().item() - 1) < 1e-3   # mean kept; sd ~2e-4
 
 
 def test_mode_replaces_training_dropout_only():

@@ -3,7 +3,8 @@
 - `cpu_dropout()`: torch's CPU dropout draws one Bernoulli sample per element through a slow scalar
   generator, the largest cost after the matmuls in a profiled bf16 training step. Here the mask comes
   from 16 random bits per element (one int64 draw gives four) compared with a threshold, so p is exact to
-  1/65536, and the kept values are scaled by 1/(1 - that p): the same unbiased dropout, cheaper.
+  1/65536, and the kept values are scaled by 1/(1 - that p): the same unbiased dropout, cheaper. It is
+  applied as a multiply by the mask in the tensor's dtype, not masked_fill_ (a scalar kernel on CPU).
 - `frozen_linears_as(model, dtype)`: under autocast every frozen Linear weight is cast to bf16/fp16 again
   on every step (85M parameters for roberta-base). Casting once, for the length of training, gives the
   same numbers (autocast's cast is the same rounding) without that traffic.
@@ -25,27 +26,31 @@ _LEVELS = 65536  # 16-bit thresholds
 
 
 def dropout_mask(shape, p: float) -> tuple[torch.Tensor, float]:
-    """(drop, scale): a bool mask with P(drop) = round(p * 65536) / 65536, and 1 / P(keep)."""
+    """(keep, scale): a bool mask with P(drop) = round(p * 65536) / 65536, and 1 / P(keep)."""
     n = 1
     for s in shape:
         n *= s
     bits = torch.empty((n + 3) // 4, dtype=torch.int64).random_(-2**63, None).view(torch.int16)[:n].view(shape)
     k = round(p * _LEVELS)
-    return bits < (k - _LEVELS // 2), _LEVELS / (_LEVELS - k)
+    return bits >= (k - _LEVELS // 2), _LEVELS / (_LEVELS - k)
 
 
 class _Dropout(torch.autograd.Function):
+    """x * keep * scale with `keep` converted to 0/1 in x's dtype: a vectorized multiply (masked_fill_ with a
+    bool mask runs a scalar kernel on CPU). The bool mask is what is saved (1 byte an element, converted
+    again in backward), and the scale stays a separate multiply: folded into a bf16 mask, 1/0.9 would round
+    and bias every kept value."""
     @staticmethod
     def forward(ctx, x, p):
-        drop, scale = dropout_mask(x.shape, p)
-        ctx.save_for_backward(drop)
+        keep, scale = dropout_mask(x.shape, p)
+        ctx.save_for_backward(keep)
         ctx.scale = scale
-        return x.mul(scale).masked_fill_(drop, 0)
+        return (x * keep.view(torch.uint8).to(x.dtype)).mul_(scale)
 
     @staticmethod
     def backward(ctx, grad):
-        (drop,) = ctx.saved_tensors
-        return grad.mul(ctx.scale).masked_fill_(drop, 0), None
+        (keep,) = ctx.saved_tensors
+        return (grad * keep.view(torch.uint8).to(grad.dtype)).mul_(ctx.scale), None
 
 
 def dropout(x: torch.Tensor, p: float) -> torch.Tensor:
