@@ -102,6 +102,8 @@ def test_levers_measure_every_lever(tiny_dir, agnews_dir, tmp_path):
             "encoder dropout (train step)", "adapted layers (train step)", "threads (train step)"} <= levers
     assert all(r["seconds"] > 0 for r in rows)
     assert {r["variant"] for r in rows if r["lever"] == "adapted layers (train step)"} == {"all 2", "top 1 only"}
+    assert len([r for r in rows if r["lever"].startswith("scoring batches")]) == 4
+    assert len([r for r in rows if r["lever"].startswith("dropout apply")]) == 2
 
 
 def test_quick_smoke(tiny_dir, agnews_dir, tmp_path, capsys):

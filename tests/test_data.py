@@ -89,6 +89,25 @@ def test_length_grouped_batches_cover_everything_once():
     assert data.length_grouped_batches(lengths, 16, seed=3) == batches
 
 
+def test_scoring_batches_cap_rows_and_padded_tokens():
+    rng = np.random.default_rng(0)
+    lengths = rng.integers(3, 300, size=500)
+    lengths[7] = 3000                                         # longer than the cap: a batch of its own
+    assert data.scoring_batches(lengths, 64) == data.scoring_batches(lengths, 64, 0)
+    for max_tokens in (0, 256, 2048):
+        batches = data.scoring_batches(lengths, 64, max_tokens)
+        assert sorted(i for b in batches for i in b) == list(range(500))
+        assert batches[0][0] == 7 and all(len(b) <= 64 for b in batches)
+        widths = [-(-int(lengths[b].max()) // 8) * 8 for b in batches]
+        assert widths == sorted(widths, reverse=True)        # longest first
+        if max_tokens:
+            assert batches[0] == [7]
+            assert all(w * len(b) <= max_tokens or len(b) == 1 for w, b in zip(widths, batches))
+            # as full as the caps allow (all but the last batch)
+            assert all(len(b) == max(1, min(64, max_tokens // w)) for w, b in zip(widths[:-1], batches[:-1]))
+    assert len(data.scoring_batches(lengths, 64, 2048)) > len(data.scoring_batches(lengths, 64))
+
+
 def test_collate_pads_to_batch_longest():
     enc = data.Encoded([[5, 6, 7], [8]], [1, 2])
     b = data.collate(enc, [0, 1], pad_id=0, pad_to_multiple=1)

@@ -198,7 +198,7 @@ def test_inference_casts_frozen_weights_once_with_identical_logits(tiny_bert):
     cpu = torch.device("cpu")
     per_batch = np.zeros((len(texts), len(LABELS)), np.float32)  # autocast casting the weights on every batch
     with torch.inference_mode():
-        for index in data_mod.length_grouped_batches(enc.lengths, 8, 0, shuffle=False):
+        for index in data_mod.scoring_batches(enc.lengths, 8):
             batch = data_mod.collate(enc, index, tok.pad_token_id)
             with model.autocast(cpu, "bf16"):
                 per_batch[index] = m(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits.float()

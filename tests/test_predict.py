@@ -31,6 +31,25 @@ def test_submission_uses_id_column_and_keeps_order(tmp_path, tiny_run):
     assert [int(r[1]) for r in rows[1:]] == one_by_one
 
 
+def test_token_cap_changes_batches_not_predictions(tmp_path, tiny_run, capsys):
+    import torch
+    from loraclf import train
+    texts = [f"text {'word ' * (i % 13)} number {i}" for i in range(30)]
+    model, tok, cfg, names = predict.load_for_inference(tiny_run)
+    uncapped = predict.logits_for(model, tok, texts, 32, precision="fp32", max_tokens=0)
+    capped = predict.logits_for(model, tok, texts, 32, precision="fp32", max_tokens=24)  # a row or a few a batch
+    np.testing.assert_allclose(capped, uncapped, atol=1e-5)
+    assert train.scoring_tokens(-1, torch.device("cpu")) == train.CPU_SCORING_TOKENS
+    assert train.scoring_tokens(-1, torch.device("cuda")) == 0 and train.scoring_tokens(512, "cuda") == 512
+    src = tmp_path / "in.csv"
+    src.write_text("text\n" + "".join(f"{t}\n" for t in texts))
+    out = tmp_path / "sub.csv"
+    assert cli.main(["predict", str(tiny_run), str(src), "-o", str(out), "--max-tokens", "24"]) == 0
+    assert [int(r[1]) for r in _read(out)[1:]] == capped.argmax(-1).tolist()
+    assert cli.main(["predict", str(tiny_run), str(src), "-o", str(tmp_path / "no.csv"), "--max-tokens", "-2"]) == 2
+    assert "max tokens -2" in capsys.readouterr().err and not (tmp_path / "no.csv").exists()
+
+
 def test_row_index_names_and_probs(tmp_path, tiny_run):
     import datasets
     src = tmp_path / "test_unlabelled.pkl"

@@ -341,6 +341,7 @@ def run_loraclf_infer(model, cfg, tokenizer, texts, run_dir: Path) -> dict:
     from . import model as model_mod
     from . import predict as predict_mod
     from . import rundir
+    from . import train as train_mod
     run_dir.mkdir(parents=True, exist_ok=True)
     rundir.write_json(run_dir / "config.json", cfg.to_dict() | {"format_version": rundir.FORMAT_VERSION})
     rundir.write_json(run_dir / "labels.json", LABELS)
@@ -351,11 +352,14 @@ def run_loraclf_infer(model, cfg, tokenizer, texts, run_dir: Path) -> dict:
     device = _device()
     inf_model.to(device)
     tick = time.perf_counter()
-    logits = predict_mod.logits_for(inf_model, inf_tok, list(texts), max_len, inf_cfg.train.eval_batch_size, "auto")
+    logits = predict_mod.logits_for(inf_model, inf_tok, list(texts), max_len, inf_cfg.train.eval_batch_size, "auto",
+                                    max_tokens=inf_cfg.train.eval_max_tokens)
     _sync(device)
     seconds = time.perf_counter() - tick
     tokens = sum(len(x) for x in inf_tok(list(texts), truncation=True, max_length=max_len)["input_ids"])
-    return {"rows": len(texts), "tokens": tokens, "seconds": seconds, "batch_size": inf_cfg.train.eval_batch_size,
+    cap = train_mod.scoring_tokens(inf_cfg.train.eval_max_tokens, device)
+    batch = f"{inf_cfg.train.eval_batch_size}" + (f", <= {cap} tokens" if cap else "")
+    return {"rows": len(texts), "tokens": tokens, "seconds": seconds, "batch_size": batch,
             "merged": True, "logits_shape": list(logits.shape)}
 
 
@@ -839,10 +843,12 @@ def levers(opts, log=None) -> list[dict]:
         cfg = bench_config(str(model_dir), "loraclf", list(extra) + list(opts.set or []))
         return model_mod.build(cfg, LABELS), cfg
 
-    def infer_fn(model, batch_size, precision="fp32"):
+    def infer_fn(model, batch_size, precision="fp32", max_tokens=0, encoded=None):
+        """Scoring as predict does; no token cap unless asked (the scoring-batches rows measure the cap)."""
         def go():
             with torch.inference_mode():
-                train_mod.predict_logits(model, enc, batch_size, tok.pad_token_id, torch.device("cpu"), precision)
+                train_mod.predict_logits(model, encoded or enc, batch_size, tok.pad_token_id, torch.device("cpu"),
+                                         precision, max_tokens=max_tokens)
         return go
 
     bs = 16
@@ -884,6 +890,19 @@ def levers(opts, log=None) -> list[dict]:
                             ("+ frozen weights cast once", {"cheap_dropout": True, "cast_once": True})):
             record(f"fast path ({fast} train, {label})", variant, _timed(train_step_fn(model, cfg, fast, **kw, index=index), reps),
                    bs, "samples")
+    # dropout's apply step alone (mask drawn beforehand), forward and backward, on one median-batch activation
+    dtype = fastpath.autocast_dtype(fast) or torch.float32
+    x, g = torch.randn(bs, 56, 768, dtype=dtype), torch.randn(bs, 56, 768, dtype=dtype)
+    keep, scale = fastpath.dropout_mask(x.shape, 0.1)
+    drop = ~keep
+
+    def masked_fill():  # fastpath.dropout before 2026-11-26
+        x.mul(scale).masked_fill_(drop, 0), g.mul(scale).masked_fill_(drop, 0)
+
+    def multiply():     # fastpath.dropout now
+        (x * keep.view(torch.uint8).to(dtype)).mul_(scale), (g * keep.view(torch.uint8).to(dtype)).mul_(scale)
+    for name, fn in (("masked_fill_ (before)", masked_fill), ("multiply by the 0/1 mask", multiply)):
+        record(f"dropout apply ({fast}, fwd+bwd, [16,56,768])", name, _timed(fn, 50), 1, "calls")
     # optimizer implementation: the step alone on the 925k trainable parameters
     params = [p for p in model.parameters() if p.requires_grad]
     for p in params:
@@ -912,6 +931,12 @@ def levers(opts, log=None) -> list[dict]:
     merged.to(torch.bfloat16)  # everything bf16, LayerNorm and residual adds included: faster, but not autocast's numbers
     record("bf16 inference weights", "whole model bf16", _timed(infer_fn(merged, 64, "fp32"), reps), len(enc), "rows")
     merged.float()
+    # scoring batches: rows only vs a cap on padded tokens (train.eval_max_tokens), on more rows than the
+    # other inference rows so that a cap changes the batches' make-up and not only their number
+    many = data_mod.encode(tok, ex.subset(sample_rows(len(ex), 4 * len(enc), seed=3)), 256)
+    for cap in (0, 1024, 2048, 4096):
+        record(f"scoring batches ({fast} inference, merged)", f"64 rows, <= {cap} tokens" if cap else "64 rows",
+               _timed(infer_fn(merged, 64, fast, cap, many), max(1, reps - 1)), len(many), "rows")
     # padding: length-sorted batches vs pad to 256 (the report-A way) for the same rows
     def padded(m=merged):
         ids, mask, _ = report_a_tensors(tok, sub.texts, sub.labels, 256)

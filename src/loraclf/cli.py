@@ -59,7 +59,8 @@ def _maybe_report(run_dir: Path, args) -> None:
 
 def cmd_evaluate(args) -> int:
     from . import metrics, pipeline
-    m = pipeline.evaluate(Path(args.run), args.data, trust_pickle=args.trust_pickle, batch_size=args.batch_size, name=args.name)
+    m = pipeline.evaluate(Path(args.run), args.data, trust_pickle=args.trust_pickle, batch_size=args.batch_size,
+                          name=args.name, max_tokens=args.max_tokens)
     print(metrics.table(m, f"{args.run} on {', '.join(args.data)}"))
     _maybe_report(Path(args.run), args)
     report_cli.maybe_track(Path(args.run), args)
@@ -75,7 +76,7 @@ def cmd_predict(args) -> int:
     else:
         r = predict.run(Path(args.run), args.input, Path(args.output), names=args.label_names, probs=args.probs,
                         batch_size=args.batch_size, precision=args.precision, trust_pickle=args.trust_pickle,
-                        text_column=args.text_column)
+                        text_column=args.text_column, max_tokens=args.max_tokens)
     print(f"wrote {r['rows']} predictions to {r['out']}")
     return 0
 
@@ -158,7 +159,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("run")
     p.add_argument("--data", action="append", required=True)
     p.add_argument("--name", default="", help="suffix of the saved eval-<name>.json (default: the data file's stem)")
-    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--batch-size", type=int, default=64, help="rows per forward batch, at most")
+    p.add_argument("--max-tokens", type=int, default=-1,
+                   help="padded tokens per forward batch, at most (-1: auto, 2048 on CPU and no cap on GPU; 0: no cap)")
     p.add_argument("--trust-pickle", action="store_true")
     p.add_argument("--no-report", action="store_true")
     report_cli.add_track_args(p)
@@ -170,7 +173,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", default="submission.csv")
     p.add_argument("--label-names", action="store_true", help="write class names instead of ids")
     p.add_argument("--probs", action="store_true", help="add one probability column per class")
-    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--batch-size", type=int, default=64, help="rows per forward batch, at most")
+    p.add_argument("--max-tokens", type=int, default=-1,
+                   help="padded tokens per forward batch, at most (-1: auto, 2048 on CPU and no cap on GPU; 0: no cap)")
     p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"])
     p.add_argument("--text-column", help="text column of the input (default: the run's)")
     p.add_argument("--backend", default="torch", choices=["torch", "onnx"],

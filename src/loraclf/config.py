@@ -60,6 +60,7 @@ class TrainConfig:
     epochs: float = 3.0
     batch_size: int = 16
     eval_batch_size: int = 64
+    eval_max_tokens: int = -1           # padded tokens per scoring batch; -1: auto (2048 on CPU, no cap on GPU); 0: no cap
     grad_accum: int = 1
     lr: float = 2e-4
     weight_decay: float = 0.01
@@ -255,6 +256,9 @@ def validate(cfg: Config) -> None:
     for key, value in positive.items():
         if value < 1:
             raise UserError(f"config key {key} = {value} must be at least 1", f"--set {key}=<positive integer>")
+    if cfg.train.eval_max_tokens < -1:
+        raise UserError(f"train.eval_max_tokens = {cfg.train.eval_max_tokens} is not allowed",
+                        "use a token count, 0 for no cap, or -1 for auto")
     if cfg.train.epochs <= 0 or cfg.train.lr <= 0:
         raise UserError("train.epochs and train.lr must be positive", "check --epochs / --set train.lr=...")
     if not -1 <= cfg.model.encoder_dropout < 1 or (-1 < cfg.model.encoder_dropout < 0):

@@ -467,13 +467,10 @@ def encode(tokenizer, examples: Examples, max_length: int) -> Encoded:
     return Encoded(ids, examples.labels)
 
 
-def length_grouped_batches(lengths, batch_size: int, seed: int, shuffle: bool = True, group: int = 50) -> list[list[int]]:
-    """Batches of similar length. Training: shuffle, sort within groups of `group` batches, shuffle the
-    batches; the longest batch goes first so a memory error shows at once. Eval: sort everything."""
+def length_grouped_batches(lengths, batch_size: int, seed: int, group: int = 50) -> list[list[int]]:
+    """Training batches of similar length: shuffle, sort within groups of `group` batches, shuffle the
+    batches; the longest batch goes first so a memory error shows at once. (Eval: scoring_batches.)"""
     n = len(lengths)
-    if not shuffle:
-        order = np.argsort(-np.asarray(lengths), kind="stable")
-        return [order[i: i + batch_size].tolist() for i in range(0, n, batch_size)]
     rng = random.Random(seed)
     order = list(range(n))
     rng.shuffle(order)
@@ -486,6 +483,22 @@ def length_grouped_batches(lengths, batch_size: int, seed: int, shuffle: bool = 
     first = batches.pop(longest)
     rng.shuffle(batches)
     return [first] + batches
+
+
+def scoring_batches(lengths, max_rows: int, max_tokens: int = 0) -> list[list[int]]:
+    """Eval batches, longest first: at most `max_rows` rows and, when max_tokens > 0, at most `max_tokens`
+    padded tokens (widths rounded up to 8 as in collate; a single longer row is a batch of its own)."""
+    lengths = np.asarray(lengths)
+    order = np.argsort(-lengths, kind="stable").tolist()
+    if max_tokens <= 0:
+        return [order[i: i + max_rows] for i in range(0, len(order), max_rows)]
+    batches, start = [], 0
+    while start < len(order):
+        width = -(-int(lengths[order[start]]) // 8) * 8  # the batch's first row is its longest
+        rows = max(1, min(max_rows, max_tokens // max(width, 1)))
+        batches.append(order[start: start + rows])
+        start += rows
+    return batches
 
 
 def random_batches(n: int, batch_size: int, seed: int) -> list[list[int]]:

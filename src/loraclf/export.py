@@ -341,7 +341,7 @@ class OnnxClassifier:
         enc = data_mod.encode(self.tokenizer, data_mod.Examples(list(texts), None, []), max_length or self.max_length)
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
         out = np.zeros((len(texts), len(self.labels)), np.float32)
-        for index in data_mod.length_grouped_batches(enc.lengths, batch_size, 0, shuffle=False):
+        for index in data_mod.scoring_batches(enc.lengths, batch_size):
             rows = [enc.input_ids[i] for i in index]
             width = max(len(r) for r in rows)
             ids = np.full((len(rows), width), pad, np.int64)

@@ -135,7 +135,8 @@ def train(cfg: Config, data: list[str], out: Path, test_data: list[str] = (), pr
         test_logits = test["logits"]
     if pred_ex is not None:
         pred_logits = train_mod.predict_logits(model, data_mod.encode(tokenizer, pred_ex, infer_len),
-                                               cfg.train.eval_batch_size, pad, device, precision, accelerator)
+                                               cfg.train.eval_batch_size, pad, device, precision, accelerator,
+                                               cfg.train.eval_max_tokens)
     if main:
         tmp = rundir.temp_dir(out / "adapter")
         model_mod.save(model, tmp)
@@ -163,12 +164,14 @@ def _abs(source: str) -> str:
     return str(p.resolve()) if p.exists() else str(source)
 
 
-def evaluate(run_dir: Path, sources: list[str], trust_pickle: bool = False, batch_size: int = 64, name: str = "") -> dict:
+def evaluate(run_dir: Path, sources: list[str], trust_pickle: bool = False, batch_size: int = 64, name: str = "",
+             max_tokens: int = -1) -> dict:
     """Score a finished run on labelled data; saves eval-<name>.json in the run directory."""
     run_dir = Path(run_dir)
     model, tokenizer, cfg, label_names = predict_mod.load_for_inference(run_dir)
     ex = load_eval_data(cfg, list(sources), label_names, trust_pickle)
-    logits = predict_mod.logits_for(model, tokenizer, ex.texts, cfg.data.max_length_infer or cfg.data.max_length, batch_size)
+    logits = predict_mod.logits_for(model, tokenizer, ex.texts, cfg.data.max_length_infer or cfg.data.max_length, batch_size,
+                                    max_tokens=max_tokens)
     m = metrics_mod.classification(logits, ex.labels, label_names)
     m["data"] = list(sources)
     name = name or Path(sources[0]).stem

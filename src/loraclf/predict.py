@@ -18,14 +18,20 @@ def device_for_inference() -> torch.device:
 
 
 def logits_for(model, tokenizer, texts: list[str], max_length: int, batch_size: int = 64,
-               precision: str = "auto", device: torch.device | None = None) -> np.ndarray:
+               precision: str = "auto", device: torch.device | None = None, max_tokens: int = -1) -> np.ndarray:
+    """Logits in input order; batches of at most `batch_size` rows and `max_tokens` padded tokens (-1: auto,
+    train.scoring_tokens)."""
     from .model import resolve_precision
     from .train import predict_logits
+    if batch_size < 1 or max_tokens < -1:
+        raise UserError(f"batch size {batch_size} / max tokens {max_tokens} is not allowed",
+                        "use a batch size of at least 1 and max tokens >= 1, 0 (no cap) or -1 (auto)")
     device = device or device_for_inference()
     model.to(device)
     enc = data_mod.encode(tokenizer, data_mod.Examples(texts, None, []), max_length)
     with torch.inference_mode():
-        return predict_logits(model, enc, batch_size, tokenizer.pad_token_id, device, resolve_precision(precision, device))
+        return predict_logits(model, enc, batch_size, tokenizer.pad_token_id, device, resolve_precision(precision, device),
+                              max_tokens=max_tokens)
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
@@ -71,7 +77,7 @@ def load_for_inference(run_dir: Path):
 
 
 def run(run_dir: Path, source: str, out: Path, names: bool = False, probs: bool = False, batch_size: int = 64,
-        precision: str = "auto", trust_pickle: bool = False, text_column: str | None = None) -> dict:
+        precision: str = "auto", trust_pickle: bool = False, text_column: str | None = None, max_tokens: int = -1) -> dict:
     """Predict every row of `source` and write the submission atomically."""
     run_dir = Path(run_dir)
     from . import config as config_mod
@@ -84,7 +90,7 @@ def run(run_dir: Path, source: str, out: Path, names: bool = False, probs: bool 
                              trust_pickle=trust_pickle)
     model, tokenizer, cfg, label_names = load_for_inference(run_dir)
     max_len = cfg.data.max_length_infer or cfg.data.max_length
-    logits = logits_for(model, tokenizer, examples.texts, max_len, batch_size, precision)
+    logits = logits_for(model, tokenizer, examples.texts, max_len, batch_size, precision, max_tokens=max_tokens)
     ids = examples.ids if examples.ids is not None else list(range(len(examples)))
     rundir.write_text(Path(out), submission_csv(ids, logits, label_names, names, probs))
     return {"rows": len(ids), "out": str(out), "logits": logits, "labels": examples.labels}

@@ -99,15 +99,27 @@ def better(monitor: str, value: float, best: float | None) -> bool:
     return value < best if monitor == "val_loss" else value > best
 
 
+CPU_SCORING_TOKENS = 2048  # `loraclf bench --levers`, "scoring batches": the fastest cap measured on CPU
+
+
+def scoring_tokens(max_tokens: int, device) -> int:
+    """train.eval_max_tokens resolved: -1 (auto) caps CPU batches at CPU_SCORING_TOKENS padded tokens (smaller
+    activations measured faster there than 64 long rows at once) and leaves GPU batches uncapped; 0: no cap."""
+    if max_tokens < 0:
+        return CPU_SCORING_TOKENS if torch.device(device).type == "cpu" else 0
+    return max_tokens
+
+
 @torch.no_grad()
 def predict_logits(model, encoded: data_mod.Encoded, batch_size: int, pad_id: int, device, precision: str,
-                   accelerator=None) -> np.ndarray:
-    """Logits in input order. Batches are length-sorted; with several processes each takes a share.
-    Under bf16/fp16 the frozen weights are cast once per call rather than by autocast on every batch (the
-    same numbers; inside fit they already are), so one model must not score two precisions at once."""
+                   accelerator=None, max_tokens: int = -1) -> np.ndarray:
+    """Logits in input order. Batches are length-sorted, at most `batch_size` rows and (see scoring_tokens)
+    `max_tokens` padded tokens; with several processes each takes a share. Under bf16/fp16 the frozen
+    weights are cast once per call rather than by autocast on every batch (the same numbers; inside fit
+    they already are), so one model must not score two precisions at once."""
     from .model import autocast
     model.eval()
-    batches = data_mod.length_grouped_batches(encoded.lengths, batch_size, 0, shuffle=False)
+    batches = data_mod.scoring_batches(encoded.lengths, batch_size, scoring_tokens(max_tokens, device))
     rank, world = (accelerator.process_index, accelerator.num_processes) if accelerator else (0, 1)
     mine = batches[rank::world]
     out_idx, out = [], []
@@ -133,7 +145,8 @@ def predict_logits(model, encoded: data_mod.Encoded, batch_size: int, pad_id: in
 def evaluate(model, encoded, cfg: Config, label_names, pad_id, device, precision, accelerator=None) -> dict:
     if accelerator is not None:  # DDP's forward is a collective; ranks score different batch counts
         model = accelerator.unwrap_model(model)
-    logits = predict_logits(model, encoded, cfg.train.eval_batch_size, pad_id, device, precision, accelerator)
+    logits = predict_logits(model, encoded, cfg.train.eval_batch_size, pad_id, device, precision, accelerator,
+                            cfg.train.eval_max_tokens)
     return metrics_mod.classification(logits, encoded.labels, label_names) | {"logits": logits}
 
 
