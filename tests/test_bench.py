@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import platform
 from pathlib import Path
 
 import pytest
@@ -104,6 +105,9 @@ def test_levers_measure_every_lever(tiny_dir, agnews_dir, tmp_path):
     assert {r["variant"] for r in rows if r["lever"] == "adapted layers (train step)"} == {"all 2", "top 1 only"}
     assert len([r for r in rows if r["lever"].startswith("scoring batches")]) == 4
     assert len([r for r in rows if r["lever"].startswith("dropout apply")]) == 2
+    probes = [r["variant"] for r in rows if r["lever"].startswith("glibc malloc thresholds")]
+    glibc = platform.libc_ver()[0] == "glibc"                        # elsewhere the tuned probe has nothing to do
+    assert probes == (["glibc", "glibc", "tuned", "tuned"] * 2 if glibc else ["glibc"] * 4)
 
 
 def test_quick_smoke(tiny_dir, agnews_dir, tmp_path, capsys):

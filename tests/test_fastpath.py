@@ -160,6 +160,12 @@ def test_checkpointing_sees_the_same_attention_and_never_the_cheap_dropout(tiny_
         _grads_after_step(ckpt, precision, cheap=True, attn=fastpath.TRAIN_ATTENTION)
 
 
+def test_tune_malloc_applies_on_glibc():
+    import platform
+    assert fastpath.tune_malloc() is (platform.libc_ver()[0] == "glibc")
+    assert fastpath.tune_malloc() is (platform.libc_ver()[0] == "glibc")   # idempotent
+
+
 @pytest.mark.parametrize("fast", [True, False])
 def test_fit_runs_the_fast_path_and_leaves_fp32_weights(tmp_path, tiny_bert, monkeypatch, fast):
     from accelerate import Accelerator
@@ -169,7 +175,10 @@ def test_fit_runs_the_fast_path_and_leaves_fp32_weights(tmp_path, tiny_bert, mon
     calls = []
     real = fastpath.dropout
     monkeypatch.setattr(fastpath, "dropout", lambda x, p: calls.append(p) or real(x, p))
-    cfg = tiny_config(tiny_bert, "adapter.dropout=0.1", "train.precision=bf16", f"train.fast_dropout={str(fast).lower()}")
+    tuned = []
+    monkeypatch.setattr(fastpath, "tune_malloc", lambda: tuned.append(1) or True)
+    cfg = tiny_config(tiny_bert, "adapter.dropout=0.1", "train.precision=bf16", f"train.fast_dropout={str(fast).lower()}",
+                      f"train.tune_malloc={str(fast).lower()}")
     m = model.build(cfg, LABELS)
     start = {n: p.detach().clone() for n, p in m.named_parameters() if p.requires_grad}
     tok = AutoTokenizer.from_pretrained(str(tiny_bert))
@@ -181,6 +190,7 @@ def test_fit_runs_the_fast_path_and_leaves_fp32_weights(tmp_path, tiny_bert, mon
     # per step: embeddings, 2 layers x (attention probs, 2 hidden, LoRA on query and value), the pooler's
     # LoRA (head=auto) and the classifier's dropout
     assert len(calls) == (4 * (1 + 2 * 5 + 1 + 1) if fast else 0)
+    assert len(tuned) == (1 if fast else 0)                          # once per fit, on CPU, unless switched off
     assert all(p.dtype == torch.float32 for p in m.parameters())
     assert all(not torch.equal(p.detach(), start[n]) for n, p in m.named_parameters() if "lora_B" in n)
     assert m.get_base_model().config._attn_implementation == "sdpa"

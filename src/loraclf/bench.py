@@ -461,14 +461,19 @@ def worker(spec: dict) -> dict:
     return result
 
 
-def _run_worker(spec: dict, isolate: bool, log) -> dict:
-    if not isolate:
-        return worker(spec)
+def _subprocess_env() -> dict:
+    """A child `python -m loraclf.bench` that imports this same source tree, offline."""
     env = dict(os.environ, TOKENIZERS_PARALLELISM="false", HF_HUB_OFFLINE=os.environ.get("HF_HUB_OFFLINE", "1"))
     src = str(Path(__file__).resolve().parents[1])
     env["PYTHONPATH"] = src + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    return env
+
+
+def _run_worker(spec: dict, isolate: bool, log) -> dict:
+    if not isolate:
+        return worker(spec)
     proc = subprocess.run([sys.executable, "-m", "loraclf.bench", "--worker"], input=json.dumps(spec),
-                          capture_output=True, text=True, env=env)
+                          capture_output=True, text=True, env=_subprocess_env())
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
     if proc.returncode != 0 or not lines:
         raise RuntimeError(f"bench worker {spec['contender']} failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
@@ -788,10 +793,11 @@ def _timed(fn, repeats: int) -> float:
     return statistics.median(ts)
 
 
-def levers(opts, log=None) -> list[dict]:
+def levers(opts, log=None, malloc_probe: str | None = None) -> list[dict]:
     """Each lever's effect, in-process on roberta-base (random weights) and real texts: one training step
     on a length-grouped batch of 16 (loraclf's step: collate, forward, loss, backward, clip, AdamW) and
-    inference over a fixed set of rows. Medians of `repeats` after one warmup."""
+    inference over a fixed set of rows. Medians of `repeats` after one warmup. Process-wide levers (malloc)
+    run in fresh processes (`malloc_probe` "glibc" / "tuned": that process's rows only)."""
     import torch
     import torch.nn.functional as F
     from transformers import AutoTokenizer
@@ -854,6 +860,15 @@ def levers(opts, log=None) -> list[dict]:
     bs = 16
     fast = "bf16" if model_mod.cpu_has_native_bf16() else "fp32"  # what precision=auto picks here
     long_index = [int(i) for i in order[-bs:]]  # the longest texts: attention's share grows with length
+    if malloc_probe:  # fit's step with its whole fast path, under glibc's own thresholds or fastpath.tune_malloc's
+        if malloc_probe == "tuned" and not fastpath.tune_malloc():
+            return results
+        model, cfg = build()
+        for label, index in (("median", None), ("longest", long_index)):
+            step = train_step_fn(model, cfg, fast, cheap_dropout=True, cast_once=True, attn=fastpath.TRAIN_ATTENTION,
+                                 index=index)
+            record(f"glibc malloc thresholds ({fast} fast train, {label})", malloc_probe, _timed(step, reps), bs, "samples")
+        return results
     # attention implementation, plain fp32 and with the fast path (cheap dropout, weights cast once)
     for attn in ("eager", "sdpa"):
         model, cfg = build([f"model.attn_implementation={attn}"])
@@ -964,7 +979,27 @@ def levers(opts, log=None) -> list[dict]:
         model, cfg = build([f"adapter.layers=[{layers}]"] if layers else [])
         record("adapted layers (train step)", f"all {n_layers}" if not layers else f"top {len(top)} only",
                _timed(train_step_fn(model, cfg), reps), bs, "samples")
+    # malloc thresholds are process-wide and permanent: one fresh process per variant, alternating, twice
+    for variant in ("glibc", "tuned", "glibc", "tuned"):
+        results += _malloc_probe(opts, variant, log)
     return results
+
+
+def _malloc_probe(opts, variant: str, log) -> list[dict]:
+    args = ["--levers", "--malloc-probe", variant, "--json", "--agnews-dir", str(opts.agnews_dir),
+            "--roberta-dir", str(opts.roberta_dir), "--threads", str(opts.threads or 0)]
+    args += (["--repeats", str(opts.repeats)] if opts.repeats else []) + \
+        (["--infer-rows", str(opts.infer_rows)] if opts.infer_rows else [])
+    for kv in opts.set or []:
+        args += ["--set", kv]
+    proc = subprocess.run([sys.executable, "-m", "loraclf.bench", *args], capture_output=True, text=True,
+                          env=_subprocess_env())
+    if proc.returncode != 0 or "[" not in proc.stdout:
+        raise RuntimeError(f"malloc probe ({variant}) failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
+    rows = json.loads(proc.stdout[proc.stdout.index("["):])
+    for r in rows:
+        log(f"  {r['lever']:<28} {r['variant']:<26} {r['seconds']:7.3f}s  {r['samples_per_s']:8.2f} samples/s")
+    return rows
 
 
 # ------------------------------------------------------------------------------------ command line
@@ -994,11 +1029,12 @@ def _add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="extra config override for every contender")
     p.add_argument("--in-process", action="store_true", help="no subprocess per contender (peak RSS is then shared)")
     p.add_argument("--levers", action="store_true", help="measure each speed lever in isolation instead (bench/NOTES.md)")
+    p.add_argument("--malloc-probe", choices=["glibc", "tuned"], help=argparse.SUPPRESS)  # --levers' fresh processes
 
 
 def cmd_bench(args) -> int:
     if args.levers:
-        rows = levers(args)
+        rows = levers(args, malloc_probe=args.malloc_probe)
         if args.json:
             print(json.dumps(rows, indent=2))
         else:

@@ -78,6 +78,7 @@ class TrainConfig:
     precision: str = "auto"             # "auto" | "fp32" | "bf16" | "fp16"
     gradient_checkpointing: bool = False
     fast_dropout: bool = True           # CPU: dropout masks from 16-bit random thresholds (fastpath.py); false: torch's
+    tune_malloc: bool = True            # CPU training on glibc: fixed malloc thresholds, process-wide (fastpath.tune_malloc)
     group_by_length: bool = True
     seed: int = 42
     budget: int = 1_000_000

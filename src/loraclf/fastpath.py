@@ -170,5 +170,26 @@ def training_attention(choice: str, device: torch.device, model) -> str | None:
     return TRAIN_ATTENTION if supported else "eager"
 
 
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # mallopt's parameter numbers (malloc.h)
+
+
+def tune_malloc() -> bool:
+    """glibc only: fixed malloc thresholds for CPU training (`train.tune_malloc`). By default glibc serves an
+    allocation above its mmap threshold with a fresh mmap, page-faulted again on every use, and that threshold
+    moves (up to the largest block freed so far, at most 32 MB), so how often a step's activations are
+    page-faulted depends on the order their sizes came in. Fixed at that 32 MB maximum, with memory given
+    back to the OS only above 1 GB free at the heap's top, the heap keeps and reuses them (`--levers`,
+    "glibc malloc thresholds"). Process-wide and permanent; True when it applied."""
+    import ctypes
+    import platform
+    if platform.libc_ver()[0] != "glibc":
+        return False
+    try:
+        libc = ctypes.CDLL(None)  # the running process, glibc's symbols included
+    except OSError:
+        return False
+    return bool(libc.mallopt(M_MMAP_THRESHOLD, 32 << 20)) and bool(libc.mallopt(M_TRIM_THRESHOLD, 1 << 30))
+
+
 def autocast_dtype(precision: str) -> torch.dtype | None:
     return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)

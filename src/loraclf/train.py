@@ -188,6 +188,8 @@ def fit(model, cfg: Config, train_enc: data_mod.Encoded, val_enc: data_mod.Encod
     unwrapped = accelerator.unwrap_model(model)
     train_attn = fastpath.training_attention(cfg.model.attn_implementation, device, unwrapped)
     cheap_dropout = fastpath.cheap_dropout_applies(device, t.fast_dropout, t.gradient_checkpointing)
+    if device.type == "cpu" and t.tune_malloc:
+        fastpath.tune_malloc()
     # frozen weights held in the autocast dtype for the whole loop: the same numbers, no per-step casts
     frozen = fastpath.frozen_linears_as(unwrapped, fastpath.autocast_dtype(precision))
     from tqdm.auto import tqdm
