@@ -96,6 +96,14 @@ def test_matmul_peak_positive():
     assert bench.matmul_peak("bf16", size=64, repeats=2) > 0
 
 
+def test_warmup_rows_are_the_longest_timed_rows():
+    lengths = [10, 50, 20, 90, 30, 70, 40, 60, 80, 5]
+    rows = bench.train_spec_rows(list(range(10)), lengths, warmup_steps=1, steps=3, bs=2)
+    assert rows[2:] == [2, 3, 4, 5, 6, 7]                      # timed: the same rows as before, after the warmup's
+    assert rows[:2] == [3, 5]                                   # warmup: the two longest of those (90, 70)
+    assert bench.train_spec_rows(list(range(10)), lengths, 0, 3, 2) == [0, 1, 2, 3, 4, 5]
+
+
 def test_levers_measure_every_lever(tiny_dir, agnews_dir, tmp_path):
     rows = bench.levers(_opts(tiny_dir, agnews_dir, tmp_path, infer_rows=16, repeats=1), log=lambda *a, **k: None)
     levers = {r["lever"] for r in rows}
