@@ -958,9 +958,10 @@ def levers(opts, log=None, malloc_probe: str | None = None) -> list[dict]:
     # scoring batches: rows only vs a cap on padded tokens (train.eval_max_tokens), on more rows than the
     # other inference rows so that a cap changes the batches' make-up and not only their number
     many = data_mod.encode(tok, ex.subset(sample_rows(len(ex), 4 * len(enc), seed=3)), 256)
-    for cap in (0, 1024, 2048, 4096):
-        record(f"scoring batches ({fast} inference, merged)", f"64 rows, <= {cap} tokens" if cap else "64 rows",
-               _timed(infer_fn(merged, 64, fast, cap, many), max(1, reps - 1)), len(many), "rows")
+    for prec in dict.fromkeys((fast, "fp32")):  # the cap applies to fp32 scoring too (CPUs without native bf16)
+        for cap in (0, 1024, 2048, 4096):
+            record(f"scoring batches ({prec} inference, merged)", f"64 rows, <= {cap} tokens" if cap else "64 rows",
+                   _timed(infer_fn(merged, 64, prec, cap, many), max(1, reps - 1)), len(many), "rows")
     # padding: length-sorted batches vs pad to 256 (the report-A way) for the same rows
     def padded(m=merged):
         ids, mask, _ = report_a_tensors(tok, sub.texts, sub.labels, 256)
