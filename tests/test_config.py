@@ -31,6 +31,7 @@ def test_set_reaches_every_field_with_types():
     ("train.gradient_checkpointing=maybe", "is not a valid bool"),
     ("train.scheduler=exponential", "choose one of: linear, cosine, constant"),
     ("adapter.r=0", "must be at least 1"),
+    ("train.eval_max_tokens=-2", "train.eval_max_tokens = -2 is not allowed"),
     ("train.lr", "is not key=value"),
 ])
 def test_bad_overrides_are_refused(override, message):

@@ -831,7 +831,7 @@ def levers(opts, log=None, malloc_probe: str | None = None) -> list[dict]:
 
     def record(lever, variant, seconds, unit_count, unit):
         results.append({"lever": lever, "variant": variant, "seconds": seconds, f"{unit}_per_s": unit_count / seconds})
-        log(f"  {lever:<28} {variant:<26} {seconds:7.3f}s  {unit_count / seconds:8.2f} {unit}/s")
+        _log_lever_row(log, results[-1])
 
     def train_step_fn(model, cfg, precision="fp32", cheap_dropout=False, cast_once=False, attn=None, index=None):
         """fit's step; each fast-path lever off unless asked for (fp32, torch's dropout, loaded attention)."""
@@ -924,7 +924,7 @@ def levers(opts, log=None, malloc_probe: str | None = None) -> list[dict]:
         x.mul(scale).masked_fill_(drop, 0), g.mul(scale).masked_fill_(drop, 0)
 
     def multiply():     # fastpath.dropout now
-        (x * keep.view(torch.uint8).to(dtype)).mul_(scale), (g * keep.view(torch.uint8).to(dtype)).mul_(scale)
+        fastpath.apply_mask(x, keep, scale), fastpath.apply_mask(g, keep, scale)
     for name, fn in (("masked_fill_ (before)", masked_fill), ("multiply by the 0/1 mask", multiply)):
         record(f"dropout apply ({fast}, fwd+bwd, [16,56,768])", name, _timed(fn, 50), 1, "calls")
     # optimizer implementation: the step alone on the 925k trainable parameters
@@ -1008,8 +1008,13 @@ def _malloc_probe(opts, variant: str, log) -> list[dict]:
         raise RuntimeError(f"malloc probe ({variant}) failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
     rows = json.loads(proc.stdout[proc.stdout.index("["):])
     for r in rows:
-        log(f"  {r['lever']:<28} {r['variant']:<26} {r['seconds']:7.3f}s  {r['samples_per_s']:8.2f} samples/s")
+        _log_lever_row(log, r)
     return rows
+
+
+def _log_lever_row(log, r: dict) -> None:
+    unit = next(k for k in r if k.endswith("_per_s"))
+    log(f"  {r['lever']:<28} {r['variant']:<26} {r['seconds']:7.3f}s  {r[unit]:8.2f} {unit[:-6]}/s")
 
 
 # ------------------------------------------------------------------------------------ command line

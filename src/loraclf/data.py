@@ -490,12 +490,10 @@ def scoring_batches(lengths, max_rows: int, max_tokens: int = 0) -> list[list[in
     padded tokens (widths rounded up to 8 as in collate; a single longer row is a batch of its own)."""
     lengths = np.asarray(lengths)
     order = np.argsort(-lengths, kind="stable").tolist()
-    if max_tokens <= 0:
-        return [order[i: i + max_rows] for i in range(0, len(order), max_rows)]
     batches, start = [], 0
     while start < len(order):
         width = -(-int(lengths[order[start]]) // 8) * 8  # the batch's first row is its longest
-        rows = max(1, min(max_rows, max_tokens // max(width, 1)))
+        rows = max(1, min(max_rows, max_tokens // max(width, 1))) if max_tokens > 0 else max_rows
         batches.append(order[start: start + rows])
         start += rows
     return batches

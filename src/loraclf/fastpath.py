@@ -35,22 +35,26 @@ def dropout_mask(shape, p: float) -> tuple[torch.Tensor, float]:
     return bits >= (k - _LEVELS // 2), _LEVELS / (_LEVELS - k)
 
 
+def apply_mask(t: torch.Tensor, keep: torch.Tensor, scale: float) -> torch.Tensor:
+    """t * keep * scale with `keep` converted to 0/1 in t's dtype: a vectorized multiply (masked_fill_ with a
+    bool mask runs a scalar kernel on CPU). The scale stays a separate multiply: folded into a bf16 mask,
+    1/0.9 would round and bias every kept value."""
+    return (t * keep.view(torch.uint8).to(t.dtype)).mul_(scale)
+
+
 class _Dropout(torch.autograd.Function):
-    """x * keep * scale with `keep` converted to 0/1 in x's dtype: a vectorized multiply (masked_fill_ with a
-    bool mask runs a scalar kernel on CPU). The bool mask is what is saved (1 byte an element, converted
-    again in backward), and the scale stays a separate multiply: folded into a bf16 mask, 1/0.9 would round
-    and bias every kept value."""
+    """The bool mask is what is saved (1 byte an element), applied again to the gradient in backward."""
     @staticmethod
     def forward(ctx, x, p):
         keep, scale = dropout_mask(x.shape, p)
         ctx.save_for_backward(keep)
         ctx.scale = scale
-        return (x * keep.view(torch.uint8).to(x.dtype)).mul_(scale)
+        return apply_mask(x, keep, scale)
 
     @staticmethod
     def backward(ctx, grad):
         (keep,) = ctx.saved_tensors
-        return (grad * keep.view(torch.uint8).to(grad.dtype)).mul_(ctx.scale), None
+        return apply_mask(grad, keep, ctx.scale), None
 
 
 def dropout(x: torch.Tensor, p: float) -> torch.Tensor:
