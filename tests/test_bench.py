@@ -115,6 +115,8 @@ def test_levers_measure_every_lever(tiny_dir, agnews_dir, tmp_path):
     n_precisions = 2 if cpu_has_native_bf16() else 1                 # bf16 where it is native, and fp32
     assert len([r for r in rows if r["lever"].startswith("scoring batches")]) == 4 * n_precisions
     assert len([r for r in rows if r["lever"].startswith("dropout apply")]) == 2
+    whole = [r["variant"] for r in rows if r["lever"].startswith("bf16 inference, 2,048")]  # train.bf16_full_eval
+    assert whole == (["linears cast once", "whole model bf16"] * 2 if n_precisions == 2 else [])
     probes = [r["variant"] for r in rows if r["lever"].startswith("glibc malloc thresholds")]
     glibc = platform.libc_ver()[0] == "glibc"                        # elsewhere the tuned probe has nothing to do
     assert probes == (["glibc", "glibc", "tuned", "tuned"] * 2 if glibc else ["glibc"] * 4)

@@ -91,7 +91,7 @@ def _grads_after_step(m, precision="bf16", cheap=True, attn=None, frozen_dtype="
     ids, mask, y = _batch()
     m.zero_grad(set_to_none=True)
     m.train()
-    with fastpath.frozen_linears_as(m, frozen_dtype), fastpath.cpu_dropout(cheap), fastpath.attention(m, attn):
+    with fastpath.frozen_weights_as(m, frozen_dtype), fastpath.cpu_dropout(cheap), fastpath.attention(m, attn):
         torch.manual_seed(seed)
         with model.autocast(torch.device("cpu"), precision):
             logits = m(input_ids=ids, attention_mask=mask).logits
@@ -109,7 +109,7 @@ def test_frozen_linears_cast_once_gives_the_same_numbers_and_restores_fp32(tiny_
         assert torch.equal(a_grads[n], b_grads[n]), n
     for n, p in m.named_parameters():  # every weight back in fp32, bit for bit
         assert p.dtype == torch.float32 and torch.equal(p.detach(), before[n]), n
-    with fastpath.frozen_linears_as(m, torch.bfloat16) as n_cast:
+    with fastpath.frozen_weights_as(m, torch.bfloat16) as n_cast:
         frozen = [mod for mod in m.modules() if isinstance(mod, torch.nn.Linear) and not mod.weight.requires_grad]
         assert n_cast == len(frozen) > 0 and all(mod.weight.dtype == torch.bfloat16 for mod in frozen)
         assert all(p.dtype == torch.float32 for p in m.parameters() if p.requires_grad)
@@ -166,8 +166,26 @@ def test_tune_malloc_applies_on_glibc():
     assert fastpath.tune_malloc() is (platform.libc_ver()[0] == "glibc")   # idempotent
 
 
-@pytest.mark.parametrize("fast", [True, False])
-def test_fit_runs_the_fast_path_and_leaves_fp32_weights(tmp_path, tiny_bert, monkeypatch, fast):
+def test_shared_dropout_reuses_the_mask_of_the_same_unchanged_input():
+    x = torch.randn(64, 32, requires_grad=True)
+    with fastpath.cpu_dropout(True, share=True):
+        a, b = F.dropout(x, 0.5), F.dropout(x, 0.5)              # q, k, v reading one hidden state
+        c = F.dropout(x, 0.3)                                    # another p: a fresh mask
+        d = F.dropout(x * 1, 0.3)                                # another tensor: a fresh mask
+        z = torch.randn(64, 32)
+        e = F.dropout(z, 0.5)
+        z.add_(1)                                                # changed in place since: a fresh mask
+        f = F.dropout(z, 0.5)
+    assert a is b and not torch.equal(c, d) and not torch.equal((e == 0), (f == 0))
+    (a + b).sum().backward()                                     # one mask, its gradient counted twice
+    assert torch.equal(x.grad, 2 * (a != 0).float() * 2.0)
+    with fastpath.cpu_dropout(True, share=False):
+        a, b = F.dropout(x, 0.5), F.dropout(x, 0.5)
+    assert not torch.equal(a, b)
+
+
+@pytest.mark.parametrize("fast,share", [(True, False), (True, True), (False, False)])
+def test_fit_runs_the_fast_path_and_leaves_fp32_weights(tmp_path, tiny_bert, monkeypatch, fast, share):
     from accelerate import Accelerator
     from loraclf import data as data_mod
     from loraclf import train
@@ -178,7 +196,7 @@ def test_fit_runs_the_fast_path_and_leaves_fp32_weights(tmp_path, tiny_bert, mon
     tuned = []
     monkeypatch.setattr(fastpath, "tune_malloc", lambda: tuned.append(1) or True)
     cfg = tiny_config(tiny_bert, "adapter.dropout=0.1", "train.precision=bf16", f"train.fast_dropout={str(fast).lower()}",
-                      f"train.tune_malloc={str(fast).lower()}")
+                      f"train.tune_malloc={str(fast).lower()}", f"train.share_dropout_masks={str(share).lower()}")
     m = model.build(cfg, LABELS)
     start = {n: p.detach().clone() for n, p in m.named_parameters() if p.requires_grad}
     tok = AutoTokenizer.from_pretrained(str(tiny_bert))
@@ -187,9 +205,9 @@ def test_fit_runs_the_fast_path_and_leaves_fp32_weights(tmp_path, tiny_bert, mon
     prog = train.fit(m, cfg, enc, enc, LABELS, tok.pad_token_id, tmp_path, Accelerator(mixed_precision="bf16", cpu=True),
                      log=lambda *a, **k: None)
     assert prog.step == 4
-    # per step: embeddings, 2 layers x (attention probs, 2 hidden, LoRA on query and value), the pooler's
-    # LoRA (head=auto) and the classifier's dropout
-    assert len(calls) == (4 * (1 + 2 * 5 + 1 + 1) if fast else 0)
+    # per step: embeddings, 2 layers x (attention probs, 2 hidden, LoRA on query and value: one mask shared), the
+    # pooler's LoRA (head=auto) and the classifier's dropout
+    assert len(calls) == (4 * (1 + 2 * (4 if share else 5) + 1 + 1) if fast else 0)
     assert len(tuned) == (1 if fast else 0)                          # once per fit, on CPU, unless switched off
     assert all(p.dtype == torch.float32 for p in m.parameters())
     assert all(not torch.equal(p.detach(), start[n]) for n, p in m.named_parameters() if "lora_B" in n)
@@ -213,6 +231,37 @@ def test_inference_casts_frozen_weights_once_with_identical_logits(tiny_bert):
             with model.autocast(cpu, "bf16"):
                 per_batch[index] = m(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits.float()
         assert (train.predict_logits(m, enc, 8, tok.pad_token_id, cpu, "bf16") == per_batch).all()
-    once = predict.logits_for(m, tok, texts, 32, batch_size=8, precision="bf16", device=cpu)
+    once = predict.logits_for(m, tok, texts, 32, batch_size=8, precision="bf16", device=cpu, full_cast=False)
     assert (once == per_batch).all()
+    assert all(p.dtype == torch.float32 for p in m.parameters())
+
+
+def test_whole_model_cast_covers_every_frozen_parameter_and_restores(tiny_bert):
+    m = model.build(tiny_config(tiny_bert), LABELS)
+    before = {n: p.detach().clone() for n, p in m.named_parameters()}
+    with fastpath.frozen_weights_as(m, torch.bfloat16, whole_model=True) as n_cast:
+        assert n_cast > 0
+        for n, p in m.named_parameters():  # embeddings and LayerNorms too; LoRA and the head stay fp32
+            assert p.dtype == (torch.float32 if p.requires_grad else torch.bfloat16), n
+        assert any("LayerNorm" in n and not p.requires_grad for n, p in m.named_parameters())
+    for n, p in m.named_parameters():
+        assert p.dtype == torch.float32 and torch.equal(p.detach(), before[n]), n
+
+
+def test_bf16_full_eval_scores_close_to_fp32_and_only_in_bf16(tiny_bert):
+    from loraclf import predict
+    from transformers import AutoTokenizer
+    torch.manual_seed(0)
+    m = model.build(tiny_config(tiny_bert), LABELS).merge_and_unload().eval()
+    tok = AutoTokenizer.from_pretrained(str(tiny_bert))
+    texts = [f"text {'word ' * (i % 9)} number {i}" for i in range(40)]
+    cpu = torch.device("cpu")
+
+    def score(precision, full_cast):
+        return predict.logits_for(m, tok, texts, 32, batch_size=8, precision=precision, device=cpu, full_cast=full_cast)
+    fp32, autocast, whole = score("fp32", False), score("bf16", False), score("bf16", True)
+    assert (score("fp32", True) == fp32).all()               # the flag changes bf16 scoring only
+    assert not (whole == autocast).all()                     # the residual stream really is bf16 now
+    scale = np.abs(fp32).max()
+    assert np.abs(whole - fp32).max() < 0.05 * scale and np.abs(autocast - fp32).max() < 0.05 * scale
     assert all(p.dtype == torch.float32 for p in m.parameters())

@@ -61,6 +61,7 @@ class TrainConfig:
     batch_size: int = 16
     eval_batch_size: int = 64
     eval_max_tokens: int = -1           # padded tokens per scoring batch; -1: auto (2048 on CPU, no cap on GPU); 0: no cap
+    bf16_full_eval: bool = True         # bf16 scoring casts the whole model (residual stream, LayerNorms); false: autocast's
     grad_accum: int = 1
     lr: float = 2e-4
     weight_decay: float = 0.01
@@ -78,6 +79,7 @@ class TrainConfig:
     precision: str = "auto"             # "auto" | "fp32" | "bf16" | "fp16"
     gradient_checkpointing: bool = False
     fast_dropout: bool = True           # CPU: dropout masks from 16-bit random thresholds (fastpath.py); false: torch's
+    share_dropout_masks: bool = False   # with fast_dropout: LoRA modules reading the same input (q, k, v) share one mask
     tune_malloc: bool = True            # CPU training on glibc: fixed malloc thresholds, process-wide (fastpath.tune_malloc)
     group_by_length: bool = True
     seed: int = 42

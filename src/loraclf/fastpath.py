@@ -5,9 +5,12 @@
   from 16 random bits per element (one int64 draw gives four) compared with a threshold, so p is exact to
   1/65536, and the kept values are scaled by 1/(1 - that p): the same unbiased dropout, cheaper. It is
   applied as a multiply by the mask in the tensor's dtype, not masked_fill_ (a scalar kernel on CPU).
-- `frozen_linears_as(model, dtype)`: under autocast every frozen Linear weight is cast to bf16/fp16 again
+  With `share`, LoRA modules that read the same input draw one mask between them, not one each.
+- `frozen_weights_as(model, dtype)`: under autocast every frozen Linear weight is cast to bf16/fp16 again
   on every step (85M parameters for roberta-base). Casting once, for the length of training, gives the
-  same numbers (autocast's cast is the same rounding) without that traffic.
+  same numbers (autocast's cast is the same rounding) without that traffic. With `whole_model=True` (bf16
+  scoring, `train.bf16_full_eval`) embeddings and LayerNorms are cast too, so the residual stream is bf16:
+  faster, and no longer autocast's numbers (the accuracy guard in `loraclf bench` checks the result).
 - `attention(model, impl)`: SDPA is the faster attention for inference, but on CPU its training path is
   slower (with attention dropout it falls back to an unfused path whose dropout the lever above cannot
   reach; without, its backward measured slower than eager). So CPU training forwards run TRAIN_ATTENTION:
@@ -63,6 +66,11 @@ def dropout(x: torch.Tensor, p: float) -> torch.Tensor:
 
 
 class _CPUDropoutMode(TorchFunctionMode):
+    def __init__(self, share: bool = False):
+        super().__init__()
+        self.share = share
+        self.last = None  # (input, its version, p, output, its version): the latest dropout, for `share`
+
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         if func is F.dropout:
@@ -71,14 +79,24 @@ class _CPUDropoutMode(TorchFunctionMode):
             training = args[2] if len(args) > 2 else kwargs.get("training", True)
             inplace = args[3] if len(args) > 3 else kwargs.get("inplace", False)
             if training and not inplace and 0.0 < p < 1.0 and x.device.type == "cpu" and x.is_floating_point():
-                return dropout(x, p)
+                if self.share and self.last is not None:
+                    x0, xv, p0, out, outv = self.last
+                    if x0 is x and xv == x._version and p0 == p and outv == out._version:
+                        return out
+                out = dropout(x, p)
+                if self.share:
+                    self.last = (x, x._version, p, out, out._version)
+                return out
         return func(*args, **kwargs)
 
 
-def cpu_dropout(enabled: bool = True):
+def cpu_dropout(enabled: bool = True, share: bool = False):
     """Every F.dropout call on a CPU tensor (nn.Dropout modules, peft's lora_dropout, HF's attention
-    dropout) uses the cheaper mask while this is active. Backward needs no mode: the mask is saved."""
-    return _CPUDropoutMode() if enabled else contextlib.nullcontext()
+    dropout) uses the cheaper mask while this is active. Backward needs no mode: the mask is saved.
+    `share` (train.share_dropout_masks): a dropout of the very tensor the previous call dropped, unchanged
+    since, with the same p, returns that call's output: LoRA on query, key and value, which read the same
+    hidden state, then see one mask (as in loralib's MergedLinear) instead of one each (peft)."""
+    return _CPUDropoutMode(share) if enabled else contextlib.nullcontext()
 
 
 def cheap_dropout_applies(device: torch.device, wanted: bool, gradient_checkpointing: bool) -> bool:
@@ -89,14 +107,18 @@ def cheap_dropout_applies(device: torch.device, wanted: bool, gradient_checkpoin
 
 
 @contextlib.contextmanager
-def frozen_linears_as(model, dtype: torch.dtype | None):
-    """Frozen nn.Linear weights and biases held in `dtype` inside the block, fp32 originals put back after
-    (so evaluation, saving and merging afterwards see exactly the weights they saw before)."""
+def frozen_weights_as(model, dtype: torch.dtype | None, whole_model: bool = False):
+    """Frozen nn.Linear weights and biases (with `whole_model`, every frozen floating-point parameter) held in
+    `dtype` inside the block, fp32 originals put back after (so evaluation, saving and merging afterwards see
+    exactly the weights they saw before). Yields how many modules had parameters cast."""
     saved, n_modules = [], 0  # (parameter, its fp32 data)
     if dtype is not None:
         for m in model.modules():
-            params = [p for p in (m.weight, m.bias) if p is not None] if isinstance(m, torch.nn.Linear) else []
-            if params and not any(p.requires_grad for p in params) and params[0].dtype != dtype:
+            if whole_model:
+                params = [p for p in m.parameters(recurse=False) if p.is_floating_point()]
+            else:
+                params = [p for p in (m.weight, m.bias) if p is not None] if isinstance(m, torch.nn.Linear) else []
+            if params and not any(p.requires_grad for p in params) and any(p.dtype != dtype for p in params):
                 n_modules += 1
                 for p in params:
                     saved.append((p, p.data))

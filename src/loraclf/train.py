@@ -112,18 +112,19 @@ def scoring_tokens(max_tokens: int, device) -> int:
 
 @torch.no_grad()
 def predict_logits(model, encoded: data_mod.Encoded, batch_size: int, pad_id: int, device, precision: str,
-                   accelerator=None, max_tokens: int = -1) -> np.ndarray:
+                   accelerator=None, max_tokens: int = -1, full_cast: bool = False) -> np.ndarray:
     """Logits in input order. Batches are length-sorted, at most `batch_size` rows and (see scoring_tokens)
     `max_tokens` padded tokens; with several processes each takes a share. Under bf16/fp16 the frozen
     weights are cast once per call rather than by autocast on every batch (the same numbers; inside fit
-    they already are), so one model must not score two precisions at once."""
+    they already are), so one model must not score two precisions at once. `full_cast` (bf16 only,
+    train.bf16_full_eval): the whole frozen model in bf16 for the call, residual stream and LayerNorms too."""
     from .model import autocast
     model.eval()
     batches = data_mod.scoring_batches(encoded.lengths, batch_size, scoring_tokens(max_tokens, device))
     rank, world = (accelerator.process_index, accelerator.num_processes) if accelerator else (0, 1)
     mine = batches[rank::world]
     out_idx, out = [], []
-    with fastpath.frozen_linears_as(model, fastpath.autocast_dtype(precision)):
+    with fastpath.frozen_weights_as(model, fastpath.autocast_dtype(precision), full_cast and precision == "bf16"):
         for index in mine:
             batch = data_mod.collate(encoded, index, pad_id)
             with autocast(device, precision):
@@ -146,7 +147,7 @@ def evaluate(model, encoded, cfg: Config, label_names, pad_id, device, precision
     if accelerator is not None:  # DDP's forward is a collective; ranks score different batch counts
         model = accelerator.unwrap_model(model)
     logits = predict_logits(model, encoded, cfg.train.eval_batch_size, pad_id, device, precision, accelerator,
-                            cfg.train.eval_max_tokens)
+                            cfg.train.eval_max_tokens, cfg.train.bf16_full_eval)
     return metrics_mod.classification(logits, encoded.labels, label_names) | {"logits": logits}
 
 
@@ -191,7 +192,7 @@ def fit(model, cfg: Config, train_enc: data_mod.Encoded, val_enc: data_mod.Encod
     if device.type == "cpu" and t.tune_malloc:
         fastpath.tune_malloc()
     # frozen weights held in the autocast dtype for the whole loop: the same numbers, no per-step casts
-    frozen = fastpath.frozen_linears_as(unwrapped, fastpath.autocast_dtype(precision))
+    frozen = fastpath.frozen_weights_as(unwrapped, fastpath.autocast_dtype(precision))
     from tqdm.auto import tqdm
     bar = tqdm(total=total_steps, initial=prog.step, disable=not main or None, desc="train", unit="step", leave=False)
     try:
@@ -215,7 +216,8 @@ def fit(model, cfg: Config, train_enc: data_mod.Encoded, val_enc: data_mod.Encod
                         batch = {key: v.to(device, non_blocking=True) for key, v in batch.items()}
                         sync = accelerator.no_sync(model) if k < len(group) - 1 and world > 1 else _null()
                         # backward inside the same attention: gradient checkpointing recomputes the forward there
-                        with sync, fastpath.cpu_dropout(cheap_dropout), fastpath.attention(unwrapped, train_attn):
+                        with sync, fastpath.cpu_dropout(cheap_dropout, t.share_dropout_masks), \
+                                fastpath.attention(unwrapped, train_attn):
                             with accelerator.autocast():
                                 logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
                             loss = F.cross_entropy(logits.float(), batch["labels"], weight=weight,
