@@ -69,3 +69,27 @@ def test_evaluate_writes_json(tmp_path, tiny_run, capsys):
     assert cli.main(["evaluate", str(tiny_run), "--data", str(src), "--no-report"]) == 0
     assert "accuracy" in capsys.readouterr().out
     assert (tiny_run / "eval-labelled.json").is_file()
+
+
+def test_bf16_full_eval_comes_from_the_run_config(tmp_path, tiny_run, monkeypatch):
+    """predict, evaluate and serve score a run as its config says: whole model in bf16 unless
+    train.bf16_full_eval is false."""
+    import json
+    import shutil
+    from loraclf import pipeline, serve
+    seen = []
+    real = predict.logits_for
+    monkeypatch.setattr(predict, "logits_for", lambda *a, **k: seen.append(k.get("full_cast")) or real(*a, **k))
+    src = tmp_path / "in.csv"
+    src.write_text("label,text\nWorld,war and peace\nSports,a match\n")
+    for flag in (True, False):
+        run = tmp_path / f"run-{flag}"
+        shutil.copytree(tiny_run, run)
+        cfg = json.loads((run / "config.json").read_text())
+        cfg["train"]["bf16_full_eval"] = flag
+        (run / "config.json").write_text(json.dumps(cfg))
+        seen.clear()
+        predict.run(run, str(src), tmp_path / "out.csv")
+        pipeline.evaluate(run, [str(src)])
+        serve.load_predictor(run).logits(["a text"])
+        assert seen and set(seen) == {flag}

@@ -980,9 +980,9 @@ def levers(opts, log=None, malloc_probe: str | None = None) -> list[dict]:
                 record("bf16 inference, 2,048-token batches", variant,
                        _timed(infer_fn(merged, 64, "bf16", 2048, many, full), max(1, reps - 1)), len(many), "rows")
         # torch.compile with inductor's weight freezing (prepacked oneDNN weights), whole model bf16, dynamic shapes
+        import torch._inductor.config as inductor_config
+        frozen_before = inductor_config.freezing
         try:
-            import torch._inductor.config as inductor_config
-            frozen_before = inductor_config.freezing
             inductor_config.freezing = True
             with fastpath.frozen_weights_as(merged, torch.bfloat16, whole_model=True):
                 compiled = torch.compile(merged, dynamic=True)
@@ -993,10 +993,11 @@ def levers(opts, log=None, malloc_probe: str | None = None) -> list[dict]:
                        len(many), "rows")
                 record("torch.compile (bf16 inference, freezing)", "compiled", _timed(go, max(1, reps - 1)), len(many),
                        "rows")
-            inductor_config.freezing = frozen_before
-            torch._dynamo.reset()
         except Exception as e:  # noqa: BLE001 (no C++ compiler, an inductor limitation: record it, go on)
             log(f"  torch.compile (inference): unavailable ({type(e).__name__}: {str(e)[:200]})")
+        finally:
+            inductor_config.freezing = frozen_before
+            torch._dynamo.reset()
     # scoring batches: rows only vs a cap on padded tokens (train.eval_max_tokens), on more rows than the
     # other inference rows so that a cap changes the batches' make-up and not only their number; in bf16 the whole
     # model cast, as predict scores
