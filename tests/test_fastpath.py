@@ -205,16 +205,33 @@ def test_fit_runs_the_fast_path_and_leaves_fp32_weights(tmp_path, tiny_bert, mon
     prog = train.fit(m, cfg, enc, enc, LABELS, tok.pad_token_id, tmp_path, Accelerator(mixed_precision="bf16", cpu=True),
                      log=lambda *a, **k: None)
     assert prog.step == 4
-    # per step: embeddings, 2 layers x (attention probs, 2 hidden, LoRA on query and value: one mask shared), the
-    # pooler's LoRA (head=auto) and the classifier's dropout
-    assert len(calls) == (4 * (1 + 2 * (4 if share else 5) + 1 + 1) if fast else 0)
+    # per step: embeddings, 2 layers x (attention probs, 2 hidden, LoRA on query and value: one mask shared, except
+    # in the last layer, whose query reads the first token's row only), the pooler's LoRA (head=auto), the classifier
+    assert len(calls) == (4 * (1 + (4 if share else 5) + 5 + 1 + 1) if fast else 0)
     assert len(tuned) == (1 if fast else 0)                          # once per fit, on CPU, unless switched off
     assert all(p.dtype == torch.float32 for p in m.parameters())
     assert all(not torch.equal(p.detach(), start[n]) for n, p in m.named_parameters() if "lora_B" in n)
     assert m.get_base_model().config._attn_implementation == "sdpa"
+    assert "forward" not in vars(m.get_base_model().bert.encoder.layer[-1])   # cls_only_last_layer put back
 
 
-def test_inference_casts_frozen_weights_once_with_identical_logits(tiny_bert):
+def test_fit_and_scoring_run_the_last_layer_for_the_first_token_only(tmp_path, tiny_bert):
+    from accelerate import Accelerator
+    from loraclf import data as data_mod
+    from loraclf import train
+    from transformers import AutoTokenizer
+    tok = AutoTokenizer.from_pretrained(str(tiny_bert))
+    ex = data_mod.Examples([f"text number {i} " * (1 + i % 3) for i in range(16)], [i % 4 for i in range(16)], LABELS)
+    enc = data_mod.encode(tok, ex, 32)
+    for flag in (True, False):
+        cfg = tiny_config(tiny_bert, f"train.cls_only_last_layer={str(flag).lower()}")
+        m = model.build(cfg, LABELS)
+        rows = []
+        m.get_base_model().bert.encoder.layer[-1].intermediate.register_forward_hook(
+            lambda mod, args, out: rows.append(out.shape[1]))
+        train.fit(m, cfg, enc, enc, LABELS, tok.pad_token_id, tmp_path / str(flag), Accelerator(cpu=True),
+                  log=lambda *a, **k: None)
+        assert rows and (set(rows) == {1}) == flag                  # training steps and validation scoring alike_frozen_weights_once_with_identical_logits(tiny_bert):
     from loraclf import data as data_mod
     from loraclf import predict, train
     from transformers import AutoTokenizer
@@ -265,3 +282,82 @@ def test_bf16_full_eval_scores_close_to_fp32_and_only_in_bf16(tiny_bert):
     scale = np.abs(fp32).max()
     assert np.abs(whole - fp32).max() < 0.05 * scale and np.abs(autocast - fp32).max() < 0.05 * scale
     assert all(p.dtype == torch.float32 for p in m.parameters())
+
+
+# ------------------------------------------------------------------ the last layer for the first token only
+
+def _tiny_classifier(model_type: str, attn: str, dropout: float = 0.0):
+    """A random BERT-family classifier (2 layers, width 32) with LoRA on q, k, v and a trained head."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoConfig, AutoModelForSequenceClassification
+    kw = {"embedding_size": 32} if model_type == "electra" else {}
+    cfg = AutoConfig.for_model(model_type, vocab_size=1000, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                               intermediate_size=64, num_labels=4, hidden_dropout_prob=dropout,
+                               attention_probs_dropout_prob=dropout, **kw)
+    torch.manual_seed(0)
+    base = AutoModelForSequenceClassification.from_config(cfg, attn_implementation=attn)
+    return get_peft_model(base, LoraConfig(r=4, lora_alpha=8, target_modules=["query", "key", "value"],
+                                           modules_to_save=["classifier"], init_lora_weights=False))
+
+
+def _logits_and_grads(m, cls_only, attn=None, checkpointing=False):
+    ids, mask, y = _batch()
+    m.zero_grad(set_to_none=True)
+    m.train()
+    if checkpointing:
+        model.enable_gradient_checkpointing(m)
+    with fastpath.cls_only_last_layer(m, cls_only) as applied, fastpath.attention(m, attn):
+        logits = m(input_ids=ids, attention_mask=mask).logits
+        F.cross_entropy(logits, y).backward()
+    return applied, logits.detach(), {n: p.grad.clone() for n, p in m.named_parameters() if p.requires_grad}
+
+
+@pytest.mark.parametrize("model_type", ["bert", "roberta", "xlm-roberta", "camembert", "electra"])
+@pytest.mark.parametrize("attn,switch", [("eager", None), ("sdpa", None), ("sdpa", fastpath.TRAIN_ATTENTION)])
+def test_cls_only_last_layer_gives_the_same_logits_and_gradients(model_type, attn, switch):
+    m = _tiny_classifier(model_type, attn)
+    applied_off, ref_logits, ref_grads = _logits_and_grads(m, False, switch)
+    applied, logits, grads = _logits_and_grads(m, True, switch)
+    assert applied and not applied_off
+    torch.testing.assert_close(logits, ref_logits, rtol=1e-5, atol=1e-6)   # padding in the batch: the mask's row
+    for n in ref_grads:                                  # LoRA in the last layer's q (first row only), k and v too
+        torch.testing.assert_close(grads[n], ref_grads[n], rtol=1e-4, atol=1e-6, msg=n)
+        assert ref_grads[n].abs().sum() > 0, n
+    layer = m.get_base_model().base_model.encoder.layer[-1]
+    assert "forward" not in vars(layer)                                     # the layer's own forward is back
+
+
+def test_cls_only_last_layer_really_skips_the_other_rows_and_keeps_dropout():
+    m = _tiny_classifier("roberta", "sdpa", dropout=0.1)
+    layer = m.get_base_model().base_model.encoder.layer[-1]
+    rows = []
+    layer.intermediate.register_forward_hook(lambda mod, args, out: rows.append(out.shape[1]))
+    with fastpath.cls_only_last_layer(m), fastpath.cpu_dropout():
+        m.train()
+        out = m(input_ids=_batch()[0], attention_mask=_batch()[1]).logits
+        out.sum().backward()
+    assert rows == [1] and torch.isfinite(out).all()
+
+
+def test_cls_only_last_layer_works_under_gradient_checkpointing():
+    m = _tiny_classifier("bert", "sdpa")
+    _, ref_logits, ref_grads = _logits_and_grads(m, False)
+    _, logits, grads = _logits_and_grads(m, True, checkpointing=True)
+    torch.testing.assert_close(logits, ref_logits, rtol=1e-5, atol=1e-6)
+    for n in ref_grads:
+        torch.testing.assert_close(grads[n], ref_grads[n], rtol=1e-4, atol=1e-6, msg=n)
+
+
+def test_cls_only_last_layer_leaves_other_models_alone():
+    from transformers import AutoConfig, AutoModelForSequenceClassification
+    cfg = AutoConfig.for_model("distilbert", vocab_size=1000, dim=32, n_layers=2, n_heads=4, hidden_dim=64, num_labels=4)
+    distil = AutoModelForSequenceClassification.from_config(cfg)   # another layer layout: runs unchanged
+    with fastpath.cls_only_last_layer(distil) as applied:
+        assert not applied
+    m = _tiny_classifier("bert", "sdpa")
+    with fastpath.cls_only_last_layer(m, enabled=False) as applied:
+        assert not applied
+    with fastpath.cls_only_last_layer(m) as outer, fastpath.cls_only_last_layer(m) as inner:
+        assert outer and not inner                                  # nested: the outer block owns the switch
+        assert "forward" in vars(m.get_base_model().bert.encoder.layer[-1])
+    assert "forward" not in vars(m.get_base_model().bert.encoder.layer[-1])

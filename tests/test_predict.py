@@ -71,15 +71,16 @@ def test_evaluate_writes_json(tmp_path, tiny_run, capsys):
     assert (tiny_run / "eval-labelled.json").is_file()
 
 
-def test_bf16_full_eval_comes_from_the_run_config(tmp_path, tiny_run, monkeypatch):
+def test_scoring_switches_come_from_the_run_config(tmp_path, tiny_run, monkeypatch):
     """predict, evaluate and serve score a run as its config says: whole model in bf16 unless
-    train.bf16_full_eval is false."""
+    train.bf16_full_eval is false, the last layer for the first token only unless train.cls_only_last_layer is."""
     import json
     import shutil
     from loraclf import pipeline, serve
     seen = []
     real = predict.logits_for
-    monkeypatch.setattr(predict, "logits_for", lambda *a, **k: seen.append(k.get("full_cast")) or real(*a, **k))
+    monkeypatch.setattr(predict, "logits_for",
+                        lambda *a, **k: seen.append((k.get("full_cast"), k.get("cls_only"))) or real(*a, **k))
     src = tmp_path / "in.csv"
     src.write_text("label,text\nWorld,war and peace\nSports,a match\n")
     for flag in (True, False):
@@ -87,9 +88,10 @@ def test_bf16_full_eval_comes_from_the_run_config(tmp_path, tiny_run, monkeypatc
         shutil.copytree(tiny_run, run)
         cfg = json.loads((run / "config.json").read_text())
         cfg["train"]["bf16_full_eval"] = flag
+        cfg["train"]["cls_only_last_layer"] = not flag
         (run / "config.json").write_text(json.dumps(cfg))
         seen.clear()
         predict.run(run, str(src), tmp_path / "out.csv")
         pipeline.evaluate(run, [str(src)])
         serve.load_predictor(run).logits(["a text"])
-        assert seen and set(seen) == {flag}
+        assert seen and set(seen) == {(flag, not flag)}

@@ -364,7 +364,8 @@ def run_loraclf_infer(model, cfg, tokenizer, texts, run_dir: Path) -> dict:
     inf_model.to(device)
     tick = time.perf_counter()
     logits = predict_mod.logits_for(inf_model, inf_tok, list(texts), max_len, inf_cfg.train.eval_batch_size, "auto",
-                                    max_tokens=inf_cfg.train.eval_max_tokens, full_cast=inf_cfg.train.bf16_full_eval)
+                                    max_tokens=inf_cfg.train.eval_max_tokens, full_cast=inf_cfg.train.bf16_full_eval,
+                                    cls_only=inf_cfg.train.cls_only_last_layer)
     _sync(device)
     seconds = time.perf_counter() - tick
     tokens = sum(len(x) for x in inf_tok(list(texts), truncation=True, max_length=max_len)["input_ids"])
@@ -528,9 +529,10 @@ def accuracy_guard(agnews_dir: Path, train_rows: int, test_rows: int, epochs: fl
                  "epochs": epochs, "seed": seed}
     test_enc = data_mod.encode(tokenizer, test_ex, 128)
 
-    def score(model, precision="fp32", full_cast=False) -> float:
+    def score(model, precision="fp32", full_cast=False, cls_only=False) -> float:
+        """Plain fp32 scoring unless asked: the whole model in every layer, autocast's numbers if any."""
         logits = train_mod.predict_logits(model, test_enc, 128, tokenizer.pad_token_id, device, precision,
-                                          full_cast=full_cast)
+                                          full_cast=full_cast, cls_only=cls_only)
         return metrics_mod.classification(logits, test_ex.labels, LABELS)["accuracy"]
 
     # loraclf's fast path (its defaults: precision auto, length-grouped batches)
@@ -546,7 +548,8 @@ def accuracy_guard(agnews_dir: Path, train_rows: int, test_rows: int, epochs: fl
     model = acc.unwrap_model(model)
     seconds = time.perf_counter() - tick
     out["loraclf"] = {"accuracy": score(model), "train_seconds": seconds, "steps": prog.step, "precision": precision,
-                      "accuracy_as_predicted": score(model, precision, cfg.train.bf16_full_eval),
+                      "accuracy_as_predicted": score(model, precision, cfg.train.bf16_full_eval,
+                                                     cfg.train.cls_only_last_layer),
                       "predict_precision": precision + (" (whole model)" if train_mod.casts_whole_model(
                           precision, cfg.train.bf16_full_eval) else "")}
     log(f"  guard: loraclf {100 * out['loraclf']['accuracy']:.2f}% scored in fp32, "
@@ -846,7 +849,7 @@ def levers(opts, log=None, malloc_probe: str | None = None) -> list[dict]:
         _log_lever_row(log, results[-1])
 
     def train_step_fn(model, cfg, precision="fp32", cheap_dropout=False, cast_once=False, attn=None, index=None,
-                      share=False):
+                      share=False, cls_only=False):
         """fit's step; each fast-path lever off unless asked for (fp32, torch's dropout, loaded attention)."""
         params = [p for p in model.parameters() if p.requires_grad]
         opt = torch.optim.AdamW(params, lr=cfg.train.lr, foreach=True)
@@ -857,7 +860,7 @@ def levers(opts, log=None, malloc_probe: str | None = None) -> list[dict]:
         def step():
             batch = data_mod.collate(enc, index or train_index, tok.pad_token_id)
             with fastpath.frozen_weights_as(model, frozen_dtype), fastpath.cpu_dropout(cheap_dropout, share), \
-                    fastpath.attention(model, attn):
+                    fastpath.cls_only_last_layer(model, cls_only), fastpath.attention(model, attn):
                 with model_mod.autocast(dev, precision):
                     logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
                 loss = F.cross_entropy(logits.float(), batch["labels"])
@@ -871,13 +874,13 @@ def levers(opts, log=None, malloc_probe: str | None = None) -> list[dict]:
         cfg = bench_config(str(model_dir), "loraclf", list(extra) + list(opts.set or []))
         return model_mod.build(cfg, LABELS), cfg
 
-    def infer_fn(model, batch_size, precision="fp32", max_tokens=0, encoded=None, full_cast=False):
-        """Scoring as predict does; no token cap unless asked (the scoring-batches rows measure the cap) and
-        the whole model cast only where asked (train.bf16_full_eval)."""
+    def infer_fn(model, batch_size, precision="fp32", max_tokens=0, encoded=None, full_cast=False, cls_only=False):
+        """Scoring as predict does; no token cap unless asked (the scoring-batches rows measure the cap), the
+        whole model cast (train.bf16_full_eval) and the first-token last layer (cls_only) only where asked."""
         def go():
             with torch.inference_mode():
                 train_mod.predict_logits(model, encoded or enc, batch_size, tok.pad_token_id, torch.device("cpu"),
-                                         precision, max_tokens=max_tokens, full_cast=full_cast)
+                                         precision, max_tokens=max_tokens, full_cast=full_cast, cls_only=cls_only)
         return go
 
     bs = 16
@@ -892,6 +895,25 @@ def levers(opts, log=None, malloc_probe: str | None = None) -> list[dict]:
                                  index=index)
             record(f"glibc malloc thresholds ({fast} fast train, {label})", malloc_probe, _timed(step, reps), bs, "samples")
         return results
+    # the last layer for the first token only (train.cls_only_last_layer), on fit's whole fast step and on
+    # predict's scoring (merged, 2,048-token batches, whole model cast in bf16); alternated, twice
+    model, cfg = build()
+    for label, index in (("median", None), ("longest", long_index)):
+        for _ in range(2):
+            for variant, on in (("every row", False), ("first token only", True)):
+                step = train_step_fn(model, cfg, fast, cheap_dropout=True, cast_once=True, attn=fastpath.TRAIN_ATTENTION,
+                                     index=index, cls_only=on)
+                record(f"last layer ({fast} fast train, {label})", variant, _timed(step, reps), bs, "samples")
+    merged = model.merge_and_unload()
+    merged.eval()
+    many = data_mod.encode(tok, ex.subset(sample_rows(len(ex), 4 * len(enc), seed=3)), 256)
+    for _ in range(2):
+        for variant, on in (("every row", False), ("first token only", True)):
+            go = infer_fn(merged, 64, fast, 2048, many, full_cast=True, cls_only=on)
+            record(f"last layer ({fast} inference, merged)", variant, _timed(go, max(1, reps - 1)), len(many), "rows")
+    if getattr(opts, "lever", "all") == "last-layer":
+        return results
+    del merged
     # attention implementation, plain fp32 and with the fast path (cheap dropout, weights cast once)
     for attn in ("eager", "sdpa"):
         model, cfg = build([f"model.attn_implementation={attn}"])
@@ -1088,6 +1110,8 @@ def _add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="extra config override for every contender")
     p.add_argument("--in-process", action="store_true", help="no subprocess per contender (peak RSS is then shared)")
     p.add_argument("--levers", action="store_true", help="measure each speed lever in isolation instead (bench/NOTES.md)")
+    p.add_argument("--lever", choices=["all", "last-layer"], default="all",
+                   help="with --levers: every lever, or only the last one built (train.cls_only_last_layer)")
     p.add_argument("--malloc-probe", choices=["glibc", "tuned"], help=argparse.SUPPRESS)  # --levers' fresh processes
 
 

@@ -16,6 +16,10 @@
   reach; without, its backward measured slower than eager). So CPU training forwards run TRAIN_ATTENTION:
   HF's eager attention with its [batch, heads, L, L] tensors (mask add, softmax, dropout) kept in the
   autocast dtype instead of fp32, and the cheaper dropout; evaluation SDPA.
+- `cls_only_last_layer(model)`: the classification head reads only the first token of the last layer's
+  output, so that layer computes keys and values for every token (the first token attends to them all) and
+  everything else (query, attention output, feed-forward) for the first token only. Exact (the same logits
+  and gradients up to rounding order); training and scoring alike.
 """
 from __future__ import annotations
 
@@ -194,6 +198,72 @@ def training_attention(choice: str, device: torch.device, model) -> str | None:
         return None
     supported = getattr(base, "_supports_attention_backend", False) and _register_train_attention()
     return TRAIN_ATTENTION if supported else "eager"
+
+
+# classifiers whose head reads only position 0 of the last hidden state (a [CLS]/<s> pooler or head), and whose
+# encoder layers are BERT's: attention.self.{query,key,value}, attention.output, feed_forward_chunk
+FIRST_TOKEN_CLASSIFIERS = ("BertForSequenceClassification", "RobertaForSequenceClassification",
+                           "XLMRobertaForSequenceClassification", "CamembertForSequenceClassification",
+                           "ElectraForSequenceClassification")
+FIRST_TOKEN_ATTENTION = ("eager", "sdpa", TRAIN_ATTENTION)
+
+
+def _last_layer_if_supported(model):
+    """The last encoder layer where cls_only_last_layer applies, else None."""
+    import transformers
+    base = _transformers_model(model)
+    if type(base).__name__ not in FIRST_TOKEN_CLASSIFIERS or int(transformers.__version__.split(".")[0]) < 5:
+        return None  # transformers 4's layers return tuples and take other arguments
+    config = base.config
+    if config.is_decoder or getattr(config, "_attn_implementation", None) not in FIRST_TOKEN_ATTENTION:
+        return None
+    encoder = getattr(getattr(base, base.base_model_prefix, None), "encoder", None)
+    layers = getattr(encoder, "layer", None)
+    if not layers:
+        return None
+    layer = layers[-1]
+    attn = getattr(layer, "attention", None)
+    parts = (getattr(getattr(attn, "self", None), name, None) for name in ("query", "key", "value", "scaling"))
+    if not all(x is not None for x in parts) or not hasattr(layer, "feed_forward_chunk") or hasattr(layer, "crossattention"):
+        return None
+    return layer
+
+
+def _first_token_layer_forward(layer, hidden_states, attention_mask=None, *args, **kwargs):
+    """The layer's forward for the first token only: [batch, 1, hidden] out. Keys and values for all tokens."""
+    import sys
+    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+    kwargs = {k: v for k, v in kwargs.items() if k not in ("encoder_attention_mask", "cache", "past_key_values")}
+    attn = layer.attention.self
+    first = hidden_states[:, :1]
+    heads = (hidden_states.shape[0], -1, attn.num_attention_heads, attn.attention_head_size)
+    query = attn.query(first).view(heads).transpose(1, 2)
+    key = attn.key(hidden_states).view(heads).transpose(1, 2)
+    value = attn.value(hidden_states).view(heads).transpose(1, 2)
+    if attention_mask is not None and attention_mask.dim() == 4:
+        attention_mask = attention_mask[:, :, :1]  # the first query's row
+    eager = sys.modules[type(attn).__module__].eager_attention_forward
+    impl = ALL_ATTENTION_FUNCTIONS.get_interface(attn.config._attn_implementation, eager)
+    context, _ = impl(attn, query, key, value, attention_mask, dropout=attn.dropout.p if attn.training else 0.0,
+                      scaling=attn.scaling, **kwargs)
+    attention_output = layer.attention.output(context.reshape(first.shape[0], 1, -1), first)
+    return layer.feed_forward_chunk(attention_output)
+
+
+@contextlib.contextmanager
+def cls_only_last_layer(model, enabled: bool = True):
+    """Inside the block the last encoder layer computes only the first token's row (train.cls_only_last_layer):
+    about a twelfth less work in roberta-base. Yields whether it applied (BERT-family classifiers on
+    transformers 5, eager/SDPA attention; elsewhere the model runs unchanged)."""
+    layer = _last_layer_if_supported(model) if enabled else None
+    if layer is None or "forward" in vars(layer):
+        yield False
+        return
+    layer.forward = _first_token_layer_forward.__get__(layer)
+    try:
+        yield True
+    finally:
+        del layer.forward
 
 
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # mallopt's parameter numbers (malloc.h)

@@ -80,14 +80,16 @@ def load_predictor(path, batch_size: int = 64, precision: str = "auto", threads:
                         "target_modules": list(cfg.adapter.target_modules)},
             "metrics": export._metrics_summary(path), "max_length": cfg.data.max_length_infer or cfg.data.max_length}
     return _torch_predictor(model, tokenizer, info["max_length"], labels, info, batch_size, precision,
-                            cfg.train.bf16_full_eval)
+                            cfg.train.bf16_full_eval, cfg.train.cls_only_last_layer)
 
 
-def _torch_predictor(model, tokenizer, max_length, labels, info, batch_size, precision, full_cast=True) -> Predictor:
+def _torch_predictor(model, tokenizer, max_length, labels, info, batch_size, precision, full_cast=True,
+                     cls_only=True) -> Predictor:
     from .predict import logits_for
 
     def fn(texts):
-        return logits_for(model, tokenizer, texts, max_length, batch_size, precision, full_cast=full_cast)
+        return logits_for(model, tokenizer, texts, max_length, batch_size, precision, full_cast=full_cast,
+                          cls_only=cls_only)
     return Predictor(fn, labels, info | {"backend": "torch", "precision": precision})
 
 
