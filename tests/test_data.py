@@ -89,16 +89,17 @@ def test_length_grouped_batches_cover_everything_once():
     assert data.length_grouped_batches(lengths, 16, seed=3) == batches
 
 
-def test_scoring_batches_cap_rows_and_padded_tokens():
+@pytest.mark.parametrize("multiple", [1, 8])
+def test_scoring_batches_cap_rows_and_padded_tokens(multiple):
     rng = np.random.default_rng(0)
     lengths = rng.integers(3, 300, size=500)
     lengths[7] = 3000                                         # longer than the cap: a batch of its own
     assert data.scoring_batches(lengths, 64) == data.scoring_batches(lengths, 64, 0)
     for max_tokens in (0, 256, 2048):
-        batches = data.scoring_batches(lengths, 64, max_tokens)
+        batches = data.scoring_batches(lengths, 64, max_tokens, multiple)
         assert sorted(i for b in batches for i in b) == list(range(500))
         assert batches[0][0] == 7 and all(len(b) <= 64 for b in batches)
-        widths = [-(-int(lengths[b].max()) // 8) * 8 for b in batches]
+        widths = [-(-int(lengths[b].max()) // multiple) * multiple for b in batches]
         assert widths == sorted(widths, reverse=True)        # longest first
         if max_tokens:
             assert batches[0] == [7]
@@ -110,6 +111,12 @@ def test_scoring_batches_cap_rows_and_padded_tokens():
 
 def test_collate_pads_to_batch_longest():
     enc = data.Encoded([[5, 6, 7], [8]], [1, 2])
-    b = data.collate(enc, [0, 1], pad_id=0, pad_to_multiple=1)
+    b = data.collate(enc, [0, 1], pad_id=0)
     assert b["input_ids"].tolist() == [[5, 6, 7], [8, 0, 0]]
     assert b["attention_mask"].tolist() == [[1, 1, 1], [1, 0, 0]] and b["labels"].tolist() == [1, 2]
+    assert data.collate(enc, [0, 1], pad_id=0, pad_to_multiple=8)["input_ids"].shape == (2, 8)
+
+
+def test_widths_round_to_8_on_cuda_only():
+    assert data.pad_multiple("cuda") == 8 and data.pad_multiple("cuda:1") == 8
+    assert data.pad_multiple("cpu") == 1

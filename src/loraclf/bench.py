@@ -849,7 +849,7 @@ def levers(opts, log=None, malloc_probe: str | None = None) -> list[dict]:
         _log_lever_row(log, results[-1])
 
     def train_step_fn(model, cfg, precision="fp32", cheap_dropout=False, cast_once=False, attn=None, index=None,
-                      share=False, cls_only=False):
+                      share=False, cls_only=False, multiple=1):
         """fit's step; each fast-path lever off unless asked for (fp32, torch's dropout, loaded attention)."""
         params = [p for p in model.parameters() if p.requires_grad]
         opt = torch.optim.AdamW(params, lr=cfg.train.lr, foreach=True)
@@ -858,7 +858,7 @@ def levers(opts, log=None, malloc_probe: str | None = None) -> list[dict]:
         frozen_dtype = fastpath.autocast_dtype(precision) if cast_once else None
 
         def step():
-            batch = data_mod.collate(enc, index or train_index, tok.pad_token_id)
+            batch = data_mod.collate(enc, index or train_index, tok.pad_token_id, multiple)
             with fastpath.frozen_weights_as(model, frozen_dtype), fastpath.cpu_dropout(cheap_dropout, share), \
                     fastpath.cls_only_last_layer(model, cls_only), fastpath.attention(model, attn):
                 with model_mod.autocast(dev, precision):
@@ -874,13 +874,15 @@ def levers(opts, log=None, malloc_probe: str | None = None) -> list[dict]:
         cfg = bench_config(str(model_dir), "loraclf", list(extra) + list(opts.set or []))
         return model_mod.build(cfg, LABELS), cfg
 
-    def infer_fn(model, batch_size, precision="fp32", max_tokens=0, encoded=None, full_cast=False, cls_only=False):
+    def infer_fn(model, batch_size, precision="fp32", max_tokens=0, encoded=None, full_cast=False, cls_only=False,
+                 multiple=0):
         """Scoring as predict does; no token cap unless asked (the scoring-batches rows measure the cap), the
         whole model cast (train.bf16_full_eval) and the first-token last layer (cls_only) only where asked."""
         def go():
             with torch.inference_mode():
                 train_mod.predict_logits(model, encoded or enc, batch_size, tok.pad_token_id, torch.device("cpu"),
-                                         precision, max_tokens=max_tokens, full_cast=full_cast, cls_only=cls_only)
+                                         precision, max_tokens=max_tokens, full_cast=full_cast, cls_only=cls_only,
+                                         pad_to_multiple=multiple)
         return go
 
     bs = 16
@@ -895,9 +897,33 @@ def levers(opts, log=None, malloc_probe: str | None = None) -> list[dict]:
                                  index=index)
             record(f"glibc malloc thresholds ({fast} fast train, {label})", malloc_probe, _timed(step, reps), bs, "samples")
         return results
+    only = getattr(opts, "lever", "all")
+    model, cfg = build()
+    many = data_mod.encode(tok, ex.subset(sample_rows(len(ex), 4 * len(enc), seed=3)), 256)
+    if only in ("all", "pad-multiple"):
+        # batch widths rounded up to 8 (before 2026-11-26, now GPU only) or not (data.pad_multiple), on fit's whole
+        # fast step over every length-grouped batch of the rows (widths vary, so rounding adds 0-7 tokens a row)
+        # and on predict's scoring; alternated, twice
+        groups = data_mod.length_grouped_batches(enc.lengths, bs, 0)
+
+        def all_batches(multiple):
+            steps = [train_step_fn(model, cfg, fast, cheap_dropout=True, cast_once=True, attn=fastpath.TRAIN_ATTENTION,
+                                   index=ix, cls_only=True, multiple=multiple) for ix in groups]
+            return lambda: [s() for s in steps]
+        for _ in range(2):
+            for multiple in (8, 1):
+                record(f"padding multiple ({fast} fast train, {len(groups)} batches)", f"widths to a multiple of {multiple}",
+                       _timed(all_batches(multiple), reps), bs * len(groups), "samples")
+        merged = build()[0].merge_and_unload().eval()
+        for _ in range(2):
+            for multiple in (8, 1):
+                go = infer_fn(merged, 64, fast, 2048, many, full_cast=True, cls_only=True, multiple=multiple)
+                record(f"padding multiple ({fast} inference, merged)", f"widths to a multiple of {multiple}",
+                       _timed(go, max(1, reps - 1)), len(many), "rows")
+        if only == "pad-multiple":
+            return results
     # the last layer for the first token only (train.cls_only_last_layer), on fit's whole fast step and on
     # predict's scoring (merged, 2,048-token batches, whole model cast in bf16); alternated, twice
-    model, cfg = build()
     for label, index in (("median", None), ("longest", long_index)):
         for _ in range(2):
             for variant, on in (("every row", False), ("first token only", True)):
@@ -906,12 +932,11 @@ def levers(opts, log=None, malloc_probe: str | None = None) -> list[dict]:
                 record(f"last layer ({fast} fast train, {label})", variant, _timed(step, reps), bs, "samples")
     merged = model.merge_and_unload()
     merged.eval()
-    many = data_mod.encode(tok, ex.subset(sample_rows(len(ex), 4 * len(enc), seed=3)), 256)
     for _ in range(2):
         for variant, on in (("every row", False), ("first token only", True)):
             go = infer_fn(merged, 64, fast, 2048, many, full_cast=True, cls_only=on)
             record(f"last layer ({fast} inference, merged)", variant, _timed(go, max(1, reps - 1)), len(many), "rows")
-    if getattr(opts, "lever", "all") == "last-layer":
+    if only == "last-layer":
         return results
     del merged
     # attention implementation, plain fp32 and with the fast path (cheap dropout, weights cast once)
@@ -995,8 +1020,7 @@ def levers(opts, log=None, malloc_probe: str | None = None) -> list[dict]:
     record("bf16 inference weights", "linears cast once", _timed(infer_fn(merged, 64, "bf16"), reps), len(enc), "rows")
     merged.float()
     # everything bf16, LayerNorm and residual adds included (train.bf16_full_eval): faster, not autocast's numbers;
-    # on more rows, with the token cap: predict's batches
-    many = data_mod.encode(tok, ex.subset(sample_rows(len(ex), 4 * len(enc), seed=3)), 256)
+    # on more rows (`many`), with the token cap: predict's batches
     if fast == "bf16":
         for _ in range(2):  # alternating, twice
             for variant, full in (("linears cast once", False), ("whole model bf16", True)):
@@ -1110,8 +1134,8 @@ def _add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="extra config override for every contender")
     p.add_argument("--in-process", action="store_true", help="no subprocess per contender (peak RSS is then shared)")
     p.add_argument("--levers", action="store_true", help="measure each speed lever in isolation instead (bench/NOTES.md)")
-    p.add_argument("--lever", choices=["all", "last-layer"], default="all",
-                   help="with --levers: every lever, or only the last one built (train.cls_only_last_layer)")
+    p.add_argument("--lever", choices=["all", "last-layer", "pad-multiple"], default="all",
+                   help="with --levers: every lever, or one of the latest (train.cls_only_last_layer, data.pad_multiple)")
     p.add_argument("--malloc-probe", choices=["glibc", "tuned"], help=argparse.SUPPRESS)  # --levers' fresh processes
 
 

@@ -485,14 +485,21 @@ def length_grouped_batches(lengths, batch_size: int, seed: int, group: int = 50)
     return [first] + batches
 
 
-def scoring_batches(lengths, max_rows: int, max_tokens: int = 0) -> list[list[int]]:
+def pad_multiple(device) -> int:
+    """What collate rounds batch widths up to: 8 on CUDA (tensor-core-friendly shapes); none elsewhere. On
+    CPU the rounding measured slower: it only adds padded tokens (`loraclf bench --levers`, "padding multiple")."""
+    import torch
+    return 8 if torch.device(device).type == "cuda" else 1
+
+
+def scoring_batches(lengths, max_rows: int, max_tokens: int = 0, multiple: int = 1) -> list[list[int]]:
     """Eval batches, longest first: at most `max_rows` rows and, when max_tokens > 0, at most `max_tokens`
-    padded tokens (widths rounded up to 8 as in collate; a single longer row is a batch of its own)."""
+    padded tokens (widths rounded up to `multiple` as collate pads them; a single longer row is a batch of its own)."""
     lengths = np.asarray(lengths)
     order = np.argsort(-lengths, kind="stable").tolist()
     batches, start = [], 0
     while start < len(order):
-        width = -(-int(lengths[order[start]]) // 8) * 8  # the batch's first row is its longest
+        width = -(-int(lengths[order[start]]) // multiple) * multiple  # the batch's first row is its longest
         rows = max(1, min(max_rows, max_tokens // max(width, 1))) if max_tokens > 0 else max_rows
         batches.append(order[start: start + rows])
         start += rows
@@ -505,8 +512,8 @@ def random_batches(n: int, batch_size: int, seed: int) -> list[list[int]]:
     return [order[i: i + batch_size] for i in range(0, n, batch_size)]
 
 
-def collate(encoded: Encoded, index: list[int], pad_id: int, pad_to_multiple: int = 8) -> dict:
-    """Pad one batch to its longest row (rounded up to a multiple of 8 for friendlier kernels)."""
+def collate(encoded: Encoded, index: list[int], pad_id: int, pad_to_multiple: int = 1) -> dict:
+    """Pad one batch to its longest row, rounded up to `pad_to_multiple` (pad_multiple: 8 on CUDA)."""
     import torch
     rows = [encoded.input_ids[i] for i in index]
     width = max(len(r) for r in rows)
