@@ -117,6 +117,6 @@ def test_collate_pads_to_batch_longest():
     assert data.collate(enc, [0, 1], pad_id=0, pad_to_multiple=8)["input_ids"].shape == (2, 8)
 
 
-def test_widths_round_to_8_on_cuda_only():
+def test_widths_round_to_8_except_in_cpu_training():
     assert data.pad_multiple("cuda") == 8 and data.pad_multiple("cuda:1") == 8
-    assert data.pad_multiple("cpu") == 1
+    assert data.pad_multiple("cpu") == 1 and data.pad_multiple("cpu", scoring=True) == 8

@@ -901,8 +901,8 @@ def levers(opts, log=None, malloc_probe: str | None = None) -> list[dict]:
     model, cfg = build()
     many = data_mod.encode(tok, ex.subset(sample_rows(len(ex), 4 * len(enc), seed=3)), 256)
     if only in ("all", "pad-multiple"):
-        # batch widths rounded up to 8 (before 2026-11-26, now GPU only) or not (data.pad_multiple), on fit's whole
-        # fast step over every length-grouped batch of the rows (widths vary, so rounding adds 0-7 tokens a row)
+        # batch widths rounded up to 8 (before 2026-11-26; now on GPU and for scoring) or not (data.pad_multiple),
+        # on fit's whole fast step over every length-grouped batch of the rows (widths vary, so rounding adds 0-7 tokens a row)
         # and on predict's scoring; alternated, twice
         groups = data_mod.length_grouped_batches(enc.lengths, bs, 0)
 

@@ -125,10 +125,10 @@ def predict_logits(model, encoded: data_mod.Encoded, batch_size: int, pad_id: in
     they already are), so one model must not score two precisions at once. `full_cast` (bf16 only,
     train.bf16_full_eval): the whole frozen model in bf16 for the call, residual stream and LayerNorms too.
     `cls_only` (train.cls_only_last_layer): the last layer computes only the row the head reads.
-    `pad_to_multiple`: 0 (auto) is data.pad_multiple's rule for the device."""
+    `pad_to_multiple`: 0 (auto) is data.pad_multiple's rule for scoring."""
     from .model import autocast
     model.eval()
-    multiple = pad_to_multiple or data_mod.pad_multiple(device)
+    multiple = pad_to_multiple or data_mod.pad_multiple(device, scoring=True)
     batches = data_mod.scoring_batches(encoded.lengths, batch_size, scoring_tokens(max_tokens, device), multiple)
     rank, world = (accelerator.process_index, accelerator.num_processes) if accelerator else (0, 1)
     mine = batches[rank::world]
