@@ -117,7 +117,7 @@ def test_levers_measure_every_lever(tiny_dir, agnews_dir, tmp_path):
     assert len([r for r in rows if r["lever"].startswith("dropout apply")]) == 2
     last = [r["variant"] for r in rows if r["lever"].startswith("last layer")]     # train.cls_only_last_layer
     assert last == ["every row", "first token only"] * 6                # train median, longest; inference; twice each
-    padding = [r["variant"][-1] for r in rows if r["lever"].startswith("padding multiple")]   # data.pad_multiple
+    padding = [r["variant"][-1] for r in rows if r["lever"].startswith("padding multiple")]   # data.PAD_MULTIPLE
     assert padding == ["8", "1"] * 4                                     # train, inference; twice each
     whole = [r["variant"] for r in rows if r["lever"].startswith("bf16 inference, 2,048")]  # train.bf16_full_eval
     assert whole == (["linears cast once", "whole model bf16"] * 2 if n_precisions == 2 else [])

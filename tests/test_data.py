@@ -94,7 +94,7 @@ def test_scoring_batches_cap_rows_and_padded_tokens(multiple):
     rng = np.random.default_rng(0)
     lengths = rng.integers(3, 300, size=500)
     lengths[7] = 3000                                         # longer than the cap: a batch of its own
-    assert data.scoring_batches(lengths, 64) == data.scoring_batches(lengths, 64, 0)
+    assert data.scoring_batches(lengths, 64) == data.scoring_batches(lengths, 64, 0, data.PAD_MULTIPLE)
     for max_tokens in (0, 256, 2048):
         batches = data.scoring_batches(lengths, 64, max_tokens, multiple)
         assert sorted(i for b in batches for i in b) == list(range(500))
@@ -111,12 +111,7 @@ def test_scoring_batches_cap_rows_and_padded_tokens(multiple):
 
 def test_collate_pads_to_batch_longest():
     enc = data.Encoded([[5, 6, 7], [8]], [1, 2])
-    b = data.collate(enc, [0, 1], pad_id=0)
+    b = data.collate(enc, [0, 1], pad_id=0, pad_to_multiple=1)
     assert b["input_ids"].tolist() == [[5, 6, 7], [8, 0, 0]]
     assert b["attention_mask"].tolist() == [[1, 1, 1], [1, 0, 0]] and b["labels"].tolist() == [1, 2]
-    assert data.collate(enc, [0, 1], pad_id=0, pad_to_multiple=8)["input_ids"].shape == (2, 8)
-
-
-def test_widths_round_to_8_except_in_cpu_training():
-    assert data.pad_multiple("cuda") == 8 and data.pad_multiple("cuda:1") == 8
-    assert data.pad_multiple("cpu") == 1 and data.pad_multiple("cpu", scoring=True) == 8
+    assert data.collate(enc, [0, 1], pad_id=0)["input_ids"].shape == (2, 8)            # PAD_MULTIPLE

@@ -243,8 +243,8 @@ def test_fit_and_scoring_run_the_last_layer_for_the_first_token_only(tmp_path, t
     cpu = torch.device("cpu")
     per_batch = np.zeros((len(texts), len(LABELS)), np.float32)  # autocast casting the weights on every batch
     with torch.inference_mode():
-        for index in data_mod.scoring_batches(enc.lengths, 8, 0, 8):     # scoring's widths: multiples of 8
-            batch = data_mod.collate(enc, index, tok.pad_token_id, 8)
+        for index in data_mod.scoring_batches(enc.lengths, 8):
+            batch = data_mod.collate(enc, index, tok.pad_token_id)
             with model.autocast(cpu, "bf16"):
                 per_batch[index] = m(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits.float()
         assert (train.predict_logits(m, enc, 8, tok.pad_token_id, cpu, "bf16") == per_batch).all()

@@ -849,7 +849,7 @@ def levers(opts, log=None, malloc_probe: str | None = None) -> list[dict]:
         _log_lever_row(log, results[-1])
 
     def train_step_fn(model, cfg, precision="fp32", cheap_dropout=False, cast_once=False, attn=None, index=None,
-                      share=False, cls_only=False, multiple=1):
+                      share=False, cls_only=False, multiple=data_mod.PAD_MULTIPLE):
         """fit's step; each fast-path lever off unless asked for (fp32, torch's dropout, loaded attention)."""
         params = [p for p in model.parameters() if p.requires_grad]
         opt = torch.optim.AdamW(params, lr=cfg.train.lr, foreach=True)
@@ -875,7 +875,7 @@ def levers(opts, log=None, malloc_probe: str | None = None) -> list[dict]:
         return model_mod.build(cfg, LABELS), cfg
 
     def infer_fn(model, batch_size, precision="fp32", max_tokens=0, encoded=None, full_cast=False, cls_only=False,
-                 multiple=0):
+                 multiple=data_mod.PAD_MULTIPLE):
         """Scoring as predict does; no token cap unless asked (the scoring-batches rows measure the cap), the
         whole model cast (train.bf16_full_eval) and the first-token last layer (cls_only) only where asked."""
         def go():
@@ -901,8 +901,8 @@ def levers(opts, log=None, malloc_probe: str | None = None) -> list[dict]:
     model, cfg = build()
     many = data_mod.encode(tok, ex.subset(sample_rows(len(ex), 4 * len(enc), seed=3)), 256)
     if only in ("all", "pad-multiple"):
-        # batch widths rounded up to 8 (before 2026-11-26; now on GPU and for scoring) or not (data.pad_multiple),
-        # on fit's whole fast step over every length-grouped batch of the rows (widths vary, so rounding adds 0-7 tokens a row)
+        # batch widths rounded up to 8 (data.PAD_MULTIPLE) or not, on fit's whole fast step over every
+        # length-grouped batch of the rows (widths vary, so rounding adds 0-7 tokens a row)
         # and on predict's scoring; alternated, twice
         groups = data_mod.length_grouped_batches(enc.lengths, bs, 0)
 
@@ -1135,7 +1135,7 @@ def _add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--in-process", action="store_true", help="no subprocess per contender (peak RSS is then shared)")
     p.add_argument("--levers", action="store_true", help="measure each speed lever in isolation instead (bench/NOTES.md)")
     p.add_argument("--lever", choices=["all", "last-layer", "pad-multiple"], default="all",
-                   help="with --levers: every lever, or one of the latest (train.cls_only_last_layer, data.pad_multiple)")
+                   help="with --levers: every lever, or one of the latest (train.cls_only_last_layer, data.PAD_MULTIPLE)")
     p.add_argument("--malloc-probe", choices=["glibc", "tuned"], help=argparse.SUPPRESS)  # --levers' fresh processes
 
 

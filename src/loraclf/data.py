@@ -485,15 +485,14 @@ def length_grouped_batches(lengths, batch_size: int, seed: int, group: int = 50)
     return [first] + batches
 
 
-def pad_multiple(device, scoring: bool = False) -> int:
-    """What collate rounds batch widths up to: 8 on CUDA (tensor-core-friendly shapes) and for scoring; none
-    for CPU training, where the rounding only added padded tokens (`loraclf bench --levers --lever pad-multiple`:
-    CPU training steps were as fast or faster without it, CPU scoring at 2,048 rows was not)."""
-    import torch
-    return 8 if scoring or torch.device(device).type == "cuda" else 1
+# Batch widths are rounded up to a multiple of 8: tensor-core-friendly on GPUs, and on CPU it keeps the number of
+# distinct activation sizes small. Without it (`loraclf bench --levers --lever pad-multiple`) short CPU
+# measurements were level or slightly faster, but a longer training run was slower with a much higher peak RSS:
+# glibc's heap fragments over the many distinct sizes (bench/NOTES.md).
+PAD_MULTIPLE = 8
 
 
-def scoring_batches(lengths, max_rows: int, max_tokens: int = 0, multiple: int = 1) -> list[list[int]]:
+def scoring_batches(lengths, max_rows: int, max_tokens: int = 0, multiple: int = PAD_MULTIPLE) -> list[list[int]]:
     """Eval batches, longest first: at most `max_rows` rows and, when max_tokens > 0, at most `max_tokens`
     padded tokens (widths rounded up to `multiple` as collate pads them; a single longer row is a batch of its own)."""
     lengths = np.asarray(lengths)
@@ -513,8 +512,8 @@ def random_batches(n: int, batch_size: int, seed: int) -> list[list[int]]:
     return [order[i: i + batch_size] for i in range(0, n, batch_size)]
 
 
-def collate(encoded: Encoded, index: list[int], pad_id: int, pad_to_multiple: int = 1) -> dict:
-    """Pad one batch to its longest row, rounded up to `pad_to_multiple` (pad_multiple: 8 on CUDA)."""
+def collate(encoded: Encoded, index: list[int], pad_id: int, pad_to_multiple: int = PAD_MULTIPLE) -> dict:
+    """Pad one batch to its longest row, rounded up to a multiple of PAD_MULTIPLE."""
     import torch
     rows = [encoded.input_ids[i] for i in index]
     width = max(len(r) for r in rows)

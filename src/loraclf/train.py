@@ -118,25 +118,24 @@ def casts_whole_model(precision: str, full_cast: bool) -> bool:
 @torch.no_grad()
 def predict_logits(model, encoded: data_mod.Encoded, batch_size: int, pad_id: int, device, precision: str,
                    accelerator=None, max_tokens: int = -1, full_cast: bool = False, cls_only: bool = True,
-                   pad_to_multiple: int = 0) -> np.ndarray:
+                   pad_to_multiple: int = data_mod.PAD_MULTIPLE) -> np.ndarray:
     """Logits in input order. Batches are length-sorted, at most `batch_size` rows and (see scoring_tokens)
     `max_tokens` padded tokens; with several processes each takes a share. Under bf16/fp16 the frozen
     weights are cast once per call rather than by autocast on every batch (the same numbers; inside fit
     they already are), so one model must not score two precisions at once. `full_cast` (bf16 only,
     train.bf16_full_eval): the whole frozen model in bf16 for the call, residual stream and LayerNorms too.
     `cls_only` (train.cls_only_last_layer): the last layer computes only the row the head reads.
-    `pad_to_multiple`: 0 (auto) is data.pad_multiple's rule for scoring."""
+    `pad_to_multiple`: what batch widths are rounded up to (`--levers` measures the choice)."""
     from .model import autocast
     model.eval()
-    multiple = pad_to_multiple or data_mod.pad_multiple(device, scoring=True)
-    batches = data_mod.scoring_batches(encoded.lengths, batch_size, scoring_tokens(max_tokens, device), multiple)
+    batches = data_mod.scoring_batches(encoded.lengths, batch_size, scoring_tokens(max_tokens, device), pad_to_multiple)
     rank, world = (accelerator.process_index, accelerator.num_processes) if accelerator else (0, 1)
     mine = batches[rank::world]
     out_idx, out = [], []
     with fastpath.frozen_weights_as(model, fastpath.autocast_dtype(precision), casts_whole_model(precision, full_cast)), \
             fastpath.cls_only_last_layer(model, cls_only):
         for index in mine:
-            batch = data_mod.collate(encoded, index, pad_id, multiple)
+            batch = data_mod.collate(encoded, index, pad_id, pad_to_multiple)
             with autocast(device, precision):
                 logits = model(input_ids=batch["input_ids"].to(device),
                                attention_mask=batch["attention_mask"].to(device)).logits
@@ -187,7 +186,6 @@ def fit(model, cfg: Config, train_enc: data_mod.Encoded, val_enc: data_mod.Encod
         log(f"resumed at step {prog.step} (epoch {prog.epoch}, batch {prog.batch_in_epoch})")
 
     lengths = train_enc.lengths
-    multiple = data_mod.pad_multiple(device)
     weight = class_weights(train_enc.labels, len(label_names), t.class_weight).to(device)
     eval_every = t.eval_every or steps_per_epoch
     log_every = max(1, total_steps // RECORDS_PER_RUN)
@@ -223,7 +221,7 @@ def fit(model, cfg: Config, train_enc: data_mod.Encoded, val_enc: data_mod.Encod
                     n_rows = sum(len(ix) for ix in group)
                     step_loss = 0.0
                     for k, index in enumerate(group):
-                        batch = data_mod.collate(train_enc, index, pad_id, multiple)
+                        batch = data_mod.collate(train_enc, index, pad_id)
                         batch = {key: v.to(device, non_blocking=True) for key, v in batch.items()}
                         sync = accelerator.no_sync(model) if k < len(group) - 1 and world > 1 else _null()
                         # backward inside the same attention: gradient checkpointing recomputes the forward there
