@@ -254,7 +254,9 @@ def _first_token_layer_forward(layer, hidden_states, attention_mask=None, *args,
 def cls_only_last_layer(model, enabled: bool = True):
     """Inside the block the last encoder layer computes only the first token's row (train.cls_only_last_layer):
     about a twelfth less work in roberta-base. Yields whether it applied (BERT-family classifiers on
-    transformers 5, eager/SDPA attention; elsewhere the model runs unchanged)."""
+    transformers 5, eager/SDPA attention; elsewhere the model runs unchanged). Nested inside a block that
+    applied it (scoring inside fit), it yields False and the outer block's switch stays in force, even with
+    enabled=False: fit and its scoring read the same train.cls_only_last_layer."""
     layer = _last_layer_if_supported(model) if enabled else None
     if layer is None or "forward" in vars(layer):
         yield False
