@@ -339,6 +339,29 @@ def test_cls_only_last_layer_really_skips_the_other_rows_and_keeps_dropout():
     assert rows == [1] and torch.isfinite(out).all()
 
 
+def test_cls_only_last_layer_projects_the_first_token_without_a_weight_copy_per_row():
+    """A strided [batch, 1, hidden] slice sends nn.Linear to a batched matmul over the weight expanded (and
+    copied) once per row: it cost more than the skipped rows saved. Every op's output must stay small."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+    m = _tiny_classifier("roberta", "sdpa")
+    ids, mask, _ = _batch()
+    hidden = m.config.hidden_size
+    shapes = []
+
+    class Shapes(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            shapes.extend(tuple(t.shape) for t in (out if isinstance(out, (tuple, list)) else [out])
+                          if isinstance(t, torch.Tensor))
+            return out
+
+    layer = m.get_base_model().base_model.encoder.layer[-1]
+    layer.attention.self.query.register_forward_pre_hook(lambda mod, args: shapes.clear())
+    with torch.no_grad(), fastpath.cls_only_last_layer(m), Shapes():
+        m.eval()
+        m(input_ids=ids, attention_mask=mask)
+    assert shapes and (ids.shape[0], hidden, hidden) not in shapes, sorted(set(shapes))
+
 def test_cls_only_last_layer_works_under_gradient_checkpointing():
     m = _tiny_classifier("bert", "sdpa")
     _, ref_logits, ref_grads = _logits_and_grads(m, False)

@@ -235,7 +235,7 @@ def _first_token_layer_forward(layer, hidden_states, attention_mask=None, *args,
     from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
     kwargs = {k: v for k, v in kwargs.items() if k not in ("encoder_attention_mask", "cache", "past_key_values")}
     attn = layer.attention.self
-    first = hidden_states[:, :1]
+    first = hidden_states[:, :1].contiguous()  # a strided view sends linear to a bmm over a weight copied per row
     heads = (hidden_states.shape[0], -1, attn.num_attention_heads, attn.attention_head_size)
     query = attn.query(first).view(heads).transpose(1, 2)
     key = attn.key(hidden_states).view(heads).transpose(1, 2)
