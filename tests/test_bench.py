@@ -122,8 +122,25 @@ def test_levers_measure_every_lever(tiny_dir, agnews_dir, tmp_path):
     whole = [r["variant"] for r in rows if r["lever"].startswith("bf16 inference, 2,048")]  # train.bf16_full_eval
     assert whole == (["linears cast once", "whole model bf16"] * 2 if n_precisions == 2 else [])
     probes = [r["variant"] for r in rows if r["lever"].startswith("glibc malloc thresholds")]
-    glibc = platform.libc_ver()[0] == "glibc"                        # elsewhere the tuned probe has nothing to do
-    assert probes == (["glibc", "glibc", "tuned", "tuned"] * 2 if glibc else ["glibc"] * 4)
+    train, scoring = _malloc_probe_variants()
+    assert probes == train + scoring
+
+
+def _malloc_probe_variants():
+    """fit's step (median and longest batch a process), then scoring: fresh processes, alternated, twice."""
+    if platform.libc_ver()[0] != "glibc":                           # elsewhere the tuned probe has nothing to do
+        return ["glibc"] * 4, ["glibc"] * 2
+    return ["glibc", "glibc", "tuned", "tuned"] * 2, ["glibc", "tuned"] * 2
+
+
+def test_levers_malloc_alone_runs_only_the_fresh_process_probes(tiny_dir, agnews_dir, tmp_path):
+    opts = _opts(tiny_dir, agnews_dir, tmp_path, infer_rows=16, repeats=1)
+    opts.lever = "malloc"
+    rows = bench.levers(opts, log=lambda *a, **k: None)
+    train, scoring = _malloc_probe_variants()
+    assert [r["variant"] for r in rows] == train + scoring
+    assert ["inference, merged" in r["lever"] for r in rows] == [False] * len(train) + [True] * len(scoring)
+    assert all(r["seconds"] > 0 for r in rows)
 
 
 def test_quick_smoke(tiny_dir, agnews_dir, tmp_path, capsys):

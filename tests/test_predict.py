@@ -3,6 +3,7 @@ import pickle
 
 import numpy as np
 import pytest
+import torch
 
 from conftest import LABELS, train_tiny_run
 from loraclf import cli, predict
@@ -73,14 +74,15 @@ def test_evaluate_writes_json(tmp_path, tiny_run, capsys):
 
 def test_scoring_switches_come_from_the_run_config(tmp_path, tiny_run, monkeypatch):
     """predict, evaluate and serve score a run as its config says: whole model in bf16 unless
-    train.bf16_full_eval is false, the last layer for the first token only unless train.cls_only_last_layer is."""
+    train.bf16_full_eval is false, the last layer for the first token only unless train.cls_only_last_layer is,
+    glibc's malloc thresholds fixed on CPU unless train.tune_malloc is."""
     import json
     import shutil
     from loraclf import pipeline, serve
     seen = []
     real = predict.logits_for
     monkeypatch.setattr(predict, "logits_for",
-                        lambda *a, **k: seen.append((k.get("full_cast"), k.get("cls_only"))) or real(*a, **k))
+                        lambda *a, **k: seen.append((k.get("full_cast"), k.get("cls_only"), k.get("tune_malloc"))) or real(*a, **k))
     src = tmp_path / "in.csv"
     src.write_text("label,text\nWorld,war and peace\nSports,a match\n")
     for flag in (True, False):
@@ -89,9 +91,20 @@ def test_scoring_switches_come_from_the_run_config(tmp_path, tiny_run, monkeypat
         cfg = json.loads((run / "config.json").read_text())
         cfg["train"]["bf16_full_eval"] = flag
         cfg["train"]["cls_only_last_layer"] = not flag
+        cfg["train"]["tune_malloc"] = flag
         (run / "config.json").write_text(json.dumps(cfg))
         seen.clear()
         predict.run(run, str(src), tmp_path / "out.csv")
         pipeline.evaluate(run, [str(src)])
         serve.load_predictor(run).logits(["a text"])
-        assert seen and set(seen) == {(flag, not flag)}
+        assert seen and set(seen) == {(flag, not flag, flag)}
+
+
+@pytest.mark.parametrize("asked", [True, False])
+def test_cpu_scoring_fixes_malloc_thresholds_when_asked(tiny_run, monkeypatch, asked):
+    from loraclf import fastpath
+    tuned = []
+    monkeypatch.setattr(fastpath, "tune_malloc", lambda: tuned.append(1) or True)
+    model, tok, _, _ = predict.load_for_inference(tiny_run)
+    predict.logits_for(model, tok, ["a text"], 32, device=torch.device("cpu"), tune_malloc=asked)
+    assert tuned == ([1] if asked else [])

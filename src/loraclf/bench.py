@@ -365,7 +365,7 @@ def run_loraclf_infer(model, cfg, tokenizer, texts, run_dir: Path) -> dict:
     tick = time.perf_counter()
     logits = predict_mod.logits_for(inf_model, inf_tok, list(texts), max_len, inf_cfg.train.eval_batch_size, "auto",
                                     max_tokens=inf_cfg.train.eval_max_tokens, full_cast=inf_cfg.train.bf16_full_eval,
-                                    cls_only=inf_cfg.train.cls_only_last_layer)
+                                    cls_only=inf_cfg.train.cls_only_last_layer, tune_malloc=inf_cfg.train.tune_malloc)
     _sync(device)
     seconds = time.perf_counter() - tick
     tokens = sum(len(x) for x in inf_tok(list(texts), truncation=True, max_length=max_len)["input_ids"])
@@ -888,16 +888,26 @@ def levers(opts, log=None, malloc_probe: str | None = None) -> list[dict]:
     bs = 16
     fast = "bf16" if model_mod.cpu_has_native_bf16() else "fp32"  # what precision=auto picks here
     long_index = [int(i) for i in order[-bs:]]  # the longest texts: attention's share grows with length
-    if malloc_probe:  # fit's step with its whole fast path, under glibc's own thresholds or fastpath.tune_malloc's
-        if malloc_probe == "tuned" and not fastpath.tune_malloc():
+    if malloc_probe:  # under glibc's own thresholds or fastpath.tune_malloc's: fit's step with its whole fast
+        # path, or (a "-scoring" probe) predict's scoring in a process that has done nothing else
+        if malloc_probe.startswith("tuned") and not fastpath.tune_malloc():
             return results
         model, cfg = build()
+        if malloc_probe.endswith("-scoring"):
+            merged = model.merge_and_unload().eval()
+            many = data_mod.encode(tok, ex.subset(sample_rows(len(ex), 4 * len(enc), seed=3)), 256)
+            go = infer_fn(merged, 64, fast, train_mod.CPU_SCORING_TOKENS, many, full_cast=True, cls_only=True)
+            record(f"glibc malloc thresholds ({fast} inference, merged)", malloc_probe.removesuffix("-scoring"),
+                   _timed(go, max(1, reps - 1)), len(many), "rows")
+            return results
         for label, index in (("median", None), ("longest", long_index)):
             step = train_step_fn(model, cfg, fast, cheap_dropout=True, cast_once=True, attn=fastpath.TRAIN_ATTENTION,
                                  index=index)
             record(f"glibc malloc thresholds ({fast} fast train, {label})", malloc_probe, _timed(step, reps), bs, "samples")
         return results
     only = getattr(opts, "lever", "all")
+    if only == "malloc":
+        return _malloc_probes(opts, log)
     model, cfg = build()
     many = data_mod.encode(tok, ex.subset(sample_rows(len(ex), 4 * len(enc), seed=3)), 256)
     if only in ("all", "pad-multiple"):
@@ -1079,10 +1089,14 @@ def levers(opts, log=None, malloc_probe: str | None = None) -> list[dict]:
         model, cfg = build([f"adapter.layers=[{layers}]"] if layers else [])
         record("adapted layers (train step)", f"all {n_layers}" if not layers else f"top {len(top)} only",
                _timed(train_step_fn(model, cfg), reps), bs, "samples")
-    # malloc thresholds are process-wide and permanent: one fresh process per variant, alternating, twice
-    for variant in ("glibc", "tuned", "glibc", "tuned"):
-        results += _malloc_probe(opts, variant, log)
-    return results
+    return results + _malloc_probes(opts, log)
+
+
+def _malloc_probes(opts, log) -> list[dict]:
+    """malloc thresholds are process-wide and permanent: one fresh process per variant, alternating, twice;
+    for fit's step, then for predict's scoring."""
+    return [r for what in ("", "-scoring") for variant in ("glibc", "tuned", "glibc", "tuned")
+            for r in _malloc_probe(opts, variant + what, log)]
 
 
 def _malloc_probe(opts, variant: str, log) -> list[dict]:
@@ -1134,9 +1148,10 @@ def _add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="extra config override for every contender")
     p.add_argument("--in-process", action="store_true", help="no subprocess per contender (peak RSS is then shared)")
     p.add_argument("--levers", action="store_true", help="measure each speed lever in isolation instead (bench/NOTES.md)")
-    p.add_argument("--lever", choices=["all", "last-layer", "pad-multiple"], default="all",
-                   help="with --levers: every lever, or one of the latest (train.cls_only_last_layer, data.PAD_MULTIPLE)")
-    p.add_argument("--malloc-probe", choices=["glibc", "tuned"], help=argparse.SUPPRESS)  # --levers' fresh processes
+    p.add_argument("--lever", choices=["all", "last-layer", "pad-multiple", "malloc"], default="all",
+                   help="with --levers: every lever, or one of the latest (train.cls_only_last_layer, data.PAD_MULTIPLE, "
+                        "train.tune_malloc in fresh processes)")
+    p.add_argument("--malloc-probe", choices=["glibc", "tuned", "glibc-scoring", "tuned-scoring"], help=argparse.SUPPRESS)  # --levers' fresh processes
 
 
 def cmd_bench(args) -> int:

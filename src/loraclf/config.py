@@ -81,7 +81,7 @@ class TrainConfig:
     gradient_checkpointing: bool = False
     fast_dropout: bool = True           # CPU: dropout masks from 16-bit random thresholds (fastpath.py); false: torch's
     share_dropout_masks: bool = False   # with fast_dropout: LoRA modules reading the same input (q, k, v) share one mask
-    tune_malloc: bool = True            # CPU training on glibc: fixed malloc thresholds, process-wide (fastpath.tune_malloc)
+    tune_malloc: bool = True            # CPU training and scoring on glibc: fixed malloc thresholds, process-wide (fastpath.tune_malloc)
     group_by_length: bool = True
     seed: int = 42
     budget: int = 1_000_000

@@ -272,7 +272,7 @@ M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # mallopt's parameter numbers (mall
 
 
 def tune_malloc() -> bool:
-    """glibc only: fixed malloc thresholds for CPU training (`train.tune_malloc`). By default glibc serves an
+    """glibc only: fixed malloc thresholds for CPU training and scoring (`train.tune_malloc`). By default glibc serves an
     allocation above its mmap threshold with a fresh mmap, page-faulted again on every use, and that threshold
     moves (up to the largest block freed so far, at most 32 MB), so how often a step's activations are
     page-faulted depends on the order their sizes came in. Fixed at that 32 MB maximum, with memory given

@@ -173,7 +173,7 @@ def evaluate(run_dir: Path, sources: list[str], trust_pickle: bool = False, batc
     ex = load_eval_data(cfg, list(sources), label_names, trust_pickle)
     logits = predict_mod.logits_for(model, tokenizer, ex.texts, cfg.data.max_length_infer or cfg.data.max_length, batch_size,
                                     max_tokens=max_tokens, full_cast=cfg.train.bf16_full_eval,
-                                    cls_only=cfg.train.cls_only_last_layer)
+                                    cls_only=cfg.train.cls_only_last_layer, tune_malloc=cfg.train.tune_malloc)
     m = metrics_mod.classification(logits, ex.labels, label_names)
     m["data"] = list(sources)
     name = name or Path(sources[0]).stem

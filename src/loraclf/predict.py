@@ -19,16 +19,20 @@ def device_for_inference() -> torch.device:
 
 def logits_for(model, tokenizer, texts: list[str], max_length: int, batch_size: int = 64,
                precision: str = "auto", device: torch.device | None = None, max_tokens: int = -1,
-               full_cast: bool = True, cls_only: bool = True) -> np.ndarray:
+               full_cast: bool = True, cls_only: bool = True, tune_malloc: bool = True) -> np.ndarray:
     """Logits in input order; batches of at most `batch_size` rows and `max_tokens` padded tokens (-1: auto,
     train.scoring_tokens). In bf16 the whole model is cast unless `full_cast` is False (train.bf16_full_eval);
-    the last layer computes only the head's row unless `cls_only` is False (train.cls_only_last_layer)."""
+    the last layer computes only the head's row unless `cls_only` is False (train.cls_only_last_layer). On CPU,
+    `tune_malloc` (train.tune_malloc) fixes glibc's malloc thresholds for the process, as fit does."""
     from .model import resolve_precision
     from .train import predict_logits
     if batch_size < 1 or max_tokens < -1:
         raise UserError(f"batch size {batch_size} / max tokens {max_tokens} is not allowed",
                         "use a batch size of at least 1 and max tokens >= 1, 0 (no cap) or -1 (auto)")
     device = device or device_for_inference()
+    if device.type == "cpu" and tune_malloc:
+        from .fastpath import tune_malloc as fix_malloc_thresholds
+        fix_malloc_thresholds()
     model.to(device)
     enc = data_mod.encode(tokenizer, data_mod.Examples(texts, None, []), max_length)
     with torch.inference_mode():
@@ -93,7 +97,8 @@ def run(run_dir: Path, source: str, out: Path, names: bool = False, probs: bool 
     model, tokenizer, cfg, label_names = load_for_inference(run_dir)
     max_len = cfg.data.max_length_infer or cfg.data.max_length
     logits = logits_for(model, tokenizer, examples.texts, max_len, batch_size, precision, max_tokens=max_tokens,
-                        full_cast=cfg.train.bf16_full_eval, cls_only=cfg.train.cls_only_last_layer)
+                        full_cast=cfg.train.bf16_full_eval, cls_only=cfg.train.cls_only_last_layer,
+                        tune_malloc=cfg.train.tune_malloc)
     ids = examples.ids if examples.ids is not None else list(range(len(examples)))
     rundir.write_text(Path(out), submission_csv(ids, logits, label_names, names, probs))
     return {"rows": len(ids), "out": str(out), "logits": logits, "labels": examples.labels}
