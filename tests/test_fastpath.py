@@ -384,3 +384,77 @@ def test_cls_only_last_layer_leaves_other_models_alone():
         assert outer and not inner                                  # nested: the outer block owns the switch
         assert "forward" in vars(m.get_base_model().bert.encoder.layer[-1])
     assert "forward" not in vars(m.get_base_model().bert.encoder.layer[-1])
+
+
+# ------------------------------------------------------------------ frozen linears' matmuls in two row halves
+
+def test_split_mm_gives_the_same_product_and_times_each_shape_once(monkeypatch):
+    timed = []
+    monkeypatch.setattr(fastpath, "_split_choice", {})
+    monkeypatch.setattr(fastpath, "_fastest_of_two", lambda one, two: timed.append(1) or True)
+    torch.manual_seed(0)
+    a, b, bias = torch.randn(300, 48), torch.randn(48, 40), torch.randn(40)
+    for dtype in (torch.float32, torch.bfloat16):
+        x, w, c = a.to(dtype), b.to(dtype), bias.to(dtype)
+        torch.testing.assert_close(fastpath.split_mm(x, w, c), torch.addmm(c, x, w), rtol=0, atol=0)
+        torch.testing.assert_close(fastpath.split_mm(x, w), x @ w, rtol=0, atol=0)
+    fastpath.split_mm(a, b, bias)                                    # a shape already timed
+    assert len(timed) == 4 and all(fastpath._split_choice.values())
+    fastpath.split_mm(a[:100], b)                                     # too small to be worth timing
+    assert len(timed) == 4
+
+
+def test_split_choice_keeps_one_call_unless_halves_are_clearly_faster(monkeypatch):
+    clock = iter(range(1000))
+    monkeypatch.setattr(fastpath.time, "perf_counter", lambda: next(clock))   # every call "takes" one tick
+    assert not fastpath._fastest_of_two(lambda: None, lambda: None)          # a tie: one call stays
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_split_cpu_matmuls_gives_the_same_logits_and_gradients_and_restores(monkeypatch, precision):
+    monkeypatch.setattr(fastpath, "_split_choice", {})
+    monkeypatch.setattr(fastpath, "SPLIT_MIN_ROWS", 1)
+    monkeypatch.setattr(fastpath, "_fastest_of_two", lambda one, two: True)   # split every frozen matmul
+    m = _tiny_classifier("roberta", "eager")
+    ids, mask, y = _batch()
+    dtype = fastpath.autocast_dtype(precision)
+
+    def run(split):
+        m.zero_grad(set_to_none=True)
+        with fastpath.frozen_weights_as(m, dtype), fastpath.split_cpu_matmuls(m, split) as n, \
+                model.autocast(torch.device("cpu"), precision):
+            logits = m(input_ids=ids, attention_mask=mask).logits
+        F.cross_entropy(logits.float(), y).backward()
+        return n, logits.detach().float(), {k: p.grad.clone() for k, p in m.named_parameters() if p.requires_grad}
+    n_off, ref, ref_grads = run(False)
+    n, logits, grads = run(True)
+    # the frozen q, k, v, attention output, intermediate and output of 2 layers, and the two linears of the
+    # head's frozen original that modules_to_save keeps (unused); not LoRA's A and B, nor the trained head
+    assert (n_off, n) == (0, 12 + 2)
+    torch.testing.assert_close(logits, ref, rtol=0, atol=0)
+    for k in ref_grads:
+        torch.testing.assert_close(grads[k], ref_grads[k], rtol=1e-5, atol=1e-7, msg=k)
+        assert ref_grads[k].abs().sum() > 0, k
+    assert not any("forward" in vars(mod) for mod in m.modules())       # every layer's own forward is back
+    assert set(fastpath._split_choice.values()) == {True}
+
+
+def test_split_cpu_matmuls_in_fit_and_scoring_follows_the_config(tmp_path, tiny_bert, monkeypatch):
+    from accelerate import Accelerator
+    from loraclf import data as data_mod
+    from loraclf import train
+    from transformers import AutoTokenizer
+    seen = []
+    real = fastpath.split_cpu_matmuls
+    monkeypatch.setattr(fastpath, "split_cpu_matmuls", lambda mdl, enabled=True: seen.append(enabled) or real(mdl, enabled))
+    tok = AutoTokenizer.from_pretrained(str(tiny_bert))
+    ex = data_mod.Examples([f"text number {i}" for i in range(16)], [i % 4 for i in range(16)], LABELS)
+    enc = data_mod.encode(tok, ex, 32)
+    for flag in (True, False):
+        seen.clear()
+        cfg = tiny_config(tiny_bert, f"train.split_cpu_matmuls={str(flag).lower()}")
+        m = model.build(cfg, LABELS)
+        train.fit(m, cfg, enc, enc, LABELS, tok.pad_token_id, tmp_path / str(flag), Accelerator(cpu=True),
+                  log=lambda *a, **k: None)
+        train.evaluate(m, enc, cfg, LABELS, tok.pad_token_id, torch.device("cpu"), "fp32")
+        assert seen and set(seen) == {flag}                           # the loop, validation and scoring after
