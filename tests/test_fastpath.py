@@ -404,6 +404,17 @@ def test_split_mm_gives_the_same_product_and_times_each_shape_once(monkeypatch):
     assert len(timed) == 4
 
 
+def test_split_mm_never_splits_where_the_halves_change_a_bit(monkeypatch):
+    """The choice is timed, so it may differ between runs: it is only allowed where it cannot change a result."""
+    monkeypatch.setattr(fastpath, "_split_choice", {})
+    monkeypatch.setattr(fastpath, "_fastest_of_two", lambda one, two: True)
+    real = fastpath._mm_in_halves
+    monkeypatch.setattr(fastpath, "_mm_in_halves", lambda a, b, bias: real(a, b, bias).add_(1e-3))
+    a, b = torch.randn(300, 48), torch.randn(48, 40)
+    assert torch.equal(fastpath.split_mm(a, b), a @ b)
+    assert list(fastpath._split_choice.values()) == [False]
+
+
 def test_split_choice_keeps_one_call_unless_halves_are_clearly_faster(monkeypatch):
     clock = iter(range(1000))
     monkeypatch.setattr(fastpath.time, "perf_counter", lambda: next(clock))   # every call "takes" one tick

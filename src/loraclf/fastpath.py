@@ -23,8 +23,8 @@
 - `split_cpu_matmuls(model)`: oneDNN runs some mid-sized bf16 matmuls on one thread of two (on the 2-core
   AMX machine of bench/NOTES.md, [768..1472 rows] x [768 out] ran at one thread's speed, the rows of a
   median training batch of 16). A frozen Linear's forward and input-gradient matmuls then go in two row
-  halves, where that measured faster for that shape on this machine (timed once per shape, kept for the
-  process). The same products, row for row.
+  halves where, for that shape on this machine, the halves give the same bits as one call and time faster
+  (checked once per shape, kept for the process). So results never depend on the choice.
 """
 from __future__ import annotations
 
@@ -307,8 +307,9 @@ def _fastest_of_two(one, two) -> bool:
 
 
 def _splits(rows: int, inner: int, out: int, dtype: torch.dtype, bias: bool, operands) -> bool:
-    """Whether a [rows, inner] @ [inner, out] product (+ bias) goes in two row halves: timed once per shape,
-    on the tensors `operands()` returns, and kept for the process."""
+    """Whether a [rows, inner] @ [inner, out] product (+ bias) goes in two row halves: only where, on the
+    tensors `operands()` returns, the halves give the same bits as one call (so the choice never changes a
+    result, and a run stays reproducible) and time clearly faster. Decided once per shape for the process."""
     if rows < SPLIT_MIN_ROWS:
         return False
     key = (rows, inner, out, dtype, bias, torch.get_num_threads())
@@ -316,12 +317,14 @@ def _splits(rows: int, inner: int, out: int, dtype: torch.dtype, bias: bool, ope
     if split is None:
         with torch.no_grad():
             a, b, c = (None if t is None else t.detach() for t in operands())
-            split = _split_choice[key] = _fastest_of_two(lambda: _mm(a, b, c), lambda: _mm_in_halves(a, b, c))
+            same = torch.equal(_mm(a, b, c), _mm_in_halves(a, b, c))  # oneDNN may block the inner dim otherwise
+            split = same and _fastest_of_two(lambda: _mm(a, b, c), lambda: _mm_in_halves(a, b, c))
+        _split_choice[key] = split
     return split
 
 
 def split_mm(a: torch.Tensor, b: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-    """a @ b (+ bias), in two row halves where that measured faster for this shape in this process."""
+    """a @ b (+ bias), in two row halves where that gives the same bits and measured faster (see _splits)."""
     split = _splits(a.shape[0], a.shape[1], b.shape[1], a.dtype, bias is not None, lambda: (a, b, bias))
     return _mm_in_halves(a, b, bias) if split else _mm(a, b, bias)
 
