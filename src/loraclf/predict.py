@@ -25,7 +25,7 @@ def logits_for(model, tokenizer, texts: list[str], max_length: int, batch_size: 
     train.scoring_tokens). In bf16 the whole model is cast unless `full_cast` is False (train.bf16_full_eval);
     the last layer computes only the head's row unless `cls_only` is False (train.cls_only_last_layer). On CPU,
     `tune_malloc` (train.tune_malloc) fixes glibc's malloc thresholds for the process, as fit does, and
-    `split_matmuls` (train.split_cpu_matmuls) splits frozen linears' matmuls where that measured faster."""
+    `split_matmuls` (train.split_cpu_matmuls) splits frozen linears' matmuls where bit-identical and faster."""
     from .model import resolve_precision
     from .train import predict_logits
     if batch_size < 1 or max_tokens < -1:

@@ -125,7 +125,7 @@ def predict_logits(model, encoded: data_mod.Encoded, batch_size: int, pad_id: in
     they already are), so one model must not score two precisions at once. `full_cast` (bf16 only,
     train.bf16_full_eval): the whole frozen model in bf16 for the call, residual stream and LayerNorms too.
     `cls_only` (train.cls_only_last_layer): the last layer computes only the row the head reads.
-    `split_matmuls` (train.split_cpu_matmuls): on CPU, frozen linears split their matmuls where that is faster.
+    `split_matmuls` (train.split_cpu_matmuls): on CPU, frozen linears split their matmuls where bit-identical and faster.
     `pad_to_multiple`: what batch widths are rounded up to (`--levers` measures the choice)."""
     from .model import autocast
     model.eval()
