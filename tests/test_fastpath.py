@@ -388,7 +388,11 @@ def test_cls_only_last_layer_leaves_other_models_alone():
 
 # ------------------------------------------------------------------ frozen linears' matmuls in two row halves
 
-def test_split_mm_gives_the_same_product_and_times_each_shape_once(monkeypatch):
+def _choose(a, b, bias=None):
+    return fastpath._splits(a.shape[0], a.shape[1], b.shape[1], a.dtype, bias is not None, lambda: (a, b, bias))
+
+
+def test_split_halves_give_the_product_and_each_shape_is_decided_once(monkeypatch):
     timed = []
     monkeypatch.setattr(fastpath, "_split_choice", {})
     monkeypatch.setattr(fastpath, "_fastest_of_two", lambda one, two: timed.append(1) or True)
@@ -396,22 +400,23 @@ def test_split_mm_gives_the_same_product_and_times_each_shape_once(monkeypatch):
     a, b, bias = torch.randn(300, 48), torch.randn(48, 40), torch.randn(40)
     for dtype in (torch.float32, torch.bfloat16):
         x, w, c = a.to(dtype), b.to(dtype), bias.to(dtype)
-        torch.testing.assert_close(fastpath.split_mm(x, w, c), torch.addmm(c, x, w), rtol=0, atol=0)
-        torch.testing.assert_close(fastpath.split_mm(x, w), x @ w, rtol=0, atol=0)
-    fastpath.split_mm(a, b, bias)                                    # a shape already timed
-    assert len(timed) == 4 and all(fastpath._split_choice.values())
-    fastpath.split_mm(a[:100], b)                                     # too small to be worth timing
-    assert len(timed) == 4
+        torch.testing.assert_close(fastpath._mm_in_halves(x, w, c), torch.addmm(c, x, w))
+        torch.testing.assert_close(fastpath._mm_in_halves(x, w, None), x @ w)
+        assert _choose(x, w, c) == torch.equal(fastpath._mm_in_halves(x, w, c), torch.addmm(c, x, w))  # halves
+        assert _choose(x, w) == torch.equal(fastpath._mm_in_halves(x, w, None), x @ w)  # wherever bit-identical
+    n = len(timed)
+    assert _choose(a, b, bias) == _choose(a, b, bias) and len(timed) == n    # a shape already decided
+    assert not _choose(a[:100], b) and len(timed) == n                      # too small to be worth timing
 
 
-def test_split_mm_never_splits_where_the_halves_change_a_bit(monkeypatch):
+def test_split_never_chosen_where_the_halves_change_a_bit(monkeypatch):
     """The choice is timed, so it may differ between runs: it is only allowed where it cannot change a result."""
     monkeypatch.setattr(fastpath, "_split_choice", {})
     monkeypatch.setattr(fastpath, "_fastest_of_two", lambda one, two: True)
     real = fastpath._mm_in_halves
     monkeypatch.setattr(fastpath, "_mm_in_halves", lambda a, b, bias: real(a, b, bias).add_(1e-3))
     a, b = torch.randn(300, 48), torch.randn(48, 40)
-    assert torch.equal(fastpath.split_mm(a, b), a @ b)
+    assert not _choose(a, b)
     assert list(fastpath._split_choice.values()) == [False]
 
 

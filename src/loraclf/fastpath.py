@@ -323,12 +323,6 @@ def _splits(rows: int, inner: int, out: int, dtype: torch.dtype, bias: bool, ope
     return split
 
 
-def split_mm(a: torch.Tensor, b: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-    """a @ b (+ bias), in two row halves where that gives the same bits and measured faster (see _splits)."""
-    split = _splits(a.shape[0], a.shape[1], b.shape[1], a.dtype, bias is not None, lambda: (a, b, bias))
-    return _mm_in_halves(a, b, bias) if split else _mm(a, b, bias)
-
-
 class _SplitLinear(torch.autograd.Function):
     """A frozen linear layer (no weight or bias gradient): its output and its input's gradient each in two row
     halves or in one matmul, as chosen for their shapes."""
@@ -355,23 +349,27 @@ def _split_linear_forward(linear, x):
     def flat():
         return x.reshape(rows, n_in).to(dtype)
 
-    def bias_in(d):
-        return None if bias is None else bias.to(d)
-    split_out = _splits(rows, n_in, n_out, dtype, bias is not None, lambda: (flat(), weight.t(), bias_in(dtype)))
+    def bias_in():
+        return None if bias is None else bias.to(dtype)
+
+    def a_gradient():  # a stand-in for the output's gradient, from its own generator: the global one stays as it is
+        return torch.randn(rows, n_out, generator=torch.Generator().manual_seed(0)).to(dtype)
+    split_out = _splits(rows, n_in, n_out, dtype, bias is not None, lambda: (flat(), weight.t(), bias_in()))
     split_grad = torch.is_grad_enabled() and x.requires_grad and \
-        _splits(rows, n_out, n_in, dtype, False, lambda: (torch.ones(rows, n_out, dtype=dtype), weight, None))
+        _splits(rows, n_out, n_in, dtype, False, lambda: (a_gradient(), weight, None))
     if not (split_out or split_grad):
         return F.linear(x, weight, bias)  # the layer's own path, no autograd.Function around it
     with torch.autocast("cpu", enabled=False):
-        out = _SplitLinear.apply(flat(), weight, bias_in(dtype), split_out, split_grad)
+        out = _SplitLinear.apply(flat(), weight, bias_in(), split_out, split_grad)
     return out.view(*x.shape[:-1], n_out)
 
 
 @contextlib.contextmanager
 def split_cpu_matmuls(model, enabled: bool = True):
-    """Inside the block every frozen nn.Linear (its weight and bias need no gradient) computes its output,
-    and its input's gradient, with split_mm: two row halves where that measured faster (CPU only; elsewhere,
-    and where the weight is not in the compute dtype, the layer's own F.linear). Yields how many layers."""
+    """Inside the block every frozen nn.Linear (its weight and bias need no gradient) computes its output, and
+    its input's gradient, in one matmul or in two row halves, as _splits chose for each shape: halves only where
+    they give the same bits and time faster (CPU only; elsewhere, and where the weight is not in the compute
+    dtype, the layer's own F.linear). Yields how many layers."""
     linears = [m for m in model.modules() if type(m) is torch.nn.Linear and not m.weight.requires_grad
                and (m.bias is None or not m.bias.requires_grad) and "forward" not in vars(m)] if enabled else []
     for m in linears:
