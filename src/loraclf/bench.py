@@ -365,8 +365,7 @@ def run_loraclf_infer(model, cfg, tokenizer, texts, run_dir: Path) -> dict:
     tick = time.perf_counter()
     logits = predict_mod.logits_for(inf_model, inf_tok, list(texts), max_len, inf_cfg.train.eval_batch_size, "auto",
                                     max_tokens=inf_cfg.train.eval_max_tokens, full_cast=inf_cfg.train.bf16_full_eval,
-                                    cls_only=inf_cfg.train.cls_only_last_layer, tune_malloc=inf_cfg.train.tune_malloc,
-                                    split_matmuls=inf_cfg.train.split_cpu_matmuls)
+                                    cls_only=inf_cfg.train.cls_only_last_layer, tune_malloc=inf_cfg.train.tune_malloc)
     _sync(device)
     seconds = time.perf_counter() - tick
     tokens = sum(len(x) for x in inf_tok(list(texts), truncation=True, max_length=max_len)["input_ids"])
@@ -530,10 +529,10 @@ def accuracy_guard(agnews_dir: Path, train_rows: int, test_rows: int, epochs: fl
                  "epochs": epochs, "seed": seed}
     test_enc = data_mod.encode(tokenizer, test_ex, 128)
 
-    def score(model, precision="fp32", full_cast=False, cls_only=False, split=False) -> float:
+    def score(model, precision="fp32", full_cast=False, cls_only=False) -> float:
         """Plain fp32 scoring unless asked: the whole model in every layer, autocast's numbers if any."""
         logits = train_mod.predict_logits(model, test_enc, 128, tokenizer.pad_token_id, device, precision,
-                                          full_cast=full_cast, cls_only=cls_only, split_matmuls=split)
+                                          full_cast=full_cast, cls_only=cls_only)
         return metrics_mod.classification(logits, test_ex.labels, LABELS)["accuracy"]
 
     # loraclf's fast path (its defaults: precision auto, length-grouped batches)
@@ -550,7 +549,7 @@ def accuracy_guard(agnews_dir: Path, train_rows: int, test_rows: int, epochs: fl
     seconds = time.perf_counter() - tick
     out["loraclf"] = {"accuracy": score(model), "train_seconds": seconds, "steps": prog.step, "precision": precision,
                       "accuracy_as_predicted": score(model, precision, cfg.train.bf16_full_eval,
-                                                     cfg.train.cls_only_last_layer, cfg.train.split_cpu_matmuls),
+                                                     cfg.train.cls_only_last_layer),
                       "predict_precision": precision + (" (whole model)" if train_mod.casts_whole_model(
                           precision, cfg.train.bf16_full_eval) else "")}
     log(f"  guard: loraclf {100 * out['loraclf']['accuracy']:.2f}% scored in fp32, "
@@ -850,7 +849,7 @@ def levers(opts, log=None, malloc_probe: str | None = None) -> list[dict]:
         _log_lever_row(log, results[-1])
 
     def train_step_fn(model, cfg, precision="fp32", cheap_dropout=False, cast_once=False, attn=None, index=None,
-                      share=False, cls_only=False, multiple=data_mod.PAD_MULTIPLE, split=False):
+                      share=False, cls_only=False, multiple=data_mod.PAD_MULTIPLE):
         """fit's step; each fast-path lever off unless asked for (fp32, torch's dropout, loaded attention)."""
         params = [p for p in model.parameters() if p.requires_grad]
         opt = torch.optim.AdamW(params, lr=cfg.train.lr, foreach=True)
@@ -861,8 +860,7 @@ def levers(opts, log=None, malloc_probe: str | None = None) -> list[dict]:
         def step():
             batch = data_mod.collate(enc, index or train_index, tok.pad_token_id, multiple)
             with fastpath.frozen_weights_as(model, frozen_dtype), fastpath.cpu_dropout(cheap_dropout, share), \
-                    fastpath.cls_only_last_layer(model, cls_only), fastpath.attention(model, attn), \
-                    fastpath.split_cpu_matmuls(model, split):
+                    fastpath.cls_only_last_layer(model, cls_only), fastpath.attention(model, attn):
                 with model_mod.autocast(dev, precision):
                     logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
                 loss = F.cross_entropy(logits.float(), batch["labels"])
@@ -877,15 +875,14 @@ def levers(opts, log=None, malloc_probe: str | None = None) -> list[dict]:
         return model_mod.build(cfg, LABELS), cfg
 
     def infer_fn(model, batch_size, precision="fp32", max_tokens=0, encoded=None, full_cast=False, cls_only=False,
-                 multiple=data_mod.PAD_MULTIPLE, split=False):
+                 multiple=data_mod.PAD_MULTIPLE):
         """Scoring as predict does; no token cap unless asked (the scoring-batches rows measure the cap), the
-        whole model cast (train.bf16_full_eval), the first-token last layer (cls_only) and split matmuls
-        (train.split_cpu_matmuls) only where asked."""
+        whole model cast (train.bf16_full_eval) and the first-token last layer (cls_only) only where asked."""
         def go():
             with torch.inference_mode():
                 train_mod.predict_logits(model, encoded or enc, batch_size, tok.pad_token_id, torch.device("cpu"),
                                          precision, max_tokens=max_tokens, full_cast=full_cast, cls_only=cls_only,
-                                         pad_to_multiple=multiple, split_matmuls=split)
+                                         pad_to_multiple=multiple)
         return go
 
     bs = 16
@@ -934,31 +931,6 @@ def levers(opts, log=None, malloc_probe: str | None = None) -> list[dict]:
                 record(f"padding multiple ({fast} inference, merged)", f"widths to a multiple of {multiple}",
                        _timed(go, max(1, reps - 1)), len(many), "rows")
         if only == "pad-multiple":
-            return results
-    if only in ("all", "split-matmuls"):
-        # frozen linears' matmuls in two row halves where timed faster (train.split_cpu_matmuls), on fit's
-        # whole fast step (median, longest, and every length-grouped batch of the rows) and on predict's
-        # scoring; alternated, twice. The choice per shape is timed on first use, inside the warmup call.
-        groups = data_mod.length_grouped_batches(enc.lengths, bs, 0)
-
-        def fast_step(index, on):
-            return train_step_fn(model, cfg, fast, cheap_dropout=True, cast_once=True, attn=fastpath.TRAIN_ATTENTION,
-                                 index=index, cls_only=True, split=on)
-        for label, indices in (("median", [None]), ("longest", [long_index]), (f"{len(groups)} batches", groups)):
-            for _ in range(2):
-                for variant, on in (("one matmul", False), ("split where faster", True)):
-                    steps = [fast_step(ix, on) for ix in indices]
-                    record(f"split matmuls ({fast} fast train, {label})", variant,
-                           _timed(lambda: [s() for s in steps], reps), bs * len(indices), "samples")
-        merged = build()[0].merge_and_unload().eval()
-        for _ in range(2):
-            for variant, on in (("one matmul", False), ("split where faster", True)):
-                go = infer_fn(merged, 64, fast, train_mod.CPU_SCORING_TOKENS, many, full_cast=True, cls_only=True,
-                              split=on)
-                record(f"split matmuls ({fast} inference, merged)", variant, _timed(go, max(1, reps - 1)),
-                       len(many), "rows")
-        del merged
-        if only == "split-matmuls":
             return results
     # the last layer for the first token only (train.cls_only_last_layer), on fit's whole fast step and on
     # predict's scoring (merged, 2,048-token batches, whole model cast in bf16); alternated, twice
@@ -1176,9 +1148,9 @@ def _add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="extra config override for every contender")
     p.add_argument("--in-process", action="store_true", help="no subprocess per contender (peak RSS is then shared)")
     p.add_argument("--levers", action="store_true", help="measure each speed lever in isolation instead (bench/NOTES.md)")
-    p.add_argument("--lever", choices=["all", "split-matmuls", "last-layer", "pad-multiple", "malloc"], default="all",
-                   help="with --levers: every lever, or one of the latest (train.split_cpu_matmuls, "
-                        "train.cls_only_last_layer, data.PAD_MULTIPLE, train.tune_malloc in fresh processes)")
+    p.add_argument("--lever", choices=["all", "last-layer", "pad-multiple", "malloc"], default="all",
+                   help="with --levers: every lever, or one of the latest (train.cls_only_last_layer, data.PAD_MULTIPLE, "
+                        "train.tune_malloc in fresh processes)")
     p.add_argument("--malloc-probe", choices=["glibc", "tuned", "glibc-scoring", "tuned-scoring"], help=argparse.SUPPRESS)  # --levers' fresh processes
 
 

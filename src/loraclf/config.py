@@ -63,7 +63,6 @@ class TrainConfig:
     eval_max_tokens: int = -1           # padded tokens per scoring batch; -1: auto (2048 on CPU, no cap on GPU); 0: no cap
     bf16_full_eval: bool = True         # bf16 scoring casts the whole model (residual stream, LayerNorms); false: autocast's
     cls_only_last_layer: bool = True    # the last layer computes only the first token's row, the one the head reads (exact)
-    split_cpu_matmuls: bool = True      # CPU: frozen linears' matmuls in two row halves where bit-identical and faster (fastpath)
     grad_accum: int = 1
     lr: float = 2e-4
     weight_decay: float = 0.01

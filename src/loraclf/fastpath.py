@@ -20,16 +20,10 @@
   output, so that layer computes keys and values for every token (the first token attends to them all) and
   everything else (query, attention output, feed-forward) for the first token only. Exact (the same logits
   and gradients up to rounding order); training and scoring alike.
-- `split_cpu_matmuls(model)`: oneDNN runs some mid-sized bf16 matmuls on one thread of two (on the 2-core
-  AMX machine of bench/NOTES.md, [768..1472 rows] x [768 out] ran at one thread's speed, the rows of a
-  median training batch of 16). A frozen Linear's forward and input-gradient matmuls then go in two row
-  halves where, for that shape on this machine, the halves give the same bits as one call and time faster
-  (checked once per shape, kept for the process). So results never depend on the choice.
 """
 from __future__ import annotations
 
 import contextlib
-import time
 
 import torch
 import torch.nn.functional as F
@@ -272,113 +266,6 @@ def cls_only_last_layer(model, enabled: bool = True):
         yield True
     finally:
         del layer.forward
-
-
-SPLIT_MIN_ROWS = 256     # smaller matmuls are not worth timing
-SPLIT_MIN_GAIN = 1.15    # two halves must time this much faster than one call (the effect sought is ~2x)
-_split_choice: dict[tuple, bool] = {}  # (rows, inner, out, dtype, bias, threads) -> split or not
-
-
-def _mm(a: torch.Tensor, b: torch.Tensor, bias: torch.Tensor | None, out: torch.Tensor | None = None):
-    if bias is None:
-        return torch.mm(a, b, out=out)
-    return torch.addmm(bias, a, b, out=out)
-
-
-def _mm_in_halves(a, b, bias):
-    rows, half = a.shape[0], a.shape[0] // 2
-    out = torch.empty(rows, b.shape[1], dtype=a.dtype, device=a.device)
-    _mm(a[:half], b, bias, out[:half])
-    _mm(a[half:], b, bias, out[half:])
-    return out
-
-
-def _fastest_of_two(one, two) -> bool:
-    """True when `two` times at least SPLIT_MIN_GAIN faster than `one` (best of two calls each, after one)."""
-    def best(fn):
-        fn()
-        times = []
-        for _ in range(2):
-            tick = time.perf_counter()
-            fn()
-            times.append(time.perf_counter() - tick)
-        return min(times)
-    return best(one) > SPLIT_MIN_GAIN * best(two)
-
-
-def _splits(rows: int, inner: int, out: int, dtype: torch.dtype, bias: bool, operands) -> bool:
-    """Whether a [rows, inner] @ [inner, out] product (+ bias) goes in two row halves: only where, on the
-    tensors `operands()` returns, the halves give the same bits as one call (so the choice never changes a
-    result, and a run stays reproducible) and time clearly faster. Decided once per shape for the process."""
-    if rows < SPLIT_MIN_ROWS:
-        return False
-    key = (rows, inner, out, dtype, bias, torch.get_num_threads())
-    split = _split_choice.get(key)
-    if split is None:
-        with torch.no_grad():
-            a, b, c = (None if t is None else t.detach() for t in operands())
-            same = torch.equal(_mm(a, b, c), _mm_in_halves(a, b, c))  # oneDNN may block the inner dim otherwise
-            split = same and _fastest_of_two(lambda: _mm(a, b, c), lambda: _mm_in_halves(a, b, c))
-        _split_choice[key] = split
-    return split
-
-
-class _SplitLinear(torch.autograd.Function):
-    """A frozen linear layer (no weight or bias gradient): its output and its input's gradient each in two row
-    halves or in one matmul, as chosen for their shapes."""
-    @staticmethod
-    def forward(ctx, x, weight, bias, split_out: bool, split_grad: bool):
-        ctx.save_for_backward(weight.detach())  # the weight as used, even if its parameter's data is swapped back
-        ctx.split_grad = split_grad
-        return _mm_in_halves(x, weight.t(), bias) if split_out else _mm(x, weight.t(), bias)
-
-    @staticmethod
-    def backward(ctx, grad):
-        (weight,) = ctx.saved_tensors
-        grad = grad.contiguous()
-        return (_mm_in_halves(grad, weight, None) if ctx.split_grad else grad @ weight), None, None, None, None
-
-
-def _split_linear_forward(linear, x):
-    dtype = torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else x.dtype
-    weight, bias = linear.weight, linear.bias
-    if x.device.type != "cpu" or weight.dtype != dtype or weight.requires_grad or x.dim() < 2:
-        return F.linear(x, weight, bias)
-    rows, (n_out, n_in) = x.numel() // x.shape[-1], weight.shape
-
-    def flat():
-        return x.reshape(rows, n_in).to(dtype)
-
-    def bias_in():
-        return None if bias is None else bias.to(dtype)
-
-    def a_gradient():  # a stand-in for the output's gradient, from its own generator: the global one stays as it is
-        return torch.randn(rows, n_out, generator=torch.Generator().manual_seed(0)).to(dtype)
-    split_out = _splits(rows, n_in, n_out, dtype, bias is not None, lambda: (flat(), weight.t(), bias_in()))
-    split_grad = torch.is_grad_enabled() and x.requires_grad and \
-        _splits(rows, n_out, n_in, dtype, False, lambda: (a_gradient(), weight, None))
-    if not (split_out or split_grad):
-        return F.linear(x, weight, bias)  # the layer's own path, no autograd.Function around it
-    with torch.autocast("cpu", enabled=False):
-        out = _SplitLinear.apply(flat(), weight, bias_in(), split_out, split_grad)
-    return out.view(*x.shape[:-1], n_out)
-
-
-@contextlib.contextmanager
-def split_cpu_matmuls(model, enabled: bool = True):
-    """Inside the block every frozen nn.Linear (its weight and bias need no gradient) computes its output, and
-    its input's gradient, in one matmul or in two row halves, as _splits chose for each shape: halves only where
-    they give the same bits and time faster (CPU only; elsewhere, and where the weight is not in the compute
-    dtype, the layer's own F.linear). Yields how many layers."""
-    linears = [m for m in model.modules() if type(m) is torch.nn.Linear and not m.weight.requires_grad
-               and (m.bias is None or not m.bias.requires_grad) and "forward" not in vars(m)] if enabled else []
-    for m in linears:
-        m.forward = _split_linear_forward.__get__(m)
-    try:
-        yield len(linears)
-    finally:
-        for m in linears:
-            del m.forward
 
 
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # mallopt's parameter numbers (malloc.h)

@@ -137,8 +137,7 @@ def train(cfg: Config, data: list[str], out: Path, test_data: list[str] = (), pr
         pred_logits = train_mod.predict_logits(model, data_mod.encode(tokenizer, pred_ex, infer_len),
                                                cfg.train.eval_batch_size, pad, device, precision, accelerator,
                                                cfg.train.eval_max_tokens, cfg.train.bf16_full_eval,
-                                               cfg.train.cls_only_last_layer,
-                                               split_matmuls=cfg.train.split_cpu_matmuls)
+                                               cfg.train.cls_only_last_layer)
     if main:
         tmp = rundir.temp_dir(out / "adapter")
         model_mod.save(model, tmp)
@@ -174,8 +173,7 @@ def evaluate(run_dir: Path, sources: list[str], trust_pickle: bool = False, batc
     ex = load_eval_data(cfg, list(sources), label_names, trust_pickle)
     logits = predict_mod.logits_for(model, tokenizer, ex.texts, cfg.data.max_length_infer or cfg.data.max_length, batch_size,
                                     max_tokens=max_tokens, full_cast=cfg.train.bf16_full_eval,
-                                    cls_only=cfg.train.cls_only_last_layer, tune_malloc=cfg.train.tune_malloc,
-                                    split_matmuls=cfg.train.split_cpu_matmuls)
+                                    cls_only=cfg.train.cls_only_last_layer, tune_malloc=cfg.train.tune_malloc)
     m = metrics_mod.classification(logits, ex.labels, label_names)
     m["data"] = list(sources)
     name = name or Path(sources[0]).stem

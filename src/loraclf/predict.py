@@ -19,13 +19,11 @@ def device_for_inference() -> torch.device:
 
 def logits_for(model, tokenizer, texts: list[str], max_length: int, batch_size: int = 64,
                precision: str = "auto", device: torch.device | None = None, max_tokens: int = -1,
-               full_cast: bool = True, cls_only: bool = True, tune_malloc: bool = True,
-               split_matmuls: bool = True) -> np.ndarray:
+               full_cast: bool = True, cls_only: bool = True, tune_malloc: bool = True) -> np.ndarray:
     """Logits in input order; batches of at most `batch_size` rows and `max_tokens` padded tokens (-1: auto,
     train.scoring_tokens). In bf16 the whole model is cast unless `full_cast` is False (train.bf16_full_eval);
     the last layer computes only the head's row unless `cls_only` is False (train.cls_only_last_layer). On CPU,
-    `tune_malloc` (train.tune_malloc) fixes glibc's malloc thresholds for the process, as fit does, and
-    `split_matmuls` (train.split_cpu_matmuls) splits frozen linears' matmuls where bit-identical and faster."""
+    `tune_malloc` (train.tune_malloc) fixes glibc's malloc thresholds for the process, as fit does."""
     from .model import resolve_precision
     from .train import predict_logits
     if batch_size < 1 or max_tokens < -1:
@@ -39,7 +37,7 @@ def logits_for(model, tokenizer, texts: list[str], max_length: int, batch_size: 
     enc = data_mod.encode(tokenizer, data_mod.Examples(texts, None, []), max_length)
     with torch.inference_mode():
         return predict_logits(model, enc, batch_size, tokenizer.pad_token_id, device, resolve_precision(precision, device),
-                              max_tokens=max_tokens, full_cast=full_cast, cls_only=cls_only, split_matmuls=split_matmuls)
+                              max_tokens=max_tokens, full_cast=full_cast, cls_only=cls_only)
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
@@ -100,7 +98,7 @@ def run(run_dir: Path, source: str, out: Path, names: bool = False, probs: bool 
     max_len = cfg.data.max_length_infer or cfg.data.max_length
     logits = logits_for(model, tokenizer, examples.texts, max_len, batch_size, precision, max_tokens=max_tokens,
                         full_cast=cfg.train.bf16_full_eval, cls_only=cfg.train.cls_only_last_layer,
-                        tune_malloc=cfg.train.tune_malloc, split_matmuls=cfg.train.split_cpu_matmuls)
+                        tune_malloc=cfg.train.tune_malloc)
     ids = examples.ids if examples.ids is not None else list(range(len(examples)))
     rundir.write_text(Path(out), submission_csv(ids, logits, label_names, names, probs))
     return {"rows": len(ids), "out": str(out), "logits": logits, "labels": examples.labels}

@@ -80,17 +80,16 @@ def load_predictor(path, batch_size: int = 64, precision: str = "auto", threads:
                         "target_modules": list(cfg.adapter.target_modules)},
             "metrics": export._metrics_summary(path), "max_length": cfg.data.max_length_infer or cfg.data.max_length}
     return _torch_predictor(model, tokenizer, info["max_length"], labels, info, batch_size, precision,
-                            cfg.train.bf16_full_eval, cfg.train.cls_only_last_layer, cfg.train.tune_malloc,
-                            cfg.train.split_cpu_matmuls)
+                            cfg.train.bf16_full_eval, cfg.train.cls_only_last_layer, cfg.train.tune_malloc)
 
 
 def _torch_predictor(model, tokenizer, max_length, labels, info, batch_size, precision, full_cast=True,
-                     cls_only=True, tune_malloc=True, split_matmuls=True) -> Predictor:
+                     cls_only=True, tune_malloc=True) -> Predictor:
     from .predict import logits_for
 
     def fn(texts):
         return logits_for(model, tokenizer, texts, max_length, batch_size, precision, full_cast=full_cast,
-                          cls_only=cls_only, tune_malloc=tune_malloc, split_matmuls=split_matmuls)
+                          cls_only=cls_only, tune_malloc=tune_malloc)
     return Predictor(fn, labels, info | {"backend": "torch", "precision": precision})
 
 

@@ -118,14 +118,13 @@ def casts_whole_model(precision: str, full_cast: bool) -> bool:
 @torch.no_grad()
 def predict_logits(model, encoded: data_mod.Encoded, batch_size: int, pad_id: int, device, precision: str,
                    accelerator=None, max_tokens: int = -1, full_cast: bool = False, cls_only: bool = True,
-                   pad_to_multiple: int = data_mod.PAD_MULTIPLE, split_matmuls: bool = True) -> np.ndarray:
+                   pad_to_multiple: int = data_mod.PAD_MULTIPLE) -> np.ndarray:
     """Logits in input order. Batches are length-sorted, at most `batch_size` rows and (see scoring_tokens)
     `max_tokens` padded tokens; with several processes each takes a share. Under bf16/fp16 the frozen
     weights are cast once per call rather than by autocast on every batch (the same numbers; inside fit
     they already are), so one model must not score two precisions at once. `full_cast` (bf16 only,
     train.bf16_full_eval): the whole frozen model in bf16 for the call, residual stream and LayerNorms too.
     `cls_only` (train.cls_only_last_layer): the last layer computes only the row the head reads.
-    `split_matmuls` (train.split_cpu_matmuls): on CPU, frozen linears split their matmuls where bit-identical and faster.
     `pad_to_multiple`: what batch widths are rounded up to (`--levers` measures the choice)."""
     from .model import autocast
     model.eval()
@@ -134,8 +133,7 @@ def predict_logits(model, encoded: data_mod.Encoded, batch_size: int, pad_id: in
     mine = batches[rank::world]
     out_idx, out = [], []
     with fastpath.frozen_weights_as(model, fastpath.autocast_dtype(precision), casts_whole_model(precision, full_cast)), \
-            fastpath.cls_only_last_layer(model, cls_only), \
-            fastpath.split_cpu_matmuls(model, torch.device(device).type == "cpu" and split_matmuls):
+            fastpath.cls_only_last_layer(model, cls_only):
         for index in mine:
             batch = data_mod.collate(encoded, index, pad_id, pad_to_multiple)
             with autocast(device, precision):
@@ -158,8 +156,7 @@ def evaluate(model, encoded, cfg: Config, label_names, pad_id, device, precision
     if accelerator is not None:  # DDP's forward is a collective; ranks score different batch counts
         model = accelerator.unwrap_model(model)
     logits = predict_logits(model, encoded, cfg.train.eval_batch_size, pad_id, device, precision, accelerator,
-                            cfg.train.eval_max_tokens, cfg.train.bf16_full_eval, cfg.train.cls_only_last_layer,
-                            split_matmuls=cfg.train.split_cpu_matmuls)
+                            cfg.train.eval_max_tokens, cfg.train.bf16_full_eval, cfg.train.cls_only_last_layer)
     return metrics_mod.classification(logits, encoded.labels, label_names) | {"logits": logits}
 
 
@@ -208,8 +205,7 @@ def fit(model, cfg: Config, train_enc: data_mod.Encoded, val_enc: data_mod.Encod
     from tqdm.auto import tqdm
     bar = tqdm(total=total_steps, initial=prog.step, disable=not main or None, desc="train", unit="step", leave=False)
     try:
-        with frozen, fastpath.cls_only_last_layer(unwrapped, t.cls_only_last_layer), \
-                fastpath.split_cpu_matmuls(unwrapped, device.type == "cpu" and t.split_cpu_matmuls):
+        with frozen, fastpath.cls_only_last_layer(unwrapped, t.cls_only_last_layer):
             while prog.step < total_steps and not prog.stopped_early:
                 epoch_seed = t.seed + prog.epoch
                 if t.group_by_length:
