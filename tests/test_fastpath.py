@@ -166,6 +166,20 @@ def test_tune_malloc_applies_on_glibc():
     assert fastpath.tune_malloc() is (platform.libc_ver()[0] == "glibc")   # idempotent
 
 
+def test_tune_malloc_sets_the_thresholds_once_per_process(monkeypatch):
+    """Scoring calls it on every request in serve: the mallopt calls are made the first time only."""
+    import ctypes
+    import platform
+    if platform.libc_ver()[0] != "glibc":
+        pytest.skip("glibc only")
+    opened = []
+    real = ctypes.CDLL
+    monkeypatch.setattr(ctypes, "CDLL", lambda *a, **k: opened.append(1) or real(*a, **k))
+    fastpath.tune_malloc.cache_clear()
+    assert fastpath.tune_malloc() and fastpath.tune_malloc()
+    assert opened == [1]
+
+
 def test_shared_dropout_reuses_the_mask_of_the_same_unchanged_input():
     x = torch.randn(64, 32, requires_grad=True)
     with fastpath.cpu_dropout(True, share=True):
@@ -361,6 +375,7 @@ def test_cls_only_last_layer_projects_the_first_token_without_a_weight_copy_per_
         m.eval()
         m(input_ids=ids, attention_mask=mask)
     assert shapes and (ids.shape[0], hidden, hidden) not in shapes, sorted(set(shapes))
+
 
 def test_cls_only_last_layer_works_under_gradient_checkpointing():
     m = _tiny_classifier("bert", "sdpa")

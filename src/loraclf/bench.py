@@ -888,6 +888,7 @@ def levers(opts, log=None, malloc_probe: str | None = None) -> list[dict]:
     bs = 16
     fast = "bf16" if model_mod.cpu_has_native_bf16() else "fp32"  # what precision=auto picks here
     long_index = [int(i) for i in order[-bs:]]  # the longest texts: attention's share grows with length
+    many = data_mod.encode(tok, ex.subset(sample_rows(len(ex), 4 * len(enc), seed=3)), 256)  # scoring's rows
     if malloc_probe:  # under glibc's own thresholds or fastpath.tune_malloc's: fit's step with its whole fast
         # path, or (a "-scoring" probe) predict's scoring in a process that has done nothing else
         if malloc_probe.startswith("tuned") and not fastpath.tune_malloc():
@@ -895,7 +896,6 @@ def levers(opts, log=None, malloc_probe: str | None = None) -> list[dict]:
         model, cfg = build()
         if malloc_probe.endswith("-scoring"):
             merged = model.merge_and_unload().eval()
-            many = data_mod.encode(tok, ex.subset(sample_rows(len(ex), 4 * len(enc), seed=3)), 256)
             go = infer_fn(merged, 64, fast, train_mod.CPU_SCORING_TOKENS, many, full_cast=True, cls_only=True)
             record(f"glibc malloc thresholds ({fast} inference, merged)", malloc_probe.removesuffix("-scoring"),
                    _timed(go, max(1, reps - 1)), len(many), "rows")
@@ -909,7 +909,6 @@ def levers(opts, log=None, malloc_probe: str | None = None) -> list[dict]:
     if only == "malloc":
         return _malloc_probes(opts, log)
     model, cfg = build()
-    many = data_mod.encode(tok, ex.subset(sample_rows(len(ex), 4 * len(enc), seed=3)), 256)
     if only in ("all", "pad-multiple"):
         # batch widths rounded up to 8 (data.PAD_MULTIPLE) or not, on fit's whole fast step over every
         # length-grouped batch of the rows (widths vary, so rounding adds 0-7 tokens a row)

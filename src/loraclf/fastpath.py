@@ -24,6 +24,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 
 import torch
 import torch.nn.functional as F
@@ -271,13 +272,14 @@ def cls_only_last_layer(model, enabled: bool = True):
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # mallopt's parameter numbers (malloc.h)
 
 
+@functools.cache  # serve scores through logits_for on every request: the mallopt calls are made once
 def tune_malloc() -> bool:
     """glibc only: fixed malloc thresholds for CPU training and scoring (`train.tune_malloc`). By default glibc serves an
     allocation above its mmap threshold with a fresh mmap, page-faulted again on every use, and that threshold
     moves (up to the largest block freed so far, at most 32 MB), so how often a step's activations are
     page-faulted depends on the order their sizes came in. Fixed at that 32 MB maximum, with memory given
     back to the OS only above 1 GB free at the heap's top, the heap keeps and reuses them (`--levers`,
-    "glibc malloc thresholds"). Process-wide and permanent; True when it applied."""
+    "glibc malloc thresholds"). Process-wide and permanent, so set once per process; True when it applied."""
     import ctypes
     import platform
     if platform.libc_ver()[0] != "glibc":

@@ -31,8 +31,8 @@ def logits_for(model, tokenizer, texts: list[str], max_length: int, batch_size: 
                         "use a batch size of at least 1 and max tokens >= 1, 0 (no cap) or -1 (auto)")
     device = device or device_for_inference()
     if device.type == "cpu" and tune_malloc:
-        from .fastpath import tune_malloc as fix_malloc_thresholds
-        fix_malloc_thresholds()
+        from . import fastpath
+        fastpath.tune_malloc()
     model.to(device)
     enc = data_mod.encode(tokenizer, data_mod.Examples(texts, None, []), max_length)
     with torch.inference_mode():
