@@ -81,6 +81,9 @@ class TrainConfig:
     gradient_checkpointing: bool = False
     fast_dropout: bool = True           # CPU: dropout masks from 16-bit random thresholds (fastpath.py); false: torch's
     share_dropout_masks: bool = False   # with fast_dropout: LoRA modules reading the same input (q, k, v) share one mask
+    # "auto": with adapters on upper layers only, compute the frozen lower layers' outputs once, not every epoch,
+    # where that changes nothing but rounding (no dropout there; layercache.py) | "on": also without their dropout | "off"
+    cache_frozen_layers: str = "auto"
     tune_malloc: bool = True            # CPU training and scoring on glibc: fixed malloc thresholds, process-wide (fastpath.tune_malloc)
     group_by_length: bool = True
     seed: int = 42
@@ -245,6 +248,7 @@ CHOICES = {
     "train.monitor": ("val_loss", "val_accuracy", "val_macro_f1"),
     "train.class_weight": ("none", "balanced"),
     "train.precision": ("auto", "fp32", "bf16", "fp16"),
+    "train.cache_frozen_layers": ("auto", "on", "off"),
 }
 
 

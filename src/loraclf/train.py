@@ -19,6 +19,7 @@ import torch.nn.functional as F
 
 from . import data as data_mod
 from . import fastpath
+from . import layercache
 from . import metrics as metrics_mod
 from . import rundir
 from .config import Config
@@ -160,6 +161,17 @@ def evaluate(model, encoded, cfg: Config, label_names, pad_id, device, precision
     return metrics_mod.classification(logits, encoded.labels, label_names) | {"logits": logits}
 
 
+def frozen_layer_cache(model, cfg: Config, encoded: data_mod.Encoded, world: int,
+                       log=print) -> layercache.FrozenLayerCache | None:
+    """train.cache_frozen_layers: where it applies (layercache.plan), the store that keeps the frozen lower layers'
+    output for each training row from the first forward that computes it; else None."""
+    k = layercache.plan(model, cfg.train.cache_frozen_layers, int(encoded.lengths.sum()), world, log)
+    if not k:
+        return None
+    log(f"frozen layers 0-{k - 1}: their outputs are kept from the first epoch, and later epochs start at layer {k}")
+    return layercache.FrozenLayerCache(model, k, encoded.lengths)
+
+
 def fit(model, cfg: Config, train_enc: data_mod.Encoded, val_enc: data_mod.Encoded | None, label_names: list[str],
         pad_id: int, run_dir: Path, accelerator, resume: bool = False, log=print) -> Progress:
     t = cfg.train
@@ -206,6 +218,7 @@ def fit(model, cfg: Config, train_enc: data_mod.Encoded, val_enc: data_mod.Encod
     bar = tqdm(total=total_steps, initial=prog.step, disable=not main or None, desc="train", unit="step", leave=False)
     try:
         with frozen, fastpath.cls_only_last_layer(unwrapped, t.cls_only_last_layer):
+            cache = frozen_layer_cache(unwrapped, cfg, train_enc, world, log)
             while prog.step < total_steps and not prog.stopped_early:
                 epoch_seed = t.seed + prog.epoch
                 if t.group_by_length:
@@ -224,8 +237,9 @@ def fit(model, cfg: Config, train_enc: data_mod.Encoded, val_enc: data_mod.Encod
                         batch = data_mod.collate(train_enc, index, pad_id)
                         batch = {key: v.to(device, non_blocking=True) for key, v in batch.items()}
                         sync = accelerator.no_sync(model) if k < len(group) - 1 and world > 1 else _null()
+                        start = cache.forward_for(index, batch["input_ids"].shape[1], device) if cache else _null()
                         # backward inside the same attention: gradient checkpointing recomputes the forward there
-                        with sync, fastpath.cpu_dropout(cheap_dropout, t.share_dropout_masks), \
+                        with sync, start, fastpath.cpu_dropout(cheap_dropout, t.share_dropout_masks), \
                                 fastpath.attention(unwrapped, train_attn):
                             with accelerator.autocast():
                                 logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
