@@ -133,6 +133,19 @@ def _malloc_probe_variants():
     return ["glibc", "glibc", "tuned", "tuned"] * 2, ["glibc", "tuned"] * 2
 
 
+def test_levers_frozen_cache_alone_times_fit_with_and_without_it(tiny_dir, agnews_dir, tmp_path, monkeypatch):
+    from loraclf import layercache
+    fed = []
+    original = layercache.FrozenLayerCache.feeding
+    monkeypatch.setattr(layercache.FrozenLayerCache, "feeding", lambda self, *a: fed.append(1) or original(self, *a))
+    opts = _opts(tiny_dir, agnews_dir, tmp_path, infer_rows=8, repeats=1)
+    opts.lever = "frozen-cache"
+    rows = bench.levers(opts, log=lambda *a, **k: None)
+    assert [r["variant"].split("=")[1] for r in rows] == ["off", "auto", "auto", "off"] * 2     # 1 epoch, then 3
+    assert all(r["lever"].startswith("frozen layers 0-0 kept across epochs") and r["seconds"] > 0 for r in rows)
+    assert len(fed) == 2 * 2 * 2          # 32 texts, 2 batches an epoch: epochs 2 and 3 of both 3-epoch auto runs fed
+
+
 def test_levers_malloc_alone_runs_only_the_fresh_process_probes(tiny_dir, agnews_dir, tmp_path):
     opts = _opts(tiny_dir, agnews_dir, tmp_path, infer_rows=16, repeats=1)
     opts.lever = "malloc"

@@ -931,6 +931,10 @@ def levers(opts, log=None, malloc_probe: str | None = None) -> list[dict]:
                        _timed(go, max(1, reps - 1)), len(many), "rows")
         if only == "pad-multiple":
             return results
+    if only in ("all", "frozen-cache"):
+        frozen_cache_lever(build, many, tok.pad_token_id, record, fastpath._transformers_model(model).config.num_hidden_layers)
+        if only == "frozen-cache":
+            return results
     # the last layer for the first token only (train.cls_only_last_layer), on fit's whole fast step and on
     # predict's scoring (merged, 2,048-token batches, whole model cast in bf16); alternated, twice
     for label, index in (("median", None), ("longest", long_index)):
@@ -1091,6 +1095,27 @@ def levers(opts, log=None, malloc_probe: str | None = None) -> list[dict]:
     return results + _malloc_probes(opts, log)
 
 
+def frozen_cache_lever(build, encoded, pad_id: int, record, n_layers: int) -> None:
+    """train.cache_frozen_layers: `fit` itself (its whole fast path) with preset A's LoRA on the top third of the layers
+    (roberta-base: 8-11) and no encoder dropout, for 1 and 3 epochs over `encoded`, off against auto; alternated,
+    twice, the order swapped. Time is fit's own step timing (the first epoch's keeping included); a fresh model
+    each run."""
+    import tempfile
+    bs = 16
+    n = len(encoded) // bs * bs
+    k = n_layers - max(1, n_layers // 3)
+    with tempfile.TemporaryDirectory() as tmp:
+        for epochs in (1, 3):
+            for order in (("off", "auto"), ("auto", "off")):
+                for choice in order:
+                    model, cfg = build([f"adapter.layers={','.join(map(str, range(k, n_layers)))}", "model.encoder_dropout=0",
+                                        f"train.epochs={epochs}", f"train.cache_frozen_layers={choice}"])
+                    res = run_loraclf_train(model, cfg, encoded, pad_id, 0, n // bs, Path(tmp) / f"{choice}-{epochs}")
+                    record(f"frozen layers 0-{k - 1} kept across epochs ({res['precision']} fit, top {n_layers - k} layers "
+                           f"adapted, {epochs} epoch{'s' if epochs > 1 else ''} of {n} texts)",
+                           f"cache_frozen_layers={choice}", res["seconds"], res["samples"], "samples")
+
+
 def _malloc_probes(opts, log) -> list[dict]:
     """malloc thresholds are process-wide and permanent: one fresh process per variant, alternating, twice;
     for fit's step, then for predict's scoring."""
@@ -1147,9 +1172,9 @@ def _add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="extra config override for every contender")
     p.add_argument("--in-process", action="store_true", help="no subprocess per contender (peak RSS is then shared)")
     p.add_argument("--levers", action="store_true", help="measure each speed lever in isolation instead (bench/NOTES.md)")
-    p.add_argument("--lever", choices=["all", "last-layer", "pad-multiple", "malloc"], default="all",
+    p.add_argument("--lever", choices=["all", "last-layer", "pad-multiple", "malloc", "frozen-cache"], default="all",
                    help="with --levers: every lever, or one of the latest (train.cls_only_last_layer, data.PAD_MULTIPLE, "
-                        "train.tune_malloc in fresh processes)")
+                        "train.tune_malloc in fresh processes, train.cache_frozen_layers)")
     p.add_argument("--malloc-probe", choices=["glibc", "tuned", "glibc-scoring", "tuned-scoring"], help=argparse.SUPPRESS)  # --levers' fresh processes
 
 
