@@ -146,6 +146,14 @@ def test_levers_frozen_cache_alone_times_fit_with_and_without_it(tiny_dir, agnew
     assert len(fed) == 2 * 2 * 2          # 32 texts, 2 batches an epoch: epochs 2 and 3 of both 3-epoch auto runs fed
 
 
+def test_levers_tokenize_alone_times_tokenizing_against_reading_ids(tiny_dir, agnews_dir, tmp_path):
+    opts = _opts(tiny_dir, agnews_dir, tmp_path, repeats=1)
+    opts.lever = "tokenize"
+    rows = bench.levers(opts, log=lambda *a, **k: None)   # (the lever itself checks the ids read back are the same)
+    assert [r["variant"] for r in rows] == ["tokenize (fast tokenizer)", "read token ids from disk"]
+    assert all(r["lever"] == "pre-tokenized data (7,600 texts, max length 256)" and r["rows_per_s"] > 0 for r in rows)
+
+
 def test_levers_malloc_alone_runs_only_the_fresh_process_probes(tiny_dir, agnews_dir, tmp_path):
     opts = _opts(tiny_dir, agnews_dir, tmp_path, infer_rows=16, repeats=1)
     opts.lever = "malloc"

@@ -70,3 +70,12 @@ def test_predict_on_missing_run(tmp_path, capsys):
 def test_every_command_is_registered():
     actions = [a for a in cli.parser()._actions if a.dest == "command"][0]
     assert {"train", "evaluate", "predict", "plan", "presets", "report", "compare", "export", "serve", "bench"} <= set(actions.choices)
+
+
+def test_runs_in_one_process_may_use_different_precisions():
+    """Accelerate keeps one mixed-precision setting per process; a second run (the Python API, the benchmark)
+    that wants another gets it instead of accelerate's "already been initialized" error."""
+    from loraclf import train
+    assert train.make_accelerator("bf16", "cpu").mixed_precision == "bf16"
+    assert train.make_accelerator("fp32", "cpu").mixed_precision == "no"
+    assert train.make_accelerator("fp32", "cpu").mixed_precision == "no"

@@ -184,14 +184,13 @@ def split_parts(rows: list[int], lengths, parts: int) -> list[list[int]]:
 def run_loraclf_train(model, cfg, enc, pad_id, warmup_steps: int, steps: int, run_dir: Path) -> dict:
     """train.fit on warmup_steps batches (not timed), then on `steps` batches: fit's own step timing."""
     import torch
-    from accelerate import Accelerator
     from . import data as data_mod
     from . import model as model_mod
     from . import train as train_mod
     bs = cfg.train.batch_size
     device_type = "cuda" if torch.cuda.is_available() else "cpu"
     precision = model_mod.resolve_precision(cfg.train.precision, torch.device(device_type))
-    accelerator = Accelerator(mixed_precision={"fp32": "no"}.get(precision, precision), cpu=device_type == "cpu")
+    accelerator = train_mod.make_accelerator(precision, device_type)
     quiet = lambda *a, **k: None  # noqa: E731
     n = len(enc)
     if warmup_steps:
@@ -501,7 +500,6 @@ def accuracy_guard(agnews_dir: Path, train_rows: int, test_rows: int, epochs: fl
     same fp32 evaluation on the same test rows, and loraclf's model also at predict's precision (auto, and
     bf16_full_eval's whole-model cast; the adapter unmerged here, where predict merges it): each within 0.5
     points of the plain loop."""
-    from accelerate import Accelerator
     from transformers import AutoTokenizer
     from . import config as config_mod
     from . import data as data_mod
@@ -539,7 +537,7 @@ def accuracy_guard(agnews_dir: Path, train_rows: int, test_rows: int, epochs: fl
     cfg = config_mod.load(PRESET, None, common + ["train.precision=auto"])
     train_mod.seed_everything(seed)
     precision = model_mod.resolve_precision(cfg.train.precision, device)
-    acc = Accelerator(mixed_precision={"fp32": "no"}.get(precision, precision), cpu=device.type == "cpu")
+    acc = train_mod.make_accelerator(precision, device.type)
     model = model_mod.build(cfg, LABELS)
     enc = data_mod.encode(tokenizer, train_ex, cfg.data.max_length)
     tick = time.perf_counter()
@@ -931,6 +929,10 @@ def levers(opts, log=None, malloc_probe: str | None = None) -> list[dict]:
                        _timed(go, max(1, reps - 1)), len(many), "rows")
         if only == "pad-multiple":
             return results
+    if only in ("all", "tokenize"):
+        tokenize_lever(tok, ex, record, reps)
+        if only == "tokenize":
+            return results
     if only in ("all", "frozen-cache"):
         frozen_cache_lever(build, many, tok.pad_token_id, record, fastpath._transformers_model(model).config.num_hidden_layers)
         if only == "frozen-cache":
@@ -1095,6 +1097,29 @@ def levers(opts, log=None, malloc_probe: str | None = None) -> list[dict]:
     return results + _malloc_probes(opts, log)
 
 
+def tokenize_lever(tok, examples, record, reps: int) -> None:
+    """Pre-tokenized data: `fit` tokenizes each run's texts once (data.encode), not per epoch. What an on-disk cache
+    of the token ids would save a run: tokenizing every text against reading the ids back from one .npz
+    (flat ids and offsets, split back into the per-text lists data.Encoded holds)."""
+    import tempfile
+    from . import data as data_mod
+    encode = lambda: data_mod.encode(tok, examples, 256)  # noqa: E731
+    ids = encode().input_ids
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "ids.npz"
+        np.savez(path, flat=np.fromiter((t for row in ids for t in row), np.int32),
+                 offsets=np.cumsum([0] + [len(row) for row in ids]))
+
+        def read():
+            z = np.load(path)
+            flat, offsets = z["flat"], z["offsets"]
+            return [flat[a:b].tolist() for a, b in zip(offsets[:-1], offsets[1:])]
+        assert read() == ids
+        lever = f"pre-tokenized data ({len(examples):,} texts, max length 256)"
+        record(lever, "tokenize (fast tokenizer)", _timed(encode, reps), len(examples), "rows")
+        record(lever, "read token ids from disk", _timed(read, reps), len(examples), "rows")
+
+
 def frozen_cache_lever(build, encoded, pad_id: int, record, n_layers: int) -> None:
     """train.cache_frozen_layers: `fit` itself (its whole fast path) with preset A's LoRA on the top third of the layers
     (roberta-base: 8-11) and no encoder dropout, for 1 and 3 epochs over `encoded`, off against auto; alternated,
@@ -1172,9 +1197,9 @@ def _add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="extra config override for every contender")
     p.add_argument("--in-process", action="store_true", help="no subprocess per contender (peak RSS is then shared)")
     p.add_argument("--levers", action="store_true", help="measure each speed lever in isolation instead (bench/NOTES.md)")
-    p.add_argument("--lever", choices=["all", "last-layer", "pad-multiple", "malloc", "frozen-cache"], default="all",
-                   help="with --levers: every lever, or one of the latest (train.cls_only_last_layer, data.PAD_MULTIPLE, "
-                        "train.tune_malloc in fresh processes, train.cache_frozen_layers)")
+    p.add_argument("--lever", choices=["all", "last-layer", "pad-multiple", "malloc", "frozen-cache", "tokenize"],
+                   default="all", help="with --levers: every lever, or one of the latest (train.cls_only_last_layer, "
+                   "data.PAD_MULTIPLE, train.tune_malloc in fresh processes, train.cache_frozen_layers, pre-tokenized data)")
     p.add_argument("--malloc-probe", choices=["glibc", "tuned", "glibc-scoring", "tuned-scoring"], help=argparse.SUPPRESS)  # --levers' fresh processes
 
 

@@ -49,7 +49,6 @@ def environment(device) -> dict:
 
 def train(cfg: Config, data: list[str], out: Path, test_data: list[str] = (), predict_data: str | None = None,
           resume: bool = False, overwrite: bool = False, trust_pickle: bool = False, log=print) -> dict:
-    from accelerate import Accelerator
     from transformers import AutoTokenizer
 
     out = Path(out)
@@ -66,8 +65,7 @@ def train(cfg: Config, data: list[str], out: Path, test_data: list[str] = (), pr
     train_mod.seed_everything(cfg.train.seed)
     device_type = "cuda" if torch.cuda.is_available() else "cpu"
     precision = model_mod.resolve_precision(cfg.train.precision, torch.device(device_type))
-    # cpu=True lets `accelerate launch --multi_gpu --num_processes N` run N gloo processes without a GPU
-    accelerator = Accelerator(mixed_precision={"fp32": "no"}.get(precision, precision), cpu=device_type == "cpu")
+    accelerator = train_mod.make_accelerator(precision, device_type)
     main = accelerator.is_main_process
     log = log if main else (lambda *a, **k: None)
 

@@ -161,6 +161,21 @@ def evaluate(model, encoded, cfg: Config, label_names, pad_id, device, precision
     return metrics_mod.classification(logits, encoded.labels, label_names) | {"logits": logits}
 
 
+def make_accelerator(precision: str, device_type: str):
+    """Accelerate's Accelerator for `precision` ("fp32" | "bf16" | "fp16"). Accelerate keeps one mixed-precision
+    setting per process and refuses another, so a second run in the same process (the Python API, the benchmark)
+    that wants a different one would stop with its error; outside a multi-process launch the old state is reset.
+    cpu=True lets `accelerate launch --multi_gpu --num_processes N` run N gloo processes without a GPU."""
+    import os
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
+    mixed = {"fp32": "no"}.get(precision, precision)
+    if AcceleratorState._shared_state and int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        if AcceleratorState._shared_state.get("_mixed_precision", mixed) != mixed:
+            AcceleratorState._reset_state(reset_partial_state=True)
+    return Accelerator(mixed_precision=mixed, cpu=device_type == "cpu")
+
+
 def frozen_layer_cache(model, cfg: Config, encoded: data_mod.Encoded, world: int,
                        log=print) -> layercache.FrozenLayerCache | None:
     """train.cache_frozen_layers: where it applies (layercache.plan), the store that keeps the frozen lower layers'
