@@ -156,7 +156,9 @@ def _train(tmp_path, model_dir, name, *overrides):
     return load_file(str(next((tmp_path / name).rglob("adapter_model.safetensors")))), lines
 
 
-def test_fit_with_the_cache_trains_as_without_it(tmp_path, tiny_roberta, monkeypatch):
+@pytest.mark.parametrize("checkpointing", [False, True])
+def test_fit_with_the_cache_trains_as_without_it(tmp_path, tiny_roberta, monkeypatch, checkpointing):
+    flag = f"train.gradient_checkpointing={str(checkpointing).lower()}"
     calls = {"keeping": 0, "feeding": 0}
     for name in calls:
         original = getattr(layercache.FrozenLayerCache, name)
@@ -165,9 +167,9 @@ def test_fit_with_the_cache_trains_as_without_it(tmp_path, tiny_roberta, monkeyp
             calls[_name] += 1
             return _original(self, *a, **kw)
         monkeypatch.setattr(layercache.FrozenLayerCache, name, counted)
-    cached, log_cached = _train(tmp_path, tiny_roberta, "cached")
+    cached, log_cached = _train(tmp_path, tiny_roberta, "cached", flag)
     assert calls["keeping"] == calls["feeding"] > 0    # epoch 1 keeps each batch's rows, epoch 2 starts at layer 1
-    plain, log_plain = _train(tmp_path, tiny_roberta, "plain", "train.cache_frozen_layers=off")
+    plain, log_plain = _train(tmp_path, tiny_roberta, "plain", flag, "train.cache_frozen_layers=off")
     assert calls["keeping"] == calls["feeding"]
     assert any("frozen layers 0-0: their outputs are kept" in line for line in log_cached)
     assert not any("are kept" in line for line in log_plain)

@@ -22,7 +22,6 @@ import torch
 from . import fastpath
 from .errors import UserError
 
-CHOICES = ("auto", "on", "off")
 MAX_MEMORY_FRACTION = 0.5  # of physical memory: a larger cache is skipped (auto) or refused (on)
 
 
