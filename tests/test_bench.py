@@ -205,12 +205,10 @@ def test_cuda_train_step_and_predict(tiny_dir, agnews_dir, tmp_path, precision):
     """One loraclf training step and one predict on the GPU under fp16/bf16 autocast."""
     if precision == "bf16" and not torch.cuda.is_bf16_supported():
         pytest.skip("this GPU has no bf16")
-    from accelerate.state import AcceleratorState
     from transformers import AutoTokenizer
     from loraclf import data as data_mod
     from loraclf import model as model_mod
     from loraclf import predict as predict_mod
-    AcceleratorState._reset_state(reset_partial_state=True)  # one mixed-precision setting per process otherwise
     ex = data_mod.load(str(Path(agnews_dir) / "test.csv"), label_names=bench.LABELS).subset(range(32))
     tok = AutoTokenizer.from_pretrained(str(tiny_dir))
     cfg = bench.bench_config(str(tiny_dir), "loraclf", [f"data.max_length={TINY_MAX}", f"train.precision={precision}"])
@@ -222,3 +220,23 @@ def test_cuda_train_step_and_predict(tiny_dir, agnews_dir, tmp_path, precision):
     assert next(model.parameters()).device.type == "cuda"
     logits = predict_mod.logits_for(model, tok, ex.texts[:8], TINY_MAX, 4, precision, torch.device("cuda"))
     assert logits.shape == (8, 4) and torch.isfinite(torch.from_numpy(logits)).all()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU: the GPU path is tested only where one exists")
+def test_cuda_fit_starts_later_epochs_at_the_kept_layer(tiny_dir, agnews_dir, tmp_path, monkeypatch):
+    """train.cache_frozen_layers on the GPU: kept on the CPU, copied to the device for each later forward."""
+    from transformers import AutoTokenizer
+    from loraclf import data as data_mod
+    from loraclf import layercache
+    from loraclf import model as model_mod
+    fed = []
+    original = layercache.FrozenLayerCache.feeding
+    monkeypatch.setattr(layercache.FrozenLayerCache, "feeding", lambda self, *a: fed.append(a[-1]) or original(self, *a))
+    ex = data_mod.load(str(Path(agnews_dir) / "test.csv"), label_names=bench.LABELS).subset(range(32))
+    tok = AutoTokenizer.from_pretrained(str(tiny_dir))
+    cfg = bench.bench_config(str(tiny_dir), "loraclf", [f"data.max_length={TINY_MAX}", "adapter.layers=1",
+                                                         "model.encoder_dropout=0", "train.epochs=2"])
+    model = model_mod.build(cfg, bench.LABELS)
+    r = bench.run_loraclf_train(model, cfg, data_mod.encode(tok, ex, TINY_MAX), tok.pad_token_id, 0, 2, tmp_path)
+    assert r["steps"] == 4 and len(fed) == 2 and all(d.type == "cuda" for d in fed)
+    assert all(torch.isfinite(p).all() for p in model.parameters() if p.requires_grad)
