@@ -134,14 +134,27 @@ def test_plan_leaves_dropout_alone_unless_told(tiny_roberta):
     assert "without their dropout" in notes[1]
 
 
-def test_plan_refuses_a_cache_larger_than_half_the_memory(tiny_roberta, monkeypatch):
+def test_plan_keeps_the_cache_within_the_memory_there_is(tiny_roberta, monkeypatch):
     m, _, _ = _model_and_rows(tiny_roberta, "adapter.layers=1")
-    monkeypatch.setattr(layercache, "physical_memory_bytes", lambda: 1 << 20)
-    n = (1 << 20) // (32 * 4)  # hidden 32, fp32: exactly 1 MiB, over half of the 1 MiB "machine"
-    assert layercache.plan(m, "auto", n) == 0
+    per_token = 32 * 4                                           # hidden 32, fp32
+    monkeypatch.setattr(layercache, "memory_bytes", lambda: (1 << 30, 1 << 20))   # 1 GiB, of which 1 MiB available
+    notes = []
+    assert layercache.plan(m, "auto", (1 << 19) // per_token, log=notes.append) == 1       # half of the available
+    assert layercache.plan(m, "auto", (1 << 19) // per_token + 1, log=notes.append) == 0
+    assert "recomputed every epoch" in notes[-1] and "GiB allowed here" in notes[-1]
     with pytest.raises(UserError, match="data.max_train_samples"):
-        layercache.plan(m, "on", n)
-    assert layercache.plan(m, "auto", n // 4) == 1
+        layercache.plan(m, "on", (1 << 19) // per_token + 1)
+    monkeypatch.setattr(layercache, "memory_bytes", lambda: (1 << 22, 1 << 22))   # 4 MiB, all available
+    assert layercache.plan(m, "auto", (1 << 20) // per_token) == 1                       # a quarter of the total
+    assert layercache.plan(m, "auto", (1 << 20) // per_token + 1) == 0
+    assert layercache.plan(m, "on", (1 << 21) // per_token) == 1                         # on: half of the available
+    monkeypatch.setattr(layercache, "memory_bytes", lambda: (None, None))           # unknown: no limit
+    assert layercache.plan(m, "auto", 1 << 40) == 1
+
+
+def test_memory_bytes_reads_this_machine():
+    total, available = layercache.memory_bytes()
+    assert total is None or 0 < available <= total
 
 
 def _train(tmp_path, model_dir, name, *overrides):

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -22,7 +23,9 @@ import torch
 from . import fastpath
 from .errors import UserError
 
-MAX_MEMORY_FRACTION = 0.5  # of physical memory: a larger cache is skipped (auto) or refused (on)
+# the most the kept outputs may take: auto, a quarter of the machine's memory and half of what is available now;
+# on, half of what is available. A larger cache is skipped (auto) or refused (on).
+AUTO_OF_TOTAL, OF_AVAILABLE = 0.25, 0.5
 
 
 def _identity_layer(hidden_states, *args, **kwargs):
@@ -60,18 +63,26 @@ def _dropout_in(modules) -> float:
     return max((m.p for part in modules for m in part.modules() if isinstance(m, torch.nn.Dropout)), default=0.0)
 
 
-def physical_memory_bytes() -> int | None:
+def memory_bytes() -> tuple[int | None, int | None]:
+    """(total, available) memory in bytes: /proc/meminfo's MemTotal and MemAvailable (free memory plus what the
+    page cache would give back), else sysconf's physical and free pages, else (None, None)."""
     try:
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+        info = dict(line.split(":", 1) for line in Path("/proc/meminfo").read_text().splitlines() if ":" in line)
+        return int(info["MemTotal"].split()[0]) * 1024, int(info["MemAvailable"].split()[0]) * 1024
+    except (OSError, KeyError, ValueError):
+        pass
+    try:
+        page = os.sysconf("SC_PAGE_SIZE")
+        return page * os.sysconf("SC_PHYS_PAGES"), page * os.sysconf("SC_AVPHYS_PAGES")
     except (ValueError, OSError, AttributeError):
-        return None
+        return None, None
 
 
 def plan(model, choice: str, n_tokens: int, world: int = 1, log=print) -> int:
     """How many lower layers to cache (0: none) for `train.cache_frozen_layers` = choice. auto caches where it
     changes nothing but rounding: single process, every trainable parameter above layer 0, no dropout in the
-    cached layers, and the cache within MAX_MEMORY_FRACTION of memory. on also runs cached layers that have
-    dropout without it, and says why where it cannot cache at all."""
+    cached layers, and the cache within AUTO_OF_TOTAL of memory and OF_AVAILABLE of what is available. on also
+    runs cached layers that have dropout without it, and says why where it cannot cache at all."""
     if choice == "off":
         return 0
     on = choice == "on"
@@ -97,11 +108,18 @@ def plan(model, choice: str, n_tokens: int, world: int = 1, log=print) -> int:
             "train.cache_frozen_layers=on caches their outputs and runs them without it")
         return 0
     hidden = fastpath._transformers_model(model).config.hidden_size
-    need, total = n_tokens * hidden * 4, physical_memory_bytes()
-    if total and need > MAX_MEMORY_FRACTION * total:
-        return skip(f"the outputs of layers 0-{k - 1} for {n_tokens:,} tokens need {need / 2**30:.1f} GiB, more than "
-                    f"{MAX_MEMORY_FRACTION:.0%} of this machine's {total / 2**30:.1f} GiB",
-                    "train on fewer rows (data.max_train_samples), shorter texts (data.max_length), or set it to auto or off")
+    need, (total, available) = n_tokens * hidden * 4, memory_bytes()
+    if total is not None:
+        limit = OF_AVAILABLE * available if on else min(AUTO_OF_TOTAL * total, OF_AVAILABLE * available)
+        if need > limit:
+            if on:
+                raise UserError(f"train.cache_frozen_layers=on: the outputs of layers 0-{k - 1} for {n_tokens:,} tokens "
+                                f"need {need / 2**30:.1f} GiB, more than half of the {available / 2**30:.1f} GiB of "
+                                "memory available now", "train on fewer rows (data.max_train_samples), shorter texts "
+                                "(data.max_length), or set it to auto or off")
+            log(f"note: frozen layers 0-{k - 1} are recomputed every epoch: keeping their outputs for {n_tokens:,} "
+                f"tokens would take {need / 2**30:.1f} GiB, more than the {limit / 2**30:.1f} GiB allowed here")
+            return 0
     if p > 0:
         log(f"note: frozen layers 0-{k - 1} run without their dropout (p={p:g}): train.cache_frozen_layers=on")
     return k
