@@ -209,20 +209,26 @@ FIRST_TOKEN_CLASSIFIERS = ("BertForSequenceClassification", "RobertaForSequenceC
 FIRST_TOKEN_ATTENTION = ("eager", "sdpa", TRAIN_ATTENTION)
 
 
-def _last_layer_if_supported(model):
-    """The last encoder layer where cls_only_last_layer applies, else None."""
+def bert_family_layers(model):
+    """(the encoder body, its layers) of a FIRST_TOKEN_CLASSIFIERS encoder on transformers 5, whose layers take and
+    return the hidden states as one tensor; else None. What cls_only_last_layer and layercache build on."""
     import transformers
     base = _transformers_model(model)
     if type(base).__name__ not in FIRST_TOKEN_CLASSIFIERS or int(transformers.__version__.split(".")[0]) < 5:
         return None  # transformers 4's layers return tuples and take other arguments
-    config = base.config
-    if config.is_decoder or getattr(config, "_attn_implementation", None) not in FIRST_TOKEN_ATTENTION:
+    if base.config.is_decoder:
         return None
-    encoder = getattr(getattr(base, base.base_model_prefix, None), "encoder", None)
-    layers = getattr(encoder, "layer", None)
-    if not layers:
+    body = getattr(base, base.base_model_prefix, None)
+    layers = getattr(getattr(body, "encoder", None), "layer", None)
+    return (body, layers) if layers else None
+
+
+def _last_layer_if_supported(model):
+    """The last encoder layer where cls_only_last_layer applies, else None."""
+    found = bert_family_layers(model)
+    if found is None or getattr(_transformers_model(model).config, "_attn_implementation", None) not in FIRST_TOKEN_ATTENTION:
         return None
-    layer = layers[-1]
+    layer = found[1][-1]
     attn = getattr(layer, "attention", None)
     parts = (getattr(getattr(attn, "self", None), name, None) for name in ("query", "key", "value", "scaling"))
     if not all(x is not None for x in parts) or not hasattr(layer, "feed_forward_chunk") or hasattr(layer, "crossattention"):

@@ -33,19 +33,10 @@ def _identity_layer(hidden_states, *args, **kwargs):
 
 
 def encoder_parts(model):
-    """(embeddings, encoder layers) of a BERT-family classifier on transformers 5 (its layers take and return
-    the hidden states as one tensor), else None."""
-    import transformers
-    base = fastpath._transformers_model(model)
-    if type(base).__name__ not in fastpath.FIRST_TOKEN_CLASSIFIERS or int(transformers.__version__.split(".")[0]) < 5:
-        return None
-    if base.config.is_decoder:
-        return None
-    body = getattr(base, base.base_model_prefix, None)
-    embeddings, layers = getattr(body, "embeddings", None), getattr(getattr(body, "encoder", None), "layer", None)
-    if embeddings is None or not layers:
-        return None
-    return embeddings, layers
+    """(embeddings, encoder layers) of a BERT-family classifier (fastpath.bert_family_layers), else None."""
+    found = fastpath.bert_family_layers(model)
+    embeddings = getattr(found[0], "embeddings", None) if found else None
+    return (embeddings, found[1]) if embeddings is not None else None
 
 
 def lowest_trainable_layer(embeddings, layers) -> int:

@@ -170,9 +170,9 @@ def make_accelerator(precision: str, device_type: str):
     from accelerate import Accelerator
     from accelerate.state import AcceleratorState
     mixed = {"fp32": "no"}.get(precision, precision)
-    if AcceleratorState._shared_state and int(os.environ.get("WORLD_SIZE", "1")) <= 1:
-        if AcceleratorState._shared_state.get("_mixed_precision", mixed) != mixed:
-            AcceleratorState._reset_state(reset_partial_state=True)
+    state = AcceleratorState._shared_state
+    if state and state.get("_mixed_precision", mixed) != mixed and int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        AcceleratorState._reset_state(reset_partial_state=True)
     return Accelerator(mixed_precision=mixed, cpu=device_type == "cpu")
 
 
