@@ -200,7 +200,6 @@ def test_shared_dropout_reuses_the_mask_of_the_same_unchanged_input():
 
 @pytest.mark.parametrize("fast,share", [(True, False), (True, True), (False, False)])
 def test_fit_runs_the_fast_path_and_leaves_fp32_weights(tmp_path, tiny_bert, monkeypatch, fast, share):
-    from accelerate import Accelerator
     from loraclf import data as data_mod
     from loraclf import train
     from transformers import AutoTokenizer
@@ -216,7 +215,7 @@ def test_fit_runs_the_fast_path_and_leaves_fp32_weights(tmp_path, tiny_bert, mon
     tok = AutoTokenizer.from_pretrained(str(tiny_bert))
     ex = data_mod.Examples([f"text number {i}" for i in range(32)], [i % 4 for i in range(32)], LABELS)
     enc = data_mod.encode(tok, ex, 32)
-    prog = train.fit(m, cfg, enc, enc, LABELS, tok.pad_token_id, tmp_path, Accelerator(mixed_precision="bf16", cpu=True),
+    prog = train.fit(m, cfg, enc, enc, LABELS, tok.pad_token_id, tmp_path, train.make_accelerator("bf16", "cpu"),
                      log=lambda *a, **k: None)
     assert prog.step == 4
     # per step: embeddings, 2 layers x (attention probs, 2 hidden, LoRA on query and value: one mask shared, except
@@ -230,7 +229,6 @@ def test_fit_runs_the_fast_path_and_leaves_fp32_weights(tmp_path, tiny_bert, mon
 
 
 def test_fit_and_scoring_run_the_last_layer_for_the_first_token_only(tmp_path, tiny_bert):
-    from accelerate import Accelerator
     from loraclf import data as data_mod
     from loraclf import train
     from transformers import AutoTokenizer
@@ -243,7 +241,7 @@ def test_fit_and_scoring_run_the_last_layer_for_the_first_token_only(tmp_path, t
         rows = []
         m.get_base_model().bert.encoder.layer[-1].intermediate.register_forward_hook(
             lambda mod, args, out: rows.append(out.shape[1]))
-        train.fit(m, cfg, enc, enc, LABELS, tok.pad_token_id, tmp_path / str(flag), Accelerator(cpu=True),
+        train.fit(m, cfg, enc, enc, LABELS, tok.pad_token_id, tmp_path / str(flag), train.make_accelerator("fp32", "cpu"),
                   log=lambda *a, **k: None)
         assert rows and (set(rows) == {1}) == flag                  # training steps and validation scoring alike_frozen_weights_once_with_identical_logits(tiny_bert):
     from loraclf import data as data_mod
