@@ -191,6 +191,15 @@ def test_fit_with_the_cache_trains_as_without_it(tmp_path, tiny_roberta, monkeyp
         torch.testing.assert_close(cached[name], w, rtol=1e-4, atol=1e-5)
 
 
+def test_train_refuses_on_where_it_cannot_cache_before_writing_the_run(tmp_path, tiny_roberta):
+    train = tmp_path / "train.csv"
+    train.write_text("label,text\n" + "".join(f"{i % 4},text number {i}\n" for i in range(24)))
+    cfg = tiny_config(tiny_roberta, "model.encoder_dropout=0", "train.cache_frozen_layers=on")   # every layer adapted
+    with pytest.raises(UserError, match="adapter.layers"):
+        pipeline.train(cfg, [str(train)], tmp_path / "run", log=lambda *a, **k: None)
+    assert not (tmp_path / "run" / "config.json").exists()
+
+
 def test_cache_frozen_layers_is_a_checked_choice(tiny_roberta):
     with pytest.raises(UserError, match="cache_frozen_layers"):
         tiny_config(tiny_roberta, "train.cache_frozen_layers=yes")

@@ -13,6 +13,7 @@ import torch
 
 from . import budget as budget_mod
 from . import data as data_mod
+from . import layercache
 from . import metrics as metrics_mod
 from . import model as model_mod
 from . import predict as predict_mod
@@ -94,6 +95,8 @@ def train(cfg: Config, data: list[str], out: Path, test_data: list[str] = (), pr
     built = budget_mod.count(model)
     if built.trainable != expected.trainable or built.total != expected.total:
         raise RuntimeError(f"budget accounting bug: planned {expected.to_dict()}, built {built.to_dict()}")
+    if cfg.train.cache_frozen_layers == "on":  # refuses where it cannot cache: say so before the run's files are written
+        layercache.plan(model, "on", int(train_enc.lengths.sum()), accelerator.num_processes, log=lambda *a, **k: None)
     if main and not resume:
         rundir.write_json(out / "config.json", cfg.to_dict() | {"format_version": rundir.FORMAT_VERSION})
         rundir.write_json(out / "labels.json", label_names)
