@@ -240,3 +240,22 @@ def test_cuda_fit_starts_later_epochs_at_the_kept_layer(tiny_dir, agnews_dir, tm
     r = bench.run_loraclf_train(model, cfg, data_mod.encode(tok, ex, TINY_MAX), tok.pad_token_id, 0, 2, tmp_path)
     assert r["steps"] == 4 and len(fed) == 2 and all(d.type == "cuda" for d in fed)
     assert all(torch.isfinite(p).all() for p in model.parameters() if p.requires_grad)
+
+
+def test_gpu_script_parses_and_passes_only_flags_bench_knows():
+    """bench/gpu.sh runs only on a lent GPU machine, so a typo there would surface only after the device time is
+    spent: its shell syntax and every flag it gives `python -m loraclf.bench` are checked here."""
+    import re
+    import shutil
+    import subprocess
+    script = Path(__file__).resolve().parents[1] / "bench" / "gpu.sh"
+    if shutil.which("bash"):
+        assert subprocess.run(["bash", "-n", str(script)]).returncode == 0
+    parser = argparse.ArgumentParser()
+    bench._add_args(parser)
+    known = {s for a in parser._actions for s in a.option_strings}
+    text = script.read_text().replace("\\\n", " ")
+    calls = [line.split("loraclf.bench", 1)[1] for line in text.splitlines() if "-m loraclf.bench" in line]
+    assert len(calls) == 3
+    used = {f for call in calls for f in re.findall(r"(?<![\w-])(--[a-z][a-z0-9-]*)", call)}
+    assert used and used <= known, f"unknown to loraclf bench: {sorted(used - known)}"
