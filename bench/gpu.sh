@@ -11,28 +11,32 @@ set -u
 D=$(cd "$1" && pwd)
 OUT=$2
 mkdir -p "$OUT"
-exec > >(tee -a "$OUT/gpu.log") 2>&1
 export PYTHONPATH=$PWD/src HF_HUB_OFFLINE=1 AGNEWS_DIR=$D/data_ag_news ROBERTA_DIR=$D/roberta-base
-if compgen -G "$D/whl/*.whl" >/dev/null; then
-    python -m pip install -q --no-deps --no-index "$D"/whl/*.whl 2>&1 | tail -3
-fi
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
-python -c "import torch, transformers, peft; print('torch', torch.__version__, 'transformers', transformers.__version__, 'peft', peft.__version__)"
-common=(--agnews-dir "$AGNEWS_DIR" --roberta-dir "$ROBERTA_DIR")
 
-echo "== CUDA tests"
-timeout 120 python -m pytest -q -p no:cacheprovider tests/test_bench.py -k cuda 2>&1 | tail -5
+main() {
+    if compgen -G "$D/whl/*.whl" >/dev/null; then
+        python -m pip install -q --no-deps --no-index "$D"/whl/*.whl 2>&1 | tail -3
+    fi
+    nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+    python -c "import torch, transformers, peft; print('torch', torch.__version__, 'transformers', transformers.__version__, 'peft', peft.__version__)"
+    common=(--agnews-dir "$AGNEWS_DIR" --roberta-dir "$ROBERTA_DIR")
 
-echo "== benchmark (2 interleaved repeats)"
-timeout 300 python -m loraclf.bench --no-onnx --repeats 2 "${common[@]}" --guard-model "$D/minilm" --out-dir "$OUT"
-echo "exit $?"
+    echo "== CUDA tests"
+    timeout 120 python -m pytest -q -p no:cacheprovider tests/test_bench.py -k cuda 2>&1 | tail -5
 
-echo "== lever: frozen layers kept across epochs"
-timeout 150 python -m loraclf.bench --levers --lever frozen-cache --infer-rows 256 --repeats 1 --json "${common[@]}" \
-    > "$OUT/levers-frozen-cache.json"
-echo "exit $?"
+    echo "== benchmark (2 interleaved repeats)"
+    timeout 300 python -m loraclf.bench --no-onnx --repeats 2 "${common[@]}" --guard-model "$D/minilm" --out-dir "$OUT"
+    echo "exit $?"
 
-echo "== loraclf and report A with train.precision=fp32"
-timeout 150 python -m loraclf.bench --no-onnx --no-guard --repeats 2 --contenders loraclf report_a \
-    --set train.precision=fp32 "${common[@]}" --out-dir "$OUT/fp32"
-echo "exit $?"
+    echo "== lever: frozen layers kept across epochs"
+    timeout 150 python -m loraclf.bench --levers --lever frozen-cache --infer-rows 256 --repeats 1 --json "${common[@]}" \
+        > "$OUT/levers-frozen-cache.json"
+    echo "exit $?"
+
+    echo "== loraclf and report A with train.precision=fp32"
+    timeout 150 python -m loraclf.bench --no-onnx --no-guard --repeats 2 --contenders loraclf report_a \
+        --set train.precision=fp32 "${common[@]}" --out-dir "$OUT/fp32"
+    echo "exit $?"
+}
+
+main 2>&1 | tee -a "$OUT/gpu.log"  # a pipeline, so the script ends only after the log is written
