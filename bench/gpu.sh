@@ -8,6 +8,10 @@
 # Each step has its own time limit so that a slow one cannot take the later ones with it. Few files, so that all
 # of them come back through a transfer that limits their count.
 set -u
+if [ $# -ne 2 ] || [ ! -d "$1/data_ag_news" ] || [ ! -d "$1/roberta-base" ] || [ ! -d "$1/minilm" ]; then
+    echo "usage: bash bench/gpu.sh ASSETS OUT, where ASSETS holds data_ag_news/, roberta-base/ and minilm/ (see the top of this script)" >&2
+    exit 2
+fi
 D=$(cd "$1" && pwd)
 OUT=$2
 mkdir -p "$OUT"

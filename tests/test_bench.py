@@ -259,3 +259,16 @@ def test_gpu_script_parses_and_passes_only_flags_bench_knows():
     assert len(calls) == 3
     used = {f for call in calls for f in re.findall(r"(?<![\w-])(--[a-z][a-z0-9-]*)", call)}
     assert used and used <= known, f"unknown to loraclf bench: {sorted(used - known)}"
+
+
+@pytest.mark.parametrize("args", [[], ["no-such-folder", "out"]])
+def test_gpu_script_refuses_bad_arguments_with_one_line(tmp_path, args):
+    import shutil
+    import subprocess
+    if not shutil.which("bash"):
+        pytest.skip("no bash")
+    script = Path(__file__).resolve().parents[1] / "bench" / "gpu.sh"
+    proc = subprocess.run(["bash", str(script), *args], cwd=tmp_path, capture_output=True, text=True)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().startswith("usage: bash bench/gpu.sh ASSETS OUT") and len(proc.stderr.strip().splitlines()) == 1
+    assert proc.stdout == "" and not any(tmp_path.iterdir())
