@@ -845,6 +845,7 @@ def levers(opts, log=None, malloc_probe: str | None = None) -> list[dict]:
     def record(lever, variant, seconds, unit_count, unit):
         results.append({"lever": lever, "variant": variant, "seconds": seconds, f"{unit}_per_s": unit_count / seconds})
         _log_lever_row(log, results[-1])
+        return results[-1]
 
     def train_step_fn(model, cfg, precision="fp32", cheap_dropout=False, cast_once=False, attn=None, index=None,
                       share=False, cls_only=False, multiple=data_mod.PAD_MULTIPLE):
@@ -928,6 +929,19 @@ def levers(opts, log=None, malloc_probe: str | None = None) -> list[dict]:
                 record(f"padding multiple ({fast} inference, merged)", f"widths to a multiple of {multiple}",
                        _timed(go, max(1, reps - 1)), len(many), "rows")
         if only == "pad-multiple":
+            return results
+    if only in ("all", "ceiling"):
+        groups = data_mod.length_grouped_batches(enc.lengths, bs, 0)
+        steps = [train_step_fn(model, cfg, fast, cheap_dropout=True, cast_once=True, attn=fastpath.TRAIN_ATTENTION,
+                               index=ix, cls_only=True) for ix in groups]
+        tokens = int(sum(enc.lengths[i] for ix in groups for i in ix))
+        scorer = lambda m: infer_fn(m, 64, fast, train_mod.CPU_SCORING_TOKENS, many, full_cast=True,  # noqa: E731
+                                    cls_only=True)
+        many_texts = ex.subset(sample_rows(len(ex), 4 * len(enc), seed=3)).texts  # the rows `many` encodes
+        trainer_cfg = bench_config(str(model_dir), "trainer", list(opts.set or []))
+        ceiling_lever(model, steps, tokens, many, scorer, (tok, many_texts, trainer_cfg), fast, opts.peak_size or 2048,
+                      record, log, reps)
+        if only == "ceiling":
             return results
     if only in ("all", "tokenize"):
         tokenize_lever(tok, ex, record, reps)
@@ -1097,6 +1111,75 @@ def levers(opts, log=None, malloc_probe: str | None = None) -> list[dict]:
     return results + _malloc_probes(opts, log)
 
 
+def ceiling_lever(model, steps, tokens: int, many, scorer, trainer_side, fast: str, peak_size: int, record, log,
+                  reps: int) -> None:
+    """What the kernels allow (ceiling.py): fit's fast step over `steps` (length-grouped batches of 16) against its
+    frozen matmuls alone, as torch runs them and in row halves, with the fractions of the bf16 peak they imply
+    for the benchmark's nominal 4N FLOPs per non-padding token; then loraclf's scoring of `many` against its
+    matmuls alone, `Trainer.predict` as the benchmark runs it (`trainer_side`: tokenizer, the rows' texts,
+    the Trainer contender's config; the dataset built beforehand) and, where installed, OpenVINO; alternated twice."""
+    import shutil
+    import torch
+    from . import ceiling
+    from . import train as train_mod
+    dtype = {"bf16": torch.bfloat16}.get(fast, torch.float32)
+    peak = matmul_peak("bf16" if fast == "bf16" else "fp32", peak_size)
+    n = non_embedding_params(model)
+    samples = 16 * len(steps)
+    calls = [c for s in steps for c in ceiling.frozen_linear_calls(model, s)]
+    lever = f"ceiling ({fast} fast train, {len(steps)} batches)"
+
+    def fraction(seconds):
+        return train_flops_per_token(n) * tokens / seconds / peak
+    for _ in range(2):
+        step_s = ceiling.median_seconds(lambda: [s() for s in steps], reps)
+        record(lever, "fit's whole step", step_s, samples, "samples")
+        results_row = record(lever, "its frozen matmuls alone", ceiling.median_seconds(
+            ceiling.matmul_pass(calls, dtype), reps), samples, "samples")
+        split_row = record(lever, "the same in row halves", ceiling.median_seconds(
+            ceiling.matmul_pass(calls, dtype, split=True), reps), samples, "samples")
+        for row in (results_row, split_row):
+            row["fraction_of_peak"] = fraction(row["seconds"])
+        log(f"  -> step {fraction(step_s):.1%} of the {fast} peak ({peak / 1e9:,.0f} GFLOP/s); matmuls alone "
+            f"{results_row['fraction_of_peak']:.1%}, in halves {split_row['fraction_of_peak']:.1%}; "
+            f"matmuls' share of the step {results_row['seconds'] / step_s:.0%}")
+    tok, texts, trainer_cfg = trainer_side
+    pad_id = tok.pad_token_id
+    work = Path(tempfile.mkdtemp(prefix="loraclf-ceiling-"))
+    ds = hf_dataset(tok, texts, None, trainer_cfg.data.max_length)
+    args, _ = _trainer_args(work, trainer_cfg, 1, trainer_cfg.train.eval_batch_size, trainer_cfg.train.seed)
+    trainer = make_trainer(report_a_model(trainer_cfg), args, ds, tok, _step_timer())
+    merged = model.merge_and_unload().eval()
+    go = scorer(merged)
+    with torch.inference_mode():
+        scoring_calls = ceiling.frozen_linear_calls(merged, go)
+        reference = train_mod.predict_logits(merged, many, 64, pad_id, torch.device("cpu"), fast,
+                                             max_tokens=train_mod.CPU_SCORING_TOKENS, full_cast=True)
+    ov_score, setup = ceiling.openvino_scorer(merged, many, pad_id, 64, train_mod.CPU_SCORING_TOKENS, 8)
+    lever = f"ceiling ({fast} scoring, merged, {len(many)} rows)"
+    if ov_score is None:
+        log("  OpenVINO: not installed (pip install openvino), its scoring row skipped")
+    else:
+        theirs = ov_score()
+        log(f"  OpenVINO: converted and compiled in {setup:.1f} s; its predictions agree with loraclf's on "
+            f"{ceiling.agreement(theirs, reference):.2%} of the rows; logits differ by at most "
+            f"{np.abs(theirs - reference).max():.3g} (loraclf's own spread: {np.ptp(reference):.3g})")
+    for _ in range(2):
+        mine = record(lever, "loraclf predict's scoring", ceiling.median_seconds(go, max(1, reps - 1)), len(many), "rows")
+        with torch.inference_mode():
+            bound = record(lever, "its frozen matmuls alone", ceiling.median_seconds(
+                ceiling.matmul_pass(scoring_calls, dtype), max(1, reps - 1)), len(many), "rows")
+        bound["fraction_of_peak"] = infer_flops_per_token(n) * int(many.lengths.sum()) / bound["seconds"] / peak
+        theirs = record(lever, "Trainer.predict (bf16_full_eval where bf16)", ceiling.median_seconds(
+            lambda: trainer.predict(ds), max(1, reps - 1)), len(many), "rows")
+        ov = (record(lever, "OpenVINO (CPU plugin)", ceiling.median_seconds(ov_score, max(1, reps - 1)), len(many), "rows")
+              if ov_score is not None else None)
+        log(f"  -> over Trainer.predict: loraclf {theirs['seconds'] / mine['seconds']:.2f}x, its matmuls alone "
+            f"{theirs['seconds'] / bound['seconds']:.2f}x ({bound['fraction_of_peak']:.1%} of the {fast} peak)"
+            + (f", OpenVINO {theirs['seconds'] / ov['seconds']:.2f}x" if ov else ""))
+    shutil.rmtree(work, ignore_errors=True)
+
+
 def tokenize_lever(tok, examples, record, reps: int) -> None:
     """Pre-tokenized data: `fit` tokenizes each run's texts once (data.encode), not per epoch. What an on-disk cache
     of the token ids would save a run: tokenizing every text against reading the ids back from one .npz
@@ -1197,9 +1280,10 @@ def _add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="extra config override for every contender")
     p.add_argument("--in-process", action="store_true", help="no subprocess per contender (peak RSS is then shared)")
     p.add_argument("--levers", action="store_true", help="measure each speed lever in isolation instead (bench/NOTES.md)")
-    p.add_argument("--lever", choices=["all", "last-layer", "pad-multiple", "malloc", "frozen-cache", "tokenize"],
+    p.add_argument("--lever", choices=["all", "last-layer", "pad-multiple", "malloc", "frozen-cache", "tokenize", "ceiling"],
                    default="all", help="with --levers: every lever, or one of the latest (train.cls_only_last_layer, "
-                   "data.PAD_MULTIPLE, train.tune_malloc in fresh processes, train.cache_frozen_layers, pre-tokenized data)")
+                   "data.PAD_MULTIPLE, train.tune_malloc in fresh processes, train.cache_frozen_layers, pre-tokenized "
+                   "data, what the kernels allow: ceiling.py)")
     p.add_argument("--malloc-probe", choices=["glibc", "tuned", "glibc-scoring", "tuned-scoring"], help=argparse.SUPPRESS)  # --levers' fresh processes
 
 

@@ -1,0 +1,142 @@
+"""What this machine's kernels allow (`loraclf bench --levers --lever ceiling`, bench/NOTES.md).
+
+Two measurements that bound the benchmark's targets from above, on the benchmark's own model and batches:
+
+- training: the frozen matmuls of fit's step alone. A forward hook records the rows of every frozen nn.Linear
+  call in the step (the first-token last layer's short calls included) and whether autograd needs that call's
+  input gradient; then exactly those products (forward, and input gradient where needed) run back to back in
+  the step's dtype, nothing else. However cheap everything around them became, the step cannot take less
+  time, so the benchmark's nominal 4N FLOPs per non-padding token over that time bounds `train_peak_fraction`.
+  The same products in two row halves each are timed too: oneDNN runs some batch-16 shapes on one of two
+  threads (NOTES, "split matmuls"), and the halves show how far that trick could lift the bound.
+- scoring: loraclf's own scoring against OpenVINO's CPU runtime (Intel's inference engine, fused transformer
+  kernels, bf16 on AMX) on the same rows and batches, where the optional `openvino` package is installed:
+  what the best-optimised runtime available for this CPU reaches, next to loraclf.
+"""
+from __future__ import annotations
+
+import statistics
+import time
+
+import numpy as np
+import torch
+
+
+def frozen_linear_calls(model, step) -> list[tuple[int, int, int, bool]]:
+    """(rows, in_features, out_features, input_needs_grad) of every frozen nn.Linear call during one `step()`,
+    in call order. Trainable linears (a LoRA A/B, the head's) are not recorded."""
+    calls, hooks = [], []
+
+    def hook(module, args, _out):
+        x = args[0]
+        calls.append((x.numel() // x.shape[-1], module.in_features, module.out_features, bool(x.requires_grad)))
+    for m in model.modules():
+        if isinstance(m, torch.nn.Linear) and not m.weight.requires_grad:
+            hooks.append(m.register_forward_hook(hook))
+    try:
+        step()
+    finally:
+        for h in hooks:
+            h.remove()
+    return calls
+
+
+def _halves(rows: int) -> list[slice]:
+    h = (rows // 2 + 7) // 8 * 8
+    return [slice(0, h), slice(h, rows)] if 8 <= h < rows else [slice(0, rows)]
+
+
+def matmul_pass(calls, dtype: torch.dtype, split: bool = False):
+    """One pass over the calls' products with fresh operands: forward x @ W.T + b, and the input gradient
+    g @ W (as autograd computes it for nn.Linear) where the call needs it. `split`: each product in two row
+    halves written into one output."""
+    gen = torch.Generator().manual_seed(0)
+    weights = {}
+    ops = []
+    for rows, n_in, n_out, needs_grad in calls:
+        if (n_in, n_out) not in weights:
+            weights[(n_in, n_out)] = (torch.randn(n_out, n_in, generator=gen).to(dtype) * 0.02,
+                                      torch.zeros(n_out, dtype=dtype))
+        w, b = weights[(n_in, n_out)]
+        ops.append((torch.randn(rows, n_in, generator=gen).to(dtype), w.t(), b))
+        if needs_grad:
+            ops.append((torch.randn(rows, n_out, generator=gen).to(dtype), w, None))
+
+    def run() -> list[torch.Tensor]:
+        outs = []
+        for a, m, bias in ops:
+            parts = _halves(a.shape[0]) if split else [slice(0, a.shape[0])]
+            if len(parts) == 1:
+                outs.append(torch.addmm(bias, a, m) if bias is not None else torch.mm(a, m))
+                continue
+            out = torch.empty(a.shape[0], m.shape[1], dtype=dtype)
+            for s in parts:
+                if bias is not None:
+                    torch.addmm(bias, a[s], m, out=out[s])
+                else:
+                    torch.mm(a[s], m, out=out[s])
+            outs.append(out)
+        return outs
+    return run
+
+
+def flops(calls) -> int:
+    """What the pass computes: 2 * rows * in * out per product."""
+    return sum(2 * r * i * o * (2 if g else 1) for r, i, o, g in calls)
+
+
+def openvino_scorer(merged_model, encoded, pad_id: int, max_rows: int, max_tokens: int, multiple: int):
+    """A function scoring `encoded` with OpenVINO on the CPU (the merged model converted once; OpenVINO picks
+    bf16 where the CPU has native units), in loraclf's scoring batches, returning logits in input order; and
+    the seconds the conversion and compilation took. None where openvino is not installed."""
+    try:
+        import openvino as ov
+    except ImportError:
+        return None, 0.0
+    from . import data as data_mod
+
+    class Logits(torch.nn.Module):
+        def __init__(self, m):
+            super().__init__()
+            self.m = m
+
+        def forward(self, input_ids, attention_mask):
+            return self.m(input_ids=input_ids, attention_mask=attention_mask).logits
+
+    tick = time.perf_counter()
+    example = {"input_ids": torch.ones(2, 16, dtype=torch.long), "attention_mask": torch.ones(2, 16, dtype=torch.long)}
+    with torch.no_grad():
+        ir = ov.convert_model(Logits(merged_model.eval()), example_input=example,
+                              input=[("input_ids", [-1, -1], ov.Type.i64), ("attention_mask", [-1, -1], ov.Type.i64)])
+    request = ov.Core().compile_model(ir, "CPU", {"PERFORMANCE_HINT": "LATENCY"}).create_infer_request()
+    setup = time.perf_counter() - tick
+    batches = data_mod.scoring_batches(encoded.lengths, max_rows, max_tokens, multiple)
+
+    def score() -> np.ndarray:
+        out_idx, out = [], []
+        for index in batches:
+            b = data_mod.collate(encoded, index, pad_id, multiple)
+            res = request.infer({"input_ids": b["input_ids"].numpy(), "attention_mask": b["attention_mask"].numpy()})
+            out.append(np.array(next(iter(res.values())), dtype=np.float32))
+            out_idx += index
+        logits = np.concatenate(out)
+        result = np.empty_like(logits)
+        result[np.asarray(out_idx)] = logits
+        return result
+    return score, setup
+
+
+def median_seconds(fn, repeats: int) -> float:
+    fn()
+    times = []
+    for _ in range(repeats):
+        tick = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - tick)
+    return statistics.median(times)
+
+
+def agreement(a: np.ndarray, b: np.ndarray) -> float:
+    """Share of rows whose predicted class is the same."""
+    return float((a.argmax(1) == b.argmax(1)).mean())
+
