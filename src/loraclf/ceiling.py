@@ -47,35 +47,39 @@ def _halves(rows: int) -> list[slice]:
 
 
 def matmul_pass(calls, dtype: torch.dtype, split: bool = False):
-    """One pass over the calls' products with fresh operands: forward x @ W.T + b, and the input gradient
-    g @ W (as autograd computes it for nn.Linear) where the call needs it. `split`: each product in two row
-    halves written into one output."""
+    """One pass over the calls' products: forward x @ W.T + b, and the input gradient g @ W (as autograd computes
+    it for nn.Linear) where the call needs it. Operands are random and shared between calls of one shape (memory
+    stays small; a shared operand is at most cache-warmer than the step's own, so the bound errs generous).
+    `split`: each product in two row halves written into one output. `run(keep=True)` returns the outputs."""
     gen = torch.Generator().manual_seed(0)
-    weights = {}
+    tensors = {}
+
+    def operand(*shape):
+        if shape not in tensors:
+            tensors[shape] = (torch.randn(*shape, generator=gen) * 0.02).to(dtype)
+        return tensors[shape]
     ops = []
     for rows, n_in, n_out, needs_grad in calls:
-        if (n_in, n_out) not in weights:
-            weights[(n_in, n_out)] = (torch.randn(n_out, n_in, generator=gen).to(dtype) * 0.02,
-                                      torch.zeros(n_out, dtype=dtype))
-        w, b = weights[(n_in, n_out)]
-        ops.append((torch.randn(rows, n_in, generator=gen).to(dtype), w.t(), b))
+        w, b = operand(n_out, n_in), operand(n_out)
+        ops.append((operand(rows, n_in), w.t(), b))
         if needs_grad:
-            ops.append((torch.randn(rows, n_out, generator=gen).to(dtype), w, None))
+            ops.append((operand(rows, n_out), w, None))
 
-    def run() -> list[torch.Tensor]:
+    def run(keep: bool = False) -> list[torch.Tensor]:
         outs = []
         for a, m, bias in ops:
             parts = _halves(a.shape[0]) if split else [slice(0, a.shape[0])]
             if len(parts) == 1:
-                outs.append(torch.addmm(bias, a, m) if bias is not None else torch.mm(a, m))
-                continue
-            out = torch.empty(a.shape[0], m.shape[1], dtype=dtype)
-            for s in parts:
-                if bias is not None:
-                    torch.addmm(bias, a[s], m, out=out[s])
-                else:
-                    torch.mm(a[s], m, out=out[s])
-            outs.append(out)
+                out = torch.addmm(bias, a, m) if bias is not None else torch.mm(a, m)
+            else:
+                out = torch.empty(a.shape[0], m.shape[1], dtype=dtype)
+                for s in parts:
+                    if bias is not None:
+                        torch.addmm(bias, a[s], m, out=out[s])
+                    else:
+                        torch.mm(a[s], m, out=out[s])
+            if keep:
+                outs.append(out)
         return outs
     return run
 
