@@ -1133,7 +1133,7 @@ def ceiling_lever(model, steps, tokens: int, many, scorer, trainer_side, fast: s
         return train_flops_per_token(n) * tokens / seconds / peak
     for _ in range(2):
         step_s = ceiling.median_seconds(lambda: [s() for s in steps], reps)
-        record(lever, "fit's whole step", step_s, samples, "samples")
+        record(lever, "fit's whole step", step_s, samples, "samples")["fraction_of_peak"] = fraction(step_s)
         results_row = record(lever, "its frozen matmuls alone", ceiling.median_seconds(
             ceiling.matmul_pass(calls, dtype), reps), samples, "samples")
         split_row = record(lever, "the same in row halves", ceiling.median_seconds(
@@ -1169,7 +1169,8 @@ def ceiling_lever(model, steps, tokens: int, many, scorer, trainer_side, fast: s
         with torch.inference_mode():
             bound = record(lever, "its frozen matmuls alone", ceiling.median_seconds(
                 ceiling.matmul_pass(scoring_calls, dtype), max(1, reps - 1)), len(many), "rows")
-        bound["fraction_of_peak"] = infer_flops_per_token(n) * int(many.lengths.sum()) / bound["seconds"] / peak
+        for row in (mine, bound):
+            row["fraction_of_peak"] = infer_flops_per_token(n) * int(many.lengths.sum()) / row["seconds"] / peak
         theirs = record(lever, "Trainer.predict (bf16_full_eval where bf16)", ceiling.median_seconds(
             lambda: trainer.predict(ds), max(1, reps - 1)), len(many), "rows")
         ov = (record(lever, "OpenVINO (CPU plugin)", ceiling.median_seconds(ov_score, max(1, reps - 1)), len(many), "rows")
