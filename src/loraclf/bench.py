@@ -887,7 +887,8 @@ def levers(opts, log=None, malloc_probe: str | None = None) -> list[dict]:
     bs = 16
     fast = "bf16" if model_mod.cpu_has_native_bf16() else "fp32"  # what precision=auto picks here
     long_index = [int(i) for i in order[-bs:]]  # the longest texts: attention's share grows with length
-    many = data_mod.encode(tok, ex.subset(sample_rows(len(ex), 4 * len(enc), seed=3)), 256)  # scoring's rows
+    many_ex = ex.subset(sample_rows(len(ex), 4 * len(enc), seed=3))
+    many = data_mod.encode(tok, many_ex, 256)  # scoring's rows
     if malloc_probe:  # under glibc's own thresholds or fastpath.tune_malloc's: fit's step with its whole fast
         # path, or (a "-scoring" probe) predict's scoring in a process that has done nothing else
         if malloc_probe.startswith("tuned") and not fastpath.tune_malloc():
@@ -937,9 +938,8 @@ def levers(opts, log=None, malloc_probe: str | None = None) -> list[dict]:
         tokens = int(sum(enc.lengths[i] for ix in groups for i in ix))
         scorer = lambda m: infer_fn(m, 64, fast, train_mod.CPU_SCORING_TOKENS, many, full_cast=True,  # noqa: E731
                                     cls_only=True)
-        many_texts = ex.subset(sample_rows(len(ex), 4 * len(enc), seed=3)).texts  # the rows `many` encodes
         trainer_cfg = bench_config(str(model_dir), "trainer", list(opts.set or []))
-        ceiling_lever(model, steps, tokens, many, scorer, (tok, many_texts, trainer_cfg), fast, opts.peak_size or 2048,
+        ceiling_lever(model, steps, tokens, many, scorer, (tok, many_ex.texts, trainer_cfg), fast, opts.peak_size or 2048,
                       record, log, reps)
         if only == "ceiling":
             return results
@@ -1132,17 +1132,19 @@ def ceiling_lever(model, steps, tokens: int, many, scorer, trainer_side, fast: s
     def fraction(seconds):
         return train_flops_per_token(n) * tokens / seconds / peak
     for _ in range(2):
-        step_s = ceiling.median_seconds(lambda: [s() for s in steps], reps)
+        step_s = _timed(lambda: [s() for s in steps], reps)
         record(lever, "fit's whole step", step_s, samples, "samples")["fraction_of_peak"] = fraction(step_s)
-        results_row = record(lever, "its frozen matmuls alone", ceiling.median_seconds(
-            ceiling.matmul_pass(calls, dtype), reps), samples, "samples")
-        split_row = record(lever, "the same in row halves", ceiling.median_seconds(
-            ceiling.matmul_pass(calls, dtype, split=True), reps), samples, "samples")
-        for row in (results_row, split_row):
+        alone = record(lever, "its frozen matmuls alone", _timed(ceiling.matmul_pass(calls, dtype), reps), samples,
+                       "samples")
+        halves = record(lever, "the same in row halves", _timed(ceiling.matmul_pass(calls, dtype, split=True), reps),
+                        samples, "samples")
+        for row in (alone, halves):
             row["fraction_of_peak"] = fraction(row["seconds"])
+            row["own_flops_fraction_of_peak"] = ceiling.flops(calls) / row["seconds"] / peak  # padded rows included
         log(f"  -> step {fraction(step_s):.1%} of the {fast} peak ({peak / 1e9:,.0f} GFLOP/s); matmuls alone "
-            f"{results_row['fraction_of_peak']:.1%}, in halves {split_row['fraction_of_peak']:.1%}; "
-            f"matmuls' share of the step {results_row['seconds'] / step_s:.0%}")
+            f"{alone['fraction_of_peak']:.1%}, in halves {halves['fraction_of_peak']:.1%} (counting their own FLOPs, "
+            f"padding included: {alone['own_flops_fraction_of_peak']:.1%}, {halves['own_flops_fraction_of_peak']:.1%}); "
+            f"matmuls' share of the step {alone['seconds'] / step_s:.0%}")
     tok, texts, trainer_cfg = trainer_side
     pad_id = tok.pad_token_id
     work = Path(tempfile.mkdtemp(prefix="loraclf-ceiling-"))
@@ -1151,29 +1153,29 @@ def ceiling_lever(model, steps, tokens: int, many, scorer, trainer_side, fast: s
     trainer = make_trainer(report_a_model(trainer_cfg), args, ds, tok, _step_timer())
     merged = model.merge_and_unload().eval()
     go = scorer(merged)
+    scoring_calls = ceiling.frozen_linear_calls(merged, go)
     with torch.inference_mode():
-        scoring_calls = ceiling.frozen_linear_calls(merged, go)
         reference = train_mod.predict_logits(merged, many, 64, pad_id, torch.device("cpu"), fast,
                                              max_tokens=train_mod.CPU_SCORING_TOKENS, full_cast=True)
     ov_score, setup = ceiling.openvino_scorer(merged, many, pad_id, 64, train_mod.CPU_SCORING_TOKENS, 8)
     lever = f"ceiling ({fast} scoring, merged, {len(many)} rows)"
     if ov_score is None:
-        log("  OpenVINO: not installed (pip install openvino), its scoring row skipped")
+        log('  OpenVINO: not installed (pip install -e ".[openvino]"), its scoring row skipped')
     else:
-        theirs = ov_score()
+        ov_logits = ov_score()
         log(f"  OpenVINO: converted and compiled in {setup:.1f} s; its predictions agree with loraclf's on "
-            f"{ceiling.agreement(theirs, reference):.2%} of the rows; logits differ by at most "
-            f"{np.abs(theirs - reference).max():.3g} (loraclf's own spread: {np.ptp(reference):.3g})")
+            f"{ceiling.agreement(ov_logits, reference):.2%} of the rows; logits differ by at most "
+            f"{np.abs(ov_logits - reference).max():.3g} (loraclf's own spread: {np.ptp(reference):.3g})")
     for _ in range(2):
-        mine = record(lever, "loraclf predict's scoring", ceiling.median_seconds(go, max(1, reps - 1)), len(many), "rows")
+        mine = record(lever, "loraclf predict's scoring", _timed(go, max(1, reps - 1)), len(many), "rows")
         with torch.inference_mode():
-            bound = record(lever, "its frozen matmuls alone", ceiling.median_seconds(
+            bound = record(lever, "its frozen matmuls alone", _timed(
                 ceiling.matmul_pass(scoring_calls, dtype), max(1, reps - 1)), len(many), "rows")
         for row in (mine, bound):
             row["fraction_of_peak"] = infer_flops_per_token(n) * int(many.lengths.sum()) / row["seconds"] / peak
-        theirs = record(lever, "Trainer.predict (bf16_full_eval where bf16)", ceiling.median_seconds(
+        theirs = record(lever, "Trainer.predict (bf16_full_eval where bf16)", _timed(
             lambda: trainer.predict(ds), max(1, reps - 1)), len(many), "rows")
-        ov = (record(lever, "OpenVINO (CPU plugin)", ceiling.median_seconds(ov_score, max(1, reps - 1)), len(many), "rows")
+        ov = (record(lever, "OpenVINO (CPU plugin)", _timed(ov_score, max(1, reps - 1)), len(many), "rows")
               if ov_score is not None else None)
         log(f"  -> over Trainer.predict: loraclf {theirs['seconds'] / mine['seconds']:.2f}x, its matmuls alone "
             f"{theirs['seconds'] / bound['seconds']:.2f}x ({bound['fraction_of_peak']:.1%} of the {fast} peak)"

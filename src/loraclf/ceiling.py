@@ -9,13 +9,13 @@ Two measurements that bound the benchmark's targets from above, on the benchmark
   time, so the benchmark's nominal 4N FLOPs per non-padding token over that time bounds `train_peak_fraction`.
   The same products in two row halves each are timed too: oneDNN runs some batch-16 shapes on one of two
   threads (NOTES, "split matmuls"), and the halves show how far that trick could lift the bound.
-- scoring: loraclf's own scoring against OpenVINO's CPU runtime (Intel's inference engine, fused transformer
-  kernels, bf16 on AMX) on the same rows and batches, where the optional `openvino` package is installed:
-  what the best-optimised runtime available for this CPU reaches, next to loraclf.
+- scoring: loraclf's scoring against the same rows' frozen matmuls alone (the forward products only), against
+  `Trainer.predict` as the benchmark runs it, and, where the optional `openvino` package is installed, against
+  OpenVINO's CPU runtime (Intel's inference engine: fused transformer kernels, bf16 on AMX) on the same rows and
+  batches: what the best-optimised runtime available for this CPU reaches, next to loraclf.
 """
 from __future__ import annotations
 
-import statistics
 import time
 
 import numpy as np
@@ -128,16 +128,6 @@ def openvino_scorer(merged_model, encoded, pad_id: int, max_rows: int, max_token
         result[np.asarray(out_idx)] = logits
         return result
     return score, setup
-
-
-def median_seconds(fn, repeats: int) -> float:
-    fn()
-    times = []
-    for _ in range(repeats):
-        tick = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - tick)
-    return statistics.median(times)
 
 
 def agreement(a: np.ndarray, b: np.ndarray) -> float:
