@@ -60,10 +60,10 @@ def test_levers_ceiling_alone_bounds_the_step_and_scoring_by_their_matmuls(tiny_
     train = [r for r in rows if r["lever"].startswith("ceiling (") and "train" in r["lever"]]
     scoring = [r for r in rows if "scoring" in r["lever"]]
     assert [r["variant"] for r in train] == ["fit's whole step", "its frozen matmuls alone", "the same in row halves"] * 2
-    ov = ["OpenVINO (CPU plugin)"] if importlib.util.find_spec("openvino") else []
+    ov = ["predict --backend openvino"] if importlib.util.find_spec("openvino") else []
     assert [r["variant"] for r in scoring] == ["loraclf predict's scoring", "its frozen matmuls alone",
                                                "Trainer.predict (bf16_full_eval where bf16)", *ov] * 2
-    ours = [r for r in train + scoring if "Trainer" not in r["variant"] and "OpenVINO" not in r["variant"]]
+    ours = [r for r in train + scoring if "Trainer" not in r["variant"] and "openvino" not in r["variant"]]
     assert all(r["fraction_of_peak"] > 0 for r in ours)
     assert sum("over Trainer.predict" in line for line in lines) == 2
     if not ov:

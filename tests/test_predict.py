@@ -108,3 +108,41 @@ def test_cpu_scoring_fixes_malloc_thresholds_when_asked(tiny_run, monkeypatch, a
     model, tok, _, _ = predict.load_for_inference(tiny_run)
     predict.logits_for(model, tok, ["a text"], 32, device=torch.device("cpu"), tune_malloc=asked)
     assert tuned == ([1] if asked else [])
+
+
+def test_openvino_backend_scores_as_torch_does(tmp_path, tiny_run):
+    """`predict --backend openvino`: the merged model converted in-process, OpenVINO's logits close to torch's
+    fp32 ones (fp32 there too), the same predictions in the submission; with the first-token last layer
+    converted in or not, the same logits."""
+    pytest.importorskip("openvino")
+    texts = [f"text {'word ' * (i % 13)} number {i}" for i in range(30)] + ["football goal", "a much longer text " * 20]
+    model, tok, cfg, names = predict.load_for_inference(tiny_run)
+    reference = predict.logits_for(model, tok, texts, 32, precision="fp32", cls_only=False)
+    enc = predict.data_mod.encode(tok, predict.data_mod.Examples(texts, None, []), 32)
+    for cls_only in (True, False):
+        request = predict.openvino_compile(model, "fp32", cls_only=cls_only)
+        logits = predict.openvino_scores(request, enc, tok.pad_token_id, batch_size=8, max_tokens=64)
+        np.testing.assert_allclose(logits, reference, atol=1e-4)
+    src = tmp_path / "in.csv"
+    src.write_text("text\n" + "".join(f"{t}\n" for t in texts))
+    out = tmp_path / "sub.csv"
+    assert cli.main(["predict", str(tiny_run), str(src), "-o", str(out), "--backend", "openvino",
+                     "--precision", "fp32"]) == 0
+    assert [int(r[1]) for r in _read(out)[1:]] == reference.argmax(-1).tolist()
+
+
+def test_openvino_backend_says_what_to_do_when_it_cannot_run(tmp_path, tiny_run, capsys, monkeypatch):
+    import sys
+    src = tmp_path / "in.csv"
+    src.write_text("text\nfootball goal\n")
+    out = tmp_path / "sub.csv"
+    if "openvino" in sys.modules or __import__("importlib").util.find_spec("openvino"):
+        assert cli.main(["predict", str(tiny_run), str(src), "-o", str(out), "--backend", "openvino",
+                         "--precision", "fp16"]) == 2
+        assert "not fp16" in capsys.readouterr().err and not out.exists()
+    monkeypatch.setitem(sys.modules, "openvino", None)  # as if not installed: the import raises ImportError
+    assert cli.main(["predict", str(tiny_run), str(src), "-o", str(out), "--backend", "openvino"]) == 2
+    err = capsys.readouterr().err
+    assert "needs the openvino package" in err and ".[openvino]" in err and "Traceback" not in err and not out.exists()
+    with pytest.raises(predict.UserError, match="unknown backend"):
+        predict.run(tiny_run, str(src), out, backend="onnx")

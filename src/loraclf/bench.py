@@ -1157,7 +1157,7 @@ def ceiling_lever(model, steps, tokens: int, many, scorer, trainer_side, fast: s
     with torch.inference_mode():
         reference = train_mod.predict_logits(merged, many, 64, pad_id, torch.device("cpu"), fast,
                                              max_tokens=train_mod.CPU_SCORING_TOKENS, full_cast=True)
-    ov_score, setup = ceiling.openvino_scorer(merged, many, pad_id, 64, train_mod.CPU_SCORING_TOKENS, 8)
+    ov_score, setup = ceiling.openvino_scorer(merged, many, pad_id, fast, 64, train_mod.CPU_SCORING_TOKENS)
     lever = f"ceiling ({fast} scoring, merged, {len(many)} rows)"
     if ov_score is None:
         log('  OpenVINO: not installed (pip install -e ".[openvino]"), its scoring row skipped')
@@ -1175,7 +1175,7 @@ def ceiling_lever(model, steps, tokens: int, many, scorer, trainer_side, fast: s
             row["fraction_of_peak"] = infer_flops_per_token(n) * int(many.lengths.sum()) / row["seconds"] / peak
         theirs = record(lever, "Trainer.predict (bf16_full_eval where bf16)", _timed(
             lambda: trainer.predict(ds), max(1, reps - 1)), len(many), "rows")
-        ov = (record(lever, "OpenVINO (CPU plugin)", _timed(ov_score, max(1, reps - 1)), len(many), "rows")
+        ov = (record(lever, "predict --backend openvino", _timed(ov_score, max(1, reps - 1)), len(many), "rows")
               if ov_score is not None else None)
         log(f"  -> over Trainer.predict: loraclf {theirs['seconds'] / mine['seconds']:.2f}x, its matmuls alone "
             f"{theirs['seconds'] / bound['seconds']:.2f}x ({bound['fraction_of_peak']:.1%} of the {fast} peak)"

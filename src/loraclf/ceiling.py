@@ -89,45 +89,17 @@ def flops(calls) -> int:
     return sum(2 * r * i * o * (2 if g else 1) for r, i, o, g in calls)
 
 
-def openvino_scorer(merged_model, encoded, pad_id: int, max_rows: int, max_tokens: int, multiple: int):
-    """A function scoring `encoded` with OpenVINO on the CPU (the merged model converted once; OpenVINO picks
-    bf16 where the CPU has native units), in loraclf's scoring batches, returning logits in input order; and
-    the seconds the conversion and compilation took. None where openvino is not installed."""
-    try:
-        import openvino as ov
-    except ImportError:
+def openvino_scorer(merged_model, encoded, pad_id: int, precision: str, max_rows: int, max_tokens: int):
+    """A function scoring `encoded` as `loraclf predict --backend openvino` does (logits in input order), and the
+    seconds the conversion and compilation took; (None, 0) where openvino is not installed."""
+    import importlib.util
+    from . import predict
+    if importlib.util.find_spec("openvino") is None:
         return None, 0.0
-    from . import data as data_mod
-
-    class Logits(torch.nn.Module):
-        def __init__(self, m):
-            super().__init__()
-            self.m = m
-
-        def forward(self, input_ids, attention_mask):
-            return self.m(input_ids=input_ids, attention_mask=attention_mask).logits
-
     tick = time.perf_counter()
-    example = {"input_ids": torch.ones(2, 16, dtype=torch.long), "attention_mask": torch.ones(2, 16, dtype=torch.long)}
-    with torch.no_grad():
-        ir = ov.convert_model(Logits(merged_model.eval()), example_input=example,
-                              input=[("input_ids", [-1, -1], ov.Type.i64), ("attention_mask", [-1, -1], ov.Type.i64)])
-    request = ov.Core().compile_model(ir, "CPU", {"PERFORMANCE_HINT": "LATENCY"}).create_infer_request()
+    request = predict.openvino_compile(merged_model, precision)
     setup = time.perf_counter() - tick
-    batches = data_mod.scoring_batches(encoded.lengths, max_rows, max_tokens, multiple)
-
-    def score() -> np.ndarray:
-        out_idx, out = [], []
-        for index in batches:
-            b = data_mod.collate(encoded, index, pad_id, multiple)
-            res = request.infer({"input_ids": b["input_ids"].numpy(), "attention_mask": b["attention_mask"].numpy()})
-            out.append(np.array(next(iter(res.values())), dtype=np.float32))
-            out_idx += index
-        logits = np.concatenate(out)
-        result = np.empty_like(logits)
-        result[np.asarray(out_idx)] = logits
-        return result
-    return score, setup
+    return (lambda: predict.openvino_scores(request, encoded, pad_id, max_rows, max_tokens)), setup
 
 
 def agreement(a: np.ndarray, b: np.ndarray) -> float:

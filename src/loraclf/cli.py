@@ -76,7 +76,7 @@ def cmd_predict(args) -> int:
     else:
         r = predict.run(Path(args.run), args.input, Path(args.output), names=args.label_names, probs=args.probs,
                         batch_size=args.batch_size, precision=args.precision, trust_pickle=args.trust_pickle,
-                        text_column=args.text_column, max_tokens=args.max_tokens)
+                        text_column=args.text_column, max_tokens=args.max_tokens, backend=args.backend)
     print(f"wrote {r['rows']} predictions to {r['out']}")
     return 0
 
@@ -178,8 +178,10 @@ def parser() -> argparse.ArgumentParser:
                    help="padded tokens per forward batch, at most (-1: auto, 2048 on CPU and no cap on GPU; 0: no cap)")
     p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"])
     p.add_argument("--text-column", help="text column of the input (default: the run's)")
-    p.add_argument("--backend", default="torch", choices=["torch", "onnx"],
-                   help="onnx: RUN is a folder from `loraclf export RUN --onnx DIR`, run with onnxruntime")
+    p.add_argument("--backend", default="torch", choices=["torch", "openvino", "onnx"],
+                   help="openvino: the run's merged model converted in-process and scored on OpenVINO's CPU runtime "
+                   "(pip install -e \".[openvino]\"); onnx: RUN is a folder from `loraclf export RUN --onnx DIR`, "
+                   "run with onnxruntime")
     p.add_argument("--trust-pickle", action="store_true")
     p.set_defaults(func=cmd_predict)
 

@@ -40,6 +40,56 @@ def logits_for(model, tokenizer, texts: list[str], max_length: int, batch_size: 
                               max_tokens=max_tokens, full_cast=full_cast, cls_only=cls_only)
 
 
+def openvino_compile(model, precision: str = "auto", cls_only: bool = True):
+    """The merged `model` converted to OpenVINO and compiled for the CPU (a few seconds; nothing is written):
+    an infer request. `precision` as predict's on CPU (auto: bf16 where the CPU has native bf16 units, else
+    fp32); OpenVINO runs its own fused kernels in that precision. `cls_only`: converted with the last layer
+    computing only the head's row (train.cls_only_last_layer), as the torch backend scores."""
+    try:
+        import openvino as ov
+    except ImportError:
+        raise UserError("--backend openvino needs the openvino package, which is not installed",
+                        'install it with pip install -e ".[openvino]" (or pip install openvino), or use --backend torch')
+    import warnings
+    from . import fastpath
+    from .model import resolve_precision
+    if precision == "fp16":
+        raise UserError("--backend openvino scores in fp32 or bf16, not fp16", "use --precision auto, fp32 or bf16")
+    hint = {"bf16": ov.Type.bf16, "fp32": ov.Type.f32}[resolve_precision(precision, torch.device("cpu"))]
+
+    class Logits(torch.nn.Module):
+        def __init__(self, m):
+            super().__init__()
+            self.m = m
+
+        def forward(self, input_ids, attention_mask):
+            return self.m(input_ids=input_ids, attention_mask=attention_mask).logits
+
+    example = {"input_ids": torch.ones(2, 16, dtype=torch.long), "attention_mask": torch.ones(2, 16, dtype=torch.long)}
+    dims = [("input_ids", [-1, -1], ov.Type.i64), ("attention_mask", [-1, -1], ov.Type.i64)]
+    model = model.to("cpu").eval()
+    with torch.no_grad(), warnings.catch_warnings(), fastpath.cls_only_last_layer(model, cls_only):
+        warnings.simplefilter("ignore")  # the tracer's notes on shape checks that hold for every input
+        ir = ov.convert_model(Logits(model), example_input=example, input=dims)
+    return ov.Core().compile_model(ir, "CPU", {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": hint}) \
+        .create_infer_request()
+
+
+def openvino_scores(request, encoded, pad_id: int, batch_size: int = 64, max_tokens: int = -1) -> np.ndarray:
+    """Logits in input order from a compiled OpenVINO model, in predict's length-sorted scoring batches."""
+    from .train import scoring_tokens
+    out_idx, out = [], []
+    for index in data_mod.scoring_batches(encoded.lengths, batch_size, scoring_tokens(max_tokens, "cpu")):
+        batch = data_mod.collate(encoded, index, pad_id)
+        res = request.infer({"input_ids": batch["input_ids"].numpy(), "attention_mask": batch["attention_mask"].numpy()})
+        out.append(np.array(next(iter(res.values())), dtype=np.float32))
+        out_idx += index
+    logits = np.concatenate(out)
+    result = np.empty_like(logits)
+    result[np.asarray(out_idx)] = logits
+    return result
+
+
 def softmax(logits: np.ndarray) -> np.ndarray:
     z = np.exp(logits - logits.max(-1, keepdims=True))
     return z / z.sum(-1, keepdims=True)
@@ -83,8 +133,13 @@ def load_for_inference(run_dir: Path):
 
 
 def run(run_dir: Path, source: str, out: Path, names: bool = False, probs: bool = False, batch_size: int = 64,
-        precision: str = "auto", trust_pickle: bool = False, text_column: str | None = None, max_tokens: int = -1) -> dict:
-    """Predict every row of `source` and write the submission atomically."""
+        precision: str = "auto", trust_pickle: bool = False, text_column: str | None = None, max_tokens: int = -1,
+        backend: str = "torch") -> dict:
+    """Predict every row of `source` and write the submission atomically. `backend`: torch, or openvino (the
+    merged model converted in-process and run on OpenVINO's CPU runtime)."""
+    if backend not in ("torch", "openvino"):
+        raise UserError(f"unknown backend {backend!r} for a run directory", "use torch or openvino "
+                        "(onnx takes a folder from `loraclf export RUN --onnx DIR`)")
     run_dir = Path(run_dir)
     from . import config as config_mod
     if not (run_dir / "config.json").is_file():
@@ -96,9 +151,17 @@ def run(run_dir: Path, source: str, out: Path, names: bool = False, probs: bool 
                              trust_pickle=trust_pickle)
     model, tokenizer, cfg, label_names = load_for_inference(run_dir)
     max_len = cfg.data.max_length_infer or cfg.data.max_length
-    logits = logits_for(model, tokenizer, examples.texts, max_len, batch_size, precision, max_tokens=max_tokens,
-                        full_cast=cfg.train.bf16_full_eval, cls_only=cfg.train.cls_only_last_layer,
-                        tune_malloc=cfg.train.tune_malloc)
+    if backend == "openvino":
+        if batch_size < 1 or max_tokens < -1:
+            raise UserError(f"batch size {batch_size} / max tokens {max_tokens} is not allowed",
+                            "use a batch size of at least 1 and max tokens >= 1, 0 (no cap) or -1 (auto)")
+        request = openvino_compile(model, precision, cfg.train.cls_only_last_layer)
+        enc = data_mod.encode(tokenizer, data_mod.Examples(examples.texts, None, []), max_len)
+        logits = openvino_scores(request, enc, tokenizer.pad_token_id, batch_size, max_tokens)
+    else:
+        logits = logits_for(model, tokenizer, examples.texts, max_len, batch_size, precision, max_tokens=max_tokens,
+                            full_cast=cfg.train.bf16_full_eval, cls_only=cfg.train.cls_only_last_layer,
+                            tune_malloc=cfg.train.tune_malloc)
     ids = examples.ids if examples.ids is not None else list(range(len(examples)))
     rundir.write_text(Path(out), submission_csv(ids, logits, label_names, names, probs))
     return {"rows": len(ids), "out": str(out), "logits": logits, "labels": examples.labels}
