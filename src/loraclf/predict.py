@@ -17,6 +17,12 @@ def device_for_inference() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
+def check_batching(batch_size: int, max_tokens: int) -> None:
+    if batch_size < 1 or max_tokens < -1:
+        raise UserError(f"batch size {batch_size} / max tokens {max_tokens} is not allowed",
+                        "use a batch size of at least 1 and max tokens >= 1, 0 (no cap) or -1 (auto)")
+
+
 def logits_for(model, tokenizer, texts: list[str], max_length: int, batch_size: int = 64,
                precision: str = "auto", device: torch.device | None = None, max_tokens: int = -1,
                full_cast: bool = True, cls_only: bool = True, tune_malloc: bool = True) -> np.ndarray:
@@ -26,9 +32,7 @@ def logits_for(model, tokenizer, texts: list[str], max_length: int, batch_size: 
     `tune_malloc` (train.tune_malloc) fixes glibc's malloc thresholds for the process, as fit does."""
     from .model import resolve_precision
     from .train import predict_logits
-    if batch_size < 1 or max_tokens < -1:
-        raise UserError(f"batch size {batch_size} / max tokens {max_tokens} is not allowed",
-                        "use a batch size of at least 1 and max tokens >= 1, 0 (no cap) or -1 (auto)")
+    check_batching(batch_size, max_tokens)
     device = device or device_for_inference()
     if device.type == "cpu" and tune_malloc:
         from . import fastpath
@@ -77,17 +81,14 @@ def openvino_compile(model, precision: str = "auto", cls_only: bool = True):
 
 def openvino_scores(request, encoded, pad_id: int, batch_size: int = 64, max_tokens: int = -1) -> np.ndarray:
     """Logits in input order from a compiled OpenVINO model, in predict's length-sorted scoring batches."""
-    from .train import scoring_tokens
+    from .train import in_input_order, scoring_tokens
     out_idx, out = [], []
     for index in data_mod.scoring_batches(encoded.lengths, batch_size, scoring_tokens(max_tokens, "cpu")):
         batch = data_mod.collate(encoded, index, pad_id)
         res = request.infer({"input_ids": batch["input_ids"].numpy(), "attention_mask": batch["attention_mask"].numpy()})
         out.append(np.array(next(iter(res.values())), dtype=np.float32))
         out_idx += index
-    logits = np.concatenate(out)
-    result = np.empty_like(logits)
-    result[np.asarray(out_idx)] = logits
-    return result
+    return in_input_order(out_idx, out)
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
@@ -152,9 +153,7 @@ def run(run_dir: Path, source: str, out: Path, names: bool = False, probs: bool 
     model, tokenizer, cfg, label_names = load_for_inference(run_dir)
     max_len = cfg.data.max_length_infer or cfg.data.max_length
     if backend == "openvino":
-        if batch_size < 1 or max_tokens < -1:
-            raise UserError(f"batch size {batch_size} / max tokens {max_tokens} is not allowed",
-                            "use a batch size of at least 1 and max tokens >= 1, 0 (no cap) or -1 (auto)")
+        check_batching(batch_size, max_tokens)
         request = openvino_compile(model, precision, cfg.train.cls_only_last_layer)
         enc = data_mod.encode(tokenizer, data_mod.Examples(examples.texts, None, []), max_len)
         logits = openvino_scores(request, enc, tokenizer.pad_token_id, batch_size, max_tokens)

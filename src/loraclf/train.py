@@ -147,9 +147,14 @@ def predict_logits(model, encoded: data_mod.Encoded, batch_size: int, pad_id: in
         parts = gather_object([(out_idx, np.concatenate(out) if out else np.zeros((0, 0), np.float32))])
         out_idx = [i for idx, _ in parts for i in idx]
         out = [a for _, a in parts if len(a)]
-    logits = np.concatenate(out)
+    return in_input_order(out_idx, out)
+
+
+def in_input_order(index: list[int], parts: list[np.ndarray]) -> np.ndarray:
+    """The rows of `parts` (concatenated; row k belongs to input `index[k]`) put back in input order."""
+    logits = np.concatenate(parts)
     result = np.empty_like(logits)
-    result[np.asarray(out_idx)] = logits
+    result[np.asarray(index)] = logits
     return result
 
 
