@@ -1180,7 +1180,8 @@ def ceiling_lever(model, steps, tokens: int, many, scorer, trainer_side, fast: s
     import torch
     from . import ceiling
     from . import train as train_mod
-    dtype = {"bf16": torch.bfloat16}.get(fast, torch.float32)
+    from . import fastpath
+    dtype = fastpath.autocast_dtype(fast) or torch.float32
     peak = matmul_peak("bf16" if fast == "bf16" else "fp32", peak_size)
     n = non_embedding_params(model)
     samples = 16 * len(steps)
@@ -1212,14 +1213,14 @@ def ceiling_lever(model, steps, tokens: int, many, scorer, trainer_side, fast: s
     merged = model.merge_and_unload().eval()
     go = scorer(merged)
     scoring_calls = ceiling.frozen_linear_calls(merged, go)
-    with torch.inference_mode():
-        reference = train_mod.predict_logits(merged, many, 64, pad_id, torch.device("cpu"), fast,
-                                             max_tokens=train_mod.CPU_SCORING_TOKENS, full_cast=True)
     ov_score, setup = ceiling.openvino_scorer(merged, many, pad_id, fast, 64, train_mod.CPU_SCORING_TOKENS)
     lever = f"ceiling ({fast} scoring, merged, {len(many)} rows)"
     if ov_score is None:
         log('  OpenVINO: not installed (pip install -e ".[openvino]"), its scoring row skipped')
-    else:
+    else:  # loraclf's logits only to compare OpenVINO's with
+        with torch.inference_mode():
+            reference = train_mod.predict_logits(merged, many, 64, pad_id, torch.device("cpu"), fast,
+                                                 max_tokens=train_mod.CPU_SCORING_TOKENS, full_cast=True)
         ov_logits = ov_score()
         log(f"  OpenVINO: converted and compiled in {setup:.1f} s; its predictions agree with loraclf's on "
             f"{ceiling.agreement(ov_logits, reference):.2%} of the rows; logits differ by at most "
