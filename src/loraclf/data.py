@@ -1,7 +1,7 @@
 """Every data source ends as `Examples`; then split, tokenize once, and batch by length.
 
 Sources: a Hugging Face dataset name, a folder in the original AG News layout, CSV/TSV/JSONL/Parquet
-files, and pickled `datasets.Dataset` / `pandas.DataFrame` (restricted unpickler). Every problem a
+files, and pickled `datasets.Dataset` / `pandas.DataFrame` (safepickle's allow-list). Every problem a
 user can cause is a `UserError` naming the file, row and column.
 """
 from __future__ import annotations
@@ -174,53 +174,17 @@ def _read_parquet(path: Path) -> _Table:
     return _Table(table.to_pydict(), str(path), "row", 0)
 
 
-class _RestrictedUnpickler(pickle.Unpickler):
-    """Admits classes from datasets/pandas/numpy/pyarrow and the handful of functions their pickles
-    call to rebuild themselves; anything else (os.system, subprocess, eval, ...) is refused unloaded."""
-
-    ROOTS = ("datasets", "pandas", "numpy", "pyarrow")
-    # Callables (not classes) that real Dataset/DataFrame pickles use, recorded from pandas 2-3,
-    # datasets 2-5, numpy 1-2 and pyarrow pickles at protocols 2-5.
-    FUNCTIONS = {
-        ("copyreg", "_reconstructor"), ("copyreg", "__newobj__"), ("builtins", "object"), ("_codecs", "encode"),
-        ("builtins", "bytearray"), ("builtins", "slice"), ("__builtin__", "bytearray"), ("__builtin__", "slice"),
-        ("collections", "OrderedDict"), ("pandas", "NA"), ("pandas._libs.missing", "NA"),
-        ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
-        ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),
-        ("numpy.core.numeric", "_frombuffer"), ("numpy._core.numeric", "_frombuffer"),
-        ("pandas._libs.internals", "_unpickle_block"), ("pandas.core.internals.blocks", "new_block"),
-        ("pandas._libs.arrays", "__pyx_unpickle_NDArrayBacked"), ("pandas.core.indexes.base", "_new_Index"),
-        ("pyarrow.lib", "_reconstruct_table"), ("pyarrow.lib", "_restore_array"), ("pyarrow.lib", "chunked_array"),
-        ("pyarrow.lib", "type_for_alias"), ("pyarrow.lib", "schema"), ("pyarrow.lib", "field"),
-        ("pyarrow.lib", "py_buffer"),
-    }
-    # Functions that look harmless by module but read files or unpickle further: never admitted.
-    DENY = {"read_pickle", "load", "loads", "eval", "read_csv", "fromfile", "memmap", "MemoryMappedTable"}
-
-    def find_class(self, module: str, name: str):
-        if (module, name) in self.FUNCTIONS and name not in self.DENY:
-            return super().find_class(module, name)
-        if module.split(".")[0] in self.ROOTS and name not in self.DENY:
-            obj = super().find_class(module, name)
-            if isinstance(obj, type):
-                return obj
-        raise _Refused(f"{module}.{name}")
-
-
-class _Refused(pickle.UnpicklingError):
-    """A global the restricted unpickler will not load (as opposed to a corrupt file)."""
-
-
 def _read_pickle(path: Path, trust: bool) -> _Table:
-    with path.open("rb") as f:
-        try:
-            obj = pickle.load(f) if trust else _RestrictedUnpickler(f).load()
-        except _Refused as e:
-            raise UserError(f"{path}: the pickle wants {e}, which is not a datasets.Dataset or pandas.DataFrame part",
-                            "only pickled Datasets/DataFrames are read; if you trust this file, pass --trust-pickle") from None
-        except PICKLE_ERRORS as e:  # truncated or garbage bytes
-            raise UserError(f"{path} is not a readable pickle, it is truncated or corrupt ({type(e).__name__}: {str(e)[:100]})",
-                            "re-create it with pickle.dump(dataset_or_dataframe, f), or give CSV/JSONL/Parquet") from None
+    from . import safepickle
+    raw = path.read_bytes()
+    try:
+        obj = pickle.loads(raw) if trust else safepickle.loads(raw)
+    except safepickle.Refused as e:
+        raise UserError(f"{path}: the pickle wants {e}, which is not a datasets.Dataset or pandas.DataFrame part",
+                        "only pickled Datasets/DataFrames are read; if you trust this file, pass --trust-pickle") from None
+    except PICKLE_ERRORS as e:  # truncated or garbage bytes
+        raise UserError(f"{path} is not a readable pickle, it is truncated or corrupt ({type(e).__name__}: {str(e)[:100]})",
+                        "re-create it with pickle.dump(dataset_or_dataframe, f), or give CSV/JSONL/Parquet") from None
     import pandas as pd
     if isinstance(obj, pd.DataFrame):
         columns = {str(c): obj[c].tolist() for c in obj.columns}
