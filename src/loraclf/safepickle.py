@@ -383,7 +383,7 @@ def _pd_block_manager(*args):
     import pandas as pd
     block = _real("pandas.core.internals.blocks:Block")()
     _need(len(args) == 2 and type(args[0]) in (tuple, list) and all(isinstance(b, block) for b in args[0])
-          and type(args[1]) is list and len(args[1]) == 2 and all(type(a) in (pd.Index, pd.RangeIndex) for a in args[1]),
+          and type(args[1]) is list and len(args[1]) == 2 and all(isinstance(a, pd.Index) for a in args[1]),
           "pandas BlockManager of unexpected arguments")
     try:
         return _real("pandas.core.internals.managers:BlockManager")()(args[0], args[1])
@@ -417,7 +417,7 @@ def _build_block_manager(mgr, state):
           "pandas BlockManager state of an unknown form")
     inner = state[3]["0.14.1"]
     _need(type(inner) is dict and set(inner) == {"axes", "blocks"} and type(inner["axes"]) is list
-          and len(inner["axes"]) == 2 and all(type(a) in (pd.Index, pd.RangeIndex) for a in inner["axes"])
+          and len(inner["axes"]) == 2 and all(isinstance(a, pd.Index) for a in inner["axes"])
           and type(inner["blocks"]) is list and all(type(b) is dict and set(b) == {"values", "mgr_locs"}
                                                        for b in inner["blocks"]),
           "pandas BlockManager state of an unknown form")
@@ -470,18 +470,60 @@ def _build_class_label(v, state):
     v.__dict__.update(state)
 
 
+def _is_opt(v, *types) -> bool:
+    return v is None or type(v) in types
+
+
 def _build_info(info, state):
     features = _real("datasets.features.features:Features")()
-    _need(type(state) is dict and set(state) <= _INFO_KEYS and
-          all(state.get(k) is None or type(state.get(k)) is str for k in
-              ("description", "citation", "homepage", "license", "builder_name", "dataset_name", "config_name"))
-          and type(state.get("features")) in (features, type(None))
-          and all(state.get(k) in (None, [], {}) for k in ("post_processed", "supervised_keys", "task_templates",
-                                                            "version", "splits", "download_checksums"))
-          and all(state.get(k) is None or _is_int(state.get(k))
-                  for k in ("download_size", "post_processing_size", "dataset_size", "size_in_bytes")),
+    version = _real("datasets.utils.version:Version")()
+    splits = _real("datasets.splits:SplitDict")()
+    checksums = state.get("download_checksums") if type(state) is dict else None
+    _need(type(state) is dict and set(state) <= _INFO_KEYS
+          and all(_is_opt(state.get(k), str) for k in
+                  ("description", "citation", "homepage", "license", "builder_name", "dataset_name", "config_name"))
+          and _is_opt(state.get("features"), features) and _is_opt(state.get("version"), version)
+          and _is_opt(state.get("splits"), splits)
+          and all(state.get(k) in (None, [], {}) for k in ("post_processed", "supervised_keys", "task_templates"))
+          and (checksums is None or (type(checksums) is dict and all(
+              type(k) is str and type(v) is dict and all(_is_scalar_value(x) for x in v.values())
+              for k, v in checksums.items())))
+          and all(_is_opt(state.get(k), int) for k in ("download_size", "post_processing_size", "dataset_size",
+                                                       "size_in_bytes")),
           "datasets DatasetInfo state of an unknown form")
     info.__dict__.update(state)
+
+
+def _build_version(v, state):
+    _need(type(state) is dict and set(state) <= {"version_str", "description", "major", "minor", "patch"}
+          and _is_opt(state.get("version_str"), str) and _is_opt(state.get("description"), str)
+          and all(_is_opt(state.get(k), int) for k in ("major", "minor", "patch")),
+          "datasets Version state of an unknown form")
+    v.__dict__.update(state)
+
+
+def _build_named_split(v, state):
+    _need(type(state) is dict and set(state) == {"_name"} and type(state["_name"]) is str,
+          "datasets NamedSplit state of an unknown form")
+    v.__dict__.update(state)
+
+
+def _build_split_info(v, state):
+    named = _real("datasets.splits:NamedSplit")()
+    _need(type(state) is dict and set(state) <= {"name", "num_bytes", "num_examples", "shard_lengths",
+                                                 "original_shard_lengths", "dataset_name"}
+          and _is_opt(state.get("name"), str, named) and _is_opt(state.get("dataset_name"), str)
+          and all(_is_opt(state.get(k), int) for k in ("num_bytes", "num_examples"))
+          and all(state.get(k) is None or (type(state[k]) is list and all(_is_int(x) for x in state[k]))
+                  for k in ("shard_lengths", "original_shard_lengths")),
+          "datasets SplitInfo state of an unknown form")
+    v.__dict__.update(state)
+
+
+def _build_split_dict(v, state):
+    _need(type(state) is dict and set(state) <= {"dataset_name"} and _is_opt(state.get("dataset_name"), str),
+          "datasets SplitDict state of an unknown form")
+    v.__dict__.update(state)
 
 
 def _build_in_memory_table(table, state):
@@ -518,7 +560,7 @@ def _build_dataset(ds, state):
           and state.get("_data_files", []) == [] and state.get("_format_type") in _FORMATS
           and type(state.get("_format_kwargs", {})) is dict and not state.get("_format_kwargs")
           and (state.get("_format_columns") is None or type(state["_format_columns"]) is list)
-          and (state.get("_split") is None or type(state["_split"]) is str)
+          and _is_opt(state.get("_split"), str, _real("datasets.splits:NamedSplit")())
           and (state.get("_fingerprint") is None or type(state["_fingerprint"]) is str),
           "datasets Dataset state of an unknown form (a file-backed table, an index or a custom format)")
     ds.__dict__.update(state)
@@ -575,6 +617,8 @@ _ENTRIES = [
     _fn("datasets.features.features:Features", _ds_features),
     _cls("datasets.features.features:Value"), _cls("datasets.features.features:ClassLabel"),
     _cls("datasets.table:InMemoryTable"), _cls("datasets.table:ConcatenationTable"),
+    _cls("datasets.utils.version:Version"), _cls("datasets.splits:NamedSplit"), _cls("datasets.splits:SplitInfo"),
+    _cls("datasets.splits:SplitDict"),
 ]
 ADMITTED: dict[str, _Global] = dict(_ENTRIES)
 # Plain values a pickle may name (pandas' missing-value singleton).
@@ -587,7 +631,9 @@ _BUILDERS = {
     "pandas.arrays:ArrowStringArray": _build_arrow_string_array,
     "datasets.arrow_dataset:Dataset": _build_dataset, "datasets.info:DatasetInfo": _build_info,
     "datasets.features.features:Value": _build_value, "datasets.features.features:ClassLabel": _build_class_label,
-    "datasets.table:InMemoryTable": _build_in_memory_table, "datasets.table:ConcatenationTable": _build_concatenation_table,
+    "datasets.table:InMemoryTable": _build_in_memory_table,
+    "datasets.utils.version:Version": _build_version, "datasets.splits:NamedSplit": _build_named_split,
+    "datasets.splits:SplitInfo": _build_split_info, "datasets.splits:SplitDict": _build_split_dict, "datasets.table:ConcatenationTable": _build_concatenation_table,
 }
 
 
@@ -680,22 +726,26 @@ class _Unpickler(pickle._Unpickler):
         self.stack[-1].extend(items)
     dispatch[pickle.APPENDS[0]] = load_appends
 
-    def _mapping(self):
+    def _set_items(self, items):
         import collections
-        _need(type(self.stack[-1]) in (dict, collections.OrderedDict), "setting items of something other than a dict")
-        return self.stack[-1]
+        d = self.stack[-1]
+        if type(d) is _real("datasets.splits:SplitDict")():  # a dataset's split sizes: name -> SplitInfo
+            info = _real("datasets.splits:SplitInfo")()
+            _need(all(type(items[i]) is str and type(items[i + 1]) is info for i in range(0, len(items), 2)),
+                  "datasets SplitDict items other than split infos")
+        else:
+            _need(type(d) in (dict, collections.OrderedDict), "setting items of something other than a dict")
+        for i in range(0, len(items), 2):
+            d[items[i]] = items[i + 1]
 
     def load_setitem(self):
         value = self.stack.pop()
         key = self.stack.pop()
-        self._mapping()[key] = value
+        self._set_items([key, value])
     dispatch[pickle.SETITEM[0]] = load_setitem
 
     def load_setitems(self):
-        items = self.pop_mark()
-        d = self._mapping()
-        for i in range(0, len(items), 2):
-            d[items[i]] = items[i + 1]
+        self._set_items(self.pop_mark())
     dispatch[pickle.SETITEMS[0]] = load_setitems
 
     def load_additems(self):
@@ -720,6 +770,7 @@ def _call_new(*args):
 
 ADMITTED["copyreg.__newobj__"] = _Global("copyreg.__newobj__", _real("copyreg:__newobj__"), call=_call_new)
 ADMITTED["copyreg._reconstructor"] = _Global("copyreg._reconstructor", _real("copyreg:_reconstructor"), call=_call_new)
+ADMITTED["copy_reg._reconstructor"] = _Global("copy_reg._reconstructor", _real("copyreg:_reconstructor"), call=_call_new)
 
 
 def _check_result(obj):
