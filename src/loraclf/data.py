@@ -179,30 +179,37 @@ def _read_pickle(path: Path, trust: bool) -> _Table:
     raw = path.read_bytes()
     try:
         obj = pickle.loads(raw) if trust else safepickle.loads(raw)
+        table = _pickled_table(obj, path)  # an object that does not hold together fails here, as a corrupt file
     except safepickle.Refused as e:
         raise UserError(f"{path}: the pickle wants {e}, which is not a datasets.Dataset or pandas.DataFrame part",
                         "only pickled Datasets/DataFrames are read; if you trust this file, pass --trust-pickle") from None
     except PICKLE_ERRORS as e:  # truncated or garbage bytes
         raise UserError(f"{path} is not a readable pickle, it is truncated or corrupt ({type(e).__name__}: {str(e)[:100]})",
                         "re-create it with pickle.dump(dataset_or_dataframe, f), or give CSV/JSONL/Parquet") from None
+    if table is None:
+        raise UserError(f"{path} holds a {type(obj).__name__}, not a datasets.Dataset or pandas.DataFrame",
+                        "pickle a Dataset or DataFrame with a text column")
+    return table
+
+
+def _pickled_table(obj, path: Path) -> _Table | None:
     import pandas as pd
     if isinstance(obj, pd.DataFrame):
         columns = {str(c): obj[c].tolist() for c in obj.columns}
         return _Table(columns, str(path), "row", 0)
     try:
         import datasets
-        if isinstance(obj, datasets.DatasetDict):
-            raise UserError(f"{path} holds a DatasetDict with splits {list(obj)}", "pickle one split (a Dataset)")
-        if isinstance(obj, datasets.Dataset):
-            t = _Table(obj.to_dict(), str(path), "row", 0)
-            feature = obj.features.get("label")
-            if feature is not None and hasattr(feature, "names"):
-                t.label_names = list(feature.names)
-            return t
     except ImportError:
-        pass
-    raise UserError(f"{path} holds a {type(obj).__name__}, not a datasets.Dataset or pandas.DataFrame",
-                    "pickle a Dataset or DataFrame with a text column")
+        return None
+    if isinstance(obj, datasets.DatasetDict):
+        raise UserError(f"{path} holds a DatasetDict with splits {list(obj)}", "pickle one split (a Dataset)")
+    if isinstance(obj, datasets.Dataset):
+        t = _Table(obj.to_dict(), str(path), "row", 0)
+        feature = obj.features.get("label")
+        if feature is not None and hasattr(feature, "names"):
+            t.label_names = list(feature.names)
+        return t
+    return None
 
 
 def _read_hub(name: str, split: str) -> _Table:

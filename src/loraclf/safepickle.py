@@ -24,6 +24,7 @@ import io
 import math
 import pickle
 import re
+import threading
 from typing import Any, Callable
 
 
@@ -104,10 +105,11 @@ _DTYPE_SPEC = re.compile(r"[<>=|]?[?bBhHiIlLqQpPefdgFDGOSUMmuc][0-9]{0,2}")
 
 
 def _np_dtype(*args):
-    _need(1 <= len(args) <= 3 and type(args[0]) is str and _DTYPE_SPEC.fullmatch(args[0]) is not None
-          and all(type(a) is bool for a in args[1:]), f"numpy.dtype{args!r:.60}")
+    # copy=True: a new dtype object; without it numpy hands out its shared one, whose state BUILD would change
+    _need(len(args) == 3 and type(args[0]) is str and _DTYPE_SPEC.fullmatch(args[0]) is not None
+          and type(args[1]) is bool and args[2] is True, f"numpy.dtype{args!r:.60}")
     import numpy as np
-    return np.dtype(*args)
+    return _made_empty(np.dtype(*args))
 
 
 def _shape_size(shape, what: str) -> int:
@@ -126,7 +128,7 @@ def _np_reconstruct(*args):
     _need(len(args) == 3 and isinstance(args[0], _Global) and args[0].where == "numpy.ndarray"
           and args[1] == (0,) and args[2] in (b"b", "b"), "numpy _reconstruct other than of an empty ndarray")
     import numpy as np
-    return np.ndarray.__new__(np.ndarray, (0,), "b")
+    return _made_empty(np.ndarray.__new__(np.ndarray, (0,), "b"))
 
 
 def _np_frombuffer(*args):
@@ -260,12 +262,24 @@ def _pa_buffer(*args):
     return pa.py_buffer(args[0])
 
 
-class _Limits:
-    """Per-load bounds: an array may not have more rows than the file has bits."""
+class _Load(threading.local):
+    """Per-load state: the bound on rows (no more rows than the file has bits), and the objects this load
+    made empty (NEWOBJ, numpy's _reconstruct) that may still get their state, each once, before any use."""
     max_rows = 0
+    fresh: dict = {}
 
 
-_limits = _Limits()
+_limits = _Load()
+
+
+def _made_empty(obj):
+    _limits.fresh[id(obj)] = obj  # holding obj keeps its id from being reused during the load
+    return obj
+
+
+def _built(obj) -> bool:
+    """True if obj is not an empty object still waiting for its state."""
+    return id(obj) not in _limits.fresh
 
 
 def _array_data_ok(data, depth: int = 0) -> bool:
@@ -326,7 +340,7 @@ _INDEX_CLASSES = {"pandas.Index", "pandas.core.indexes.base.Index", "pandas.Rang
 def _pd_values_ok(v) -> bool:
     import numpy as np
     import pandas as pd
-    return type(v) is np.ndarray or isinstance(v, pd.api.extensions.ExtensionArray)
+    return (type(v) is np.ndarray or isinstance(v, pd.api.extensions.ExtensionArray)) and _built(v)
 
 
 def _pd_new_index(*args):
@@ -361,7 +375,7 @@ def _placement_len(placement) -> int:
         _need(abs(stop) <= _limits.max_rows and abs(placement.start or 0) <= _limits.max_rows,
               "pandas block placement larger than the file could hold")
         return len(range(placement.start or 0, stop, placement.step or 1))
-    _need(type(placement) is np.ndarray and placement.dtype.kind == "i" and placement.ndim == 1,
+    _need(type(placement) is np.ndarray and _built(placement) and placement.dtype.kind == "i" and placement.ndim == 1,
           "pandas block placement of unexpected form")
     return len(placement)
 
@@ -685,7 +699,7 @@ class _Unpickler(pickle._Unpickler):
         _need(isinstance(cls, _Global) and cls.new, f"an instance of {cls!r:.60}")
         _need(args == () and not kwargs, f"{cls!r} made with arguments")
         real = cls.target()
-        return real.__new__(real)
+        return _made_empty(real.__new__(real))
 
     def load_newobj(self):
         args = self.stack.pop()
@@ -711,6 +725,8 @@ class _Unpickler(pickle._Unpickler):
         build = _builder(inst)
         if build is None:
             raise Refused(f"setting the state of a {type(inst).__module__}.{type(inst).__qualname__}")
+        _need(not _built(inst), f"setting the state of a {type(inst).__qualname__} twice or after its use")
+        del _limits.fresh[id(inst)]
         build(inst, state)
     dispatch[pickle.BUILD[0]] = load_build
 
@@ -765,7 +781,7 @@ def _call_new(*args):
     else:
         _need(len(args) == 1, f"{cls!r} made with arguments")
     real = cls.target()
-    return real.__new__(real)
+    return _made_empty(real.__new__(real))
 
 
 ADMITTED["copyreg.__newobj__"] = _Global("copyreg.__newobj__", _real("copyreg:__newobj__"), call=_call_new)
@@ -775,6 +791,7 @@ ADMITTED["copy_reg._reconstructor"] = _Global("copy_reg._reconstructor", _real("
 
 def _check_result(obj):
     import pandas as pd
+    _need(not _limits.fresh, "an object left without its state")
     if type(obj) is pd.DataFrame:
         _need(hasattr(obj, "_mgr"), "a DataFrame without data")
         return obj
@@ -784,7 +801,10 @@ def _check_result(obj):
         return obj
     if type(obj) is datasets.Dataset:
         _need(hasattr(obj, "_data") and hasattr(obj, "_info"), "a Dataset without data")
-        _validated(obj._data.table, "a pyarrow table")
+        table = _validated(obj._data.table, "a pyarrow table")
+        features = getattr(obj._info, "features", None)
+        _need(features is None or set(features) == set(table.column_names),
+              "a Dataset whose features do not name its columns")
         if getattr(obj, "_indices", None) is not None:
             import pyarrow.compute as pc
             indices = _validated(obj._indices.table, "a pyarrow table")
@@ -800,7 +820,10 @@ def _check_result(obj):
 def loads(raw: bytes):
     """Unpickle `raw` with the allow-list; returns what it holds (the caller checks it is a Dataset or
     DataFrame). Raises Refused for anything not admitted, other pickle errors for corrupt bytes."""
-    _limits.max_rows = 8 * len(raw) + 1024
-    # from memory, not the file: a length field in the pickle then cannot make a read allocate more than the file
-    obj = _Unpickler(io.BytesIO(raw)).load()
-    return _check_result(obj)
+    _limits.max_rows, _limits.fresh = 8 * len(raw) + 1024, {}
+    try:
+        # from memory, not the file: a length field in the pickle then cannot make a read allocate more than the file
+        obj = _Unpickler(io.BytesIO(raw)).load()
+        return _check_result(obj)
+    finally:
+        _limits.fresh = {}
