@@ -552,7 +552,7 @@ def _build_concatenation_table(table, state):
     import pyarrow as pa
     mem = _real("datasets.table:InMemoryTable")()
     _need(type(state) is dict and set(state) <= {"blocks", "schema"} and type(state.get("blocks")) is list
-          and all(type(row) is list and all(type(b) is mem for b in row) for row in state["blocks"])
+          and all(type(row) is list and all(type(b) is mem and _built(b) for b in row) for row in state["blocks"])
           and (state.get("schema") is None or type(state["schema"]) is pa.Schema),
           "datasets ConcatenationTable state other than in-memory blocks")
     table.__setstate__({"blocks": state["blocks"], "schema": state.get("schema")})
@@ -714,6 +714,15 @@ class _Unpickler(pickle._Unpickler):
         self.append(self._new(cls, args, kwargs))
     dispatch[pickle.NEWOBJ_EX[0]] = load_newobj_ex
 
+    def load_bytearray8(self):
+        # the stock handler makes bytearray(declared length) before reading: a few bytes could claim terabytes
+        size = int.from_bytes(self.read(8), "little")
+        data = self.read(size)
+        if len(data) != size:
+            raise pickle.UnpicklingError("BYTEARRAY8: the data is shorter than its declared length")
+        self.append(bytearray(data))
+    dispatch[pickle.BYTEARRAY8[0]] = load_bytearray8
+
     def load_refused(self):
         raise Refused("an old-style instance (INST/OBJ opcode)")
     dispatch[pickle.INST[0]] = load_refused
@@ -793,7 +802,12 @@ def _check_result(obj):
     import pandas as pd
     _need(not _limits.fresh, "an object left without its state")
     if type(obj) is pd.DataFrame:
-        _need(hasattr(obj, "_mgr"), "a DataFrame without data")
+        mgr = getattr(obj, "_mgr", None)
+        _need(type(mgr) is _real("pandas.core.internals.managers:BlockManager")(), "a DataFrame without data")
+        try:
+            mgr._verify_integrity()
+        except (AssertionError, ValueError, AttributeError) as e:
+            raise Refused(f"a pandas DataFrame whose blocks do not match its axes ({str(e)[:80]})") from None
         return obj
     try:
         import datasets
