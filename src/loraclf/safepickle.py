@@ -156,6 +156,9 @@ def _np_scalar(*args):
     return np.frombuffer(bytes(args[1]), args[0])[0]
 
 
+_PLAIN_TYPES = {str, bytes, int, float, bool, complex, type(None)}
+
+
 def _is_scalar_value(v) -> bool:
     import numpy as np
     return v is None or type(v) in (str, bytes, int, float, bool, complex) or isinstance(v, np.generic) \
@@ -175,7 +178,8 @@ def _build_ndarray(arr, state):
     if dtype.hasobject:
         _need(dtype == np.dtype("O") and type(raw) is list and len(raw) == n,
               "numpy object array whose shape does not match its items")
-        _need(all(_is_scalar_value(v) for v in raw), "numpy object array holding something other than plain values")
+        _need({type(v) for v in raw} <= _PLAIN_TYPES or all(_is_scalar_value(v) for v in raw),
+              "numpy object array holding something other than plain values")
     else:
         _need(_bytes_like(raw) and len(raw) == n * dtype.itemsize, "numpy array whose shape does not match its bytes")
     arr.__setstate__(state)
@@ -672,6 +676,26 @@ _OP = pickle._Unpickler.dispatch
 
 class _Unpickler(pickle._Unpickler):
     dispatch = dict(_OP)
+
+    def load(self):
+        """The stock loop, reading straight from the in-memory file: a frame is only a read-ahead hint, and
+        the stock unframer costs a Python call per read."""
+        self.read, self.readline, self.readinto = self._file_read, self._file_readline, None
+        self.metastack, self.stack, self.proto = [], [], 0
+        self.append = self.stack.append
+        read, dispatch = self.read, self.dispatch
+        try:
+            while True:
+                key = read(1)
+                if not key:
+                    raise EOFError
+                dispatch[key[0]](self)
+        except pickle._Stop as stop:
+            return stop.value
+
+    def load_frame(self):
+        self.read(8)  # the frame's length; its bytes follow and are read as opcodes
+    dispatch[pickle.FRAME[0]] = load_frame
 
     def find_class(self, module, name):
         where = f"{module}.{name}"
