@@ -378,3 +378,15 @@ def test_damaged_real_pickles_end_in_one_clean_error(tmp_path, seed):
             data.load(path, labelled=False)
         except UserError as e:
             assert "MemoryError" not in str(e)
+
+
+@pytest.mark.parametrize("protocol", range(6))
+def test_pickles_of_the_installed_versions_load_at_every_protocol(tmp_path, protocol):
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("make_fixtures", FIXTURES / "make_fixtures.py")
+    make = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(make)
+    for shape, obj in make.shapes():
+        path = tmp_path / f"{shape}.pkl"
+        path.write_bytes(pickle.dumps(obj, protocol=protocol))
+        assert data.load(path, labelled=False, label_names=LABELS if shape == "ds-loaded" else ()).texts == TEXTS

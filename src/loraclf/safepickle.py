@@ -608,7 +608,8 @@ _ENTRIES = [
     _fn("builtins:bytearray", _bytearray), _fn("__builtin__:bytearray", _bytearray, "builtins:bytearray"),
     _fn("builtins:slice", _slice), _fn("__builtin__:slice", _slice, "builtins:slice"),
     _fn("_codecs:encode", _encode), _fn("collections:OrderedDict", _ordered_dict),
-    _cls("builtins:object", new=False), _cls("__builtin__:object", new=False),
+    _cls("builtins:object", new=False), _alias("__builtin__:object", "builtins:object"),
+    _cls("builtins:dict", new=False), _alias("__builtin__:dict", "builtins:dict"),
     _cls("numpy:ndarray", new=False),
     _fn("numpy:dtype", _np_dtype),
     _fn("numpy.core.multiarray:_reconstruct", _np_reconstruct), _fn("numpy._core.multiarray:_reconstruct", _np_reconstruct),
@@ -808,6 +809,16 @@ def _call_new(*args):
     """copyreg.__newobj__(cls) and copyreg._reconstructor(cls, object, None): an empty instance."""
     cls = args[0] if args else None
     _need(isinstance(cls, _Global) and cls.new, f"an instance of {cls!r:.60}")
+    if len(args) == 3 and isinstance(args[1], _Global) and args[1].where.endswith(".dict"):
+        # protocols 0-1 spell a datasets SplitDict as dict.__new__(SplitDict) filled with its items
+        info = _real("datasets.splits:SplitInfo")()
+        _need(cls.where == "datasets.splits.SplitDict" and type(args[2]) is dict
+              and all(type(k) is str and type(v) is info and _built(v) for k, v in args[2].items()),
+              "copyreg._reconstructor of unexpected arguments")
+        real = cls.target()
+        obj = dict.__new__(real)
+        dict.update(obj, args[2])
+        return _made_empty(obj)
     if len(args) == 3:  # _reconstructor
         _need(isinstance(args[1], _Global) and args[1].where.endswith(".object") and args[2] is None,
               "copyreg._reconstructor of unexpected arguments")
