@@ -115,6 +115,7 @@ CALLS = {
     "dotted datasets.table + os.system": lambda m, t, v, s, i: ("datasets.table", "os.system", (f"touch {m}",)),
     "dotted numpy + core.multiarray._reconstruct": lambda m, t, v, s, i: ("numpy", "core.multiarray._reconstruct", ()),
     "dotted builtins + bytearray.fromhex": lambda m, t, v, s, i: ("builtins", "bytearray.fromhex", ("00",)),
+    "a name with a line break": lambda m, t, v, s, i: ("os", "system\nx", (f"touch {m}",)),
     # file objects and readers inside admitted libraries
     "pyarrow OSFile truncating a file": lambda m, t, v, s, i: ("pyarrow.lib", "OSFile", (str(t), "w")),
     "pyarrow MemoryMappedFile": lambda m, t, v, s, i: ("pyarrow.lib", "MemoryMappedFile", (str(t), "r+")),
@@ -133,7 +134,7 @@ def _refused_without_side_effect(tmp_path, raw: bytes, marker, target, victim):
     path.write_bytes(raw)
     with pytest.raises(UserError) as e:
         data.load(path, labelled=False)
-    assert REFUSED in str(e.value) and "--trust-pickle" in str(e.value), str(e.value)
+    assert REFUSED in str(e.value) and "--trust-pickle" in str(e.value) and "\n" not in str(e.value), str(e.value)
     assert not marker.exists(), "the pickle ran code"
     assert target.read_text() == "keep me", "the pickle truncated or removed a file"
     assert (victim / "f").exists(), "the pickle removed a folder"
