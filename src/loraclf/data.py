@@ -436,7 +436,7 @@ def _class_id_or_name(v, names: list[str]):
         return int(v)
     if isinstance(v, (float, np.floating)):
         if not math.isfinite(v):
-            raise _NotALabel("is not a whole number")
+            raise _NotALabel("is not a finite number")
         if not float(v).is_integer():
             raise _NotALabel("is not a whole number")
         return int(v) if abs(v) < _BIG else _BIG
@@ -454,7 +454,9 @@ def _class_id_or_name(v, names: list[str]):
         except ValueError:
             pass
         else:  # "1.5", "1e3", "nan", "inf", "1_0": numbers, but not class ids
-            if math.isfinite(number) and not number.is_integer():
+            if not math.isfinite(number):
+                raise _NotALabel("is not a finite number")
+            if not number.is_integer():
                 raise _NotALabel("is not a whole number")
             raise _NotALabel("is a number but not a class id (write ids with the digits 0-9)")
         problem = untrusted.unicode_problem(text)
