@@ -97,6 +97,8 @@ CORPUS = {
     "JSONL line that is a number": (".jsonl", OK + "7\n", "line 2: a JSON number, not an object"),
     "JSONL line that is a list": (".jsonl", OK + '["a", 0]\n', "line 2: a JSON list, not an object"),
     "JSONL object repeating a key": (".jsonl", '{"label": 0, "text": "a", "text": "b"}\n', "repeats the key 'text'"),
+    "JSONL records with 1,001 different keys": (".jsonl", "".join(f'{{"label": 0, "text": "a", "k{i}": 1}}\n'
+                                                                  for i in range(1000)), "more than 1,000 different keys"),
     "JSONL without a text key": (".jsonl", '{"label": 0, "body": "a"}\n', "has no column 'text' (columns: label, body)"),
     "UTF-16 JSONL": (".jsonl", OK.encode("utf-16"), "is UTF-16 text"),
     "whitespace-only JSONL": (".jsonl", "\n  \n\t\n", "is empty"),

@@ -30,6 +30,7 @@ CSV_FIELD_LIMIT = 2**31 - 1
 # Without data.label_names, class ids 0..max(id) become the classes: an id like 10**9 would otherwise make a
 # billion class names.
 MAX_CLASSES = 10_000
+MAX_JSON_KEYS = 1_000  # distinct keys over all JSON records
 DELIMITERS = {",": "comma", "\t": "tab", ";": "semicolon", "|": "pipe"}
 # What a corrupt or truncated pickle raises while loading (seen by fuzzing real Dataset/DataFrame pickles);
 # anything else is a bug and should show as one.
@@ -204,6 +205,9 @@ def _records_table(path: Path, numbered: list, row_name: str) -> _Table:
             raise UserError(f"{path} {row_name} {i}: a JSON {_json_kind(rec)}, not an object",
                             "each record must be an object like {\"text\": \"...\", \"label\": 0}")
         keys.update(dict.fromkeys(rec))
+        if len(keys) > MAX_JSON_KEYS:  # every key becomes a column as long as the file: keys x records cells
+            raise UserError(f"{path} {row_name} {i}: the records have more than {MAX_JSON_KEYS:,} different keys",
+                            "give records with the same few keys (text, label, id)")
     return _Table({k: [rec.get(k) for _, rec in numbered] for k in keys}, str(path), row_name, numbered[0][0])
 
 
