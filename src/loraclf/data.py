@@ -6,21 +6,31 @@ user can cause is a `UserError` naming the file, row and column.
 """
 from __future__ import annotations
 
+import codecs
 import csv
 import io
-import json
+import math
 import pickle
 import random
+import re
 import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from . import untrusted
 from .errors import UserError
 
 TABLE_SUFFIXES = {".csv", ".tsv", ".jsonl", ".json", ".parquet", ".pkl", ".pickle"}
 MAX_TEXT_CHARS = 1_000_000  # longer texts are cut here before tokenization (they are truncated anyway)
+# csv's default cap is 128 KiB a field; one text may be megabytes (it is cut at MAX_TEXT_CHARS). A field past this
+# limit is almost always an unclosed quote that swallowed the rest of the file.
+CSV_FIELD_LIMIT = 2**31 - 1
+# Without data.label_names, class ids 0..max(id) become the classes: an id like 10**9 would otherwise make a
+# billion class names.
+MAX_CLASSES = 10_000
+MAX_JSON_KEYS = 1_000  # distinct keys over all JSON records
 DELIMITERS = {",": "comma", "\t": "tab", ";": "semicolon", "|": "pipe"}
 # What a corrupt or truncated pickle raises while loading (seen by fuzzing real Dataset/DataFrame pickles);
 # anything else is a bug and should show as one.
@@ -60,16 +70,31 @@ class _Table:
 
 # ----------------------------------------------------------------------------------------- readers
 
-def _read_text(path: Path, encoding: str) -> str:
-    raw = path.read_bytes()
-    if not raw.strip():
+def _read_bytes(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as e:
+        raise UserError(f"cannot read {path} ({e.strerror or type(e).__name__})", "check the file and its permissions") from None
+
+
+def _read_text(path: Path, encoding: str, allow_empty: bool = False) -> str:
+    raw = _read_bytes(path)
+    if not raw.strip() and not allow_empty:
         raise UserError(f"{path} is empty", "give a file with at least one data row (CSV/TSV: below a header)")
-    utf8 = encoding.lower().replace("_", "-") in ("utf-8", "utf8")
+    try:
+        codec = codecs.lookup(encoding).name
+    except (LookupError, TypeError, ValueError):
+        raise UserError(f"unknown encoding {untrusted.show(encoding)}", "use a Python codec name such as utf-8 or latin-1") from None
+    utf8 = codec in ("utf-8", "utf-8-sig")
     if utf8 and raw[:2] in (b"\xff\xfe", b"\xfe\xff"):
         raise UserError(f"{path} is UTF-16 text (it starts with a UTF-16 byte order mark)",
                         "pass --set data.encoding=utf-16, or re-save the file as UTF-8")
-    if utf8 and b"\x00" in raw[:65536]:
-        raise UserError(f"{path} contains NUL bytes, so it is not UTF-8 text (a compressed, Excel or UTF-16 file?)",
+    # a NUL byte anywhere means binary data, not UTF-8 text (a NUL *character* written as a JSON escape is text)
+    nul = raw.find(b"\x00") if utf8 else -1
+    if nul >= 0:
+        line = raw[:nul].count(b"\n") + 1
+        raise UserError(f"{path} line {line} contains NUL bytes, so it is not UTF-8 text "
+                        "(a compressed, Excel or UTF-16 file?)",
                         "give a plain-text CSV/TSV/JSONL (decompress it, or save as CSV UTF-8), "
                         "or pass --set data.encoding=utf-16 if it is UTF-16")
     enc = "utf-8-sig" if utf8 else encoding  # utf-8-sig: a byte order mark at the start is dropped
@@ -79,31 +104,37 @@ def _read_text(path: Path, encoding: str) -> str:
         line = raw[: e.start].count(b"\n") + 1
         raise UserError(f"{path} line {line}: byte 0x{raw[e.start]:02x} is not valid {encoding}",
                         "re-save the file as UTF-8, or pass --set data.encoding=latin-1 (or its real encoding)") from None
-    except LookupError:
-        raise UserError(f"unknown encoding {encoding!r}", "use a Python codec name such as utf-8 or latin-1") from None
+    except (UnicodeError, LookupError):  # a codec that is not for text files (idna, rot13, hex, ...)
+        raise UserError(f"{path} cannot be read as {untrusted.show(encoding)} text",
+                        "use a text encoding such as utf-8, latin-1 or utf-16") from None
 
 
 def _is_agnews_row(row: list[str]) -> bool:
-    return len(row) == 3 and row[0].strip().isdigit()
+    return len(row) == 3 and _DIGITS.fullmatch(row[0].strip()) is not None
 
 
 def _read_delimited(path: Path, encoding: str, text_col: str) -> _Table:
     text = _read_text(path, encoding)
     delimiter = "\t" if path.suffix.lower() == ".tsv" else ","
-    # one text may be megabytes (it is truncated at tokenization); csv's default cap is 128 KiB a field
-    csv.field_size_limit(max(csv.field_size_limit(), 2**31 - 1))
     reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter, strict=True)
+    previous_limit = csv.field_size_limit(CSV_FIELD_LIMIT)  # process-wide: put back after reading
     try:
         rows = list(reader)
     except csv.Error as e:
+        if "field limit" in str(e):
+            raise UserError(f"{path} line {reader.line_num}: a field longer than {CSV_FIELD_LIMIT:,} characters "
+                            "(an unclosed quote that runs to the end of the file?)",
+                            "check the quoting: a field that starts with \" must end with \"") from None
         raise UserError(f"{path} line {reader.line_num}: malformed CSV ({e})",
                         "check the quoting on that line: fields with commas or quotes must be double-quoted") from None
+    finally:
+        csv.field_size_limit(previous_limit)
     rows = [r for r in rows if r]  # blank lines
     if not rows:
         raise UserError(f"{path} is empty", "give a file with a header and at least one row")
     header = rows[0]
     if _is_agnews_row(header) and text_col not in header:
-        return _agnews_table(rows, path)
+        return _agnews_table(rows, path, encoding)
     other = [d for d in DELIMITERS if d != delimiter and d in header[0]]
     if len(header) == 1 and text_col not in header and other:
         raise UserError(f"{path}: the header is one column {header[0]!r}, so the file looks "
@@ -112,7 +143,7 @@ def _read_delimited(path: Path, encoding: str, text_col: str) -> _Table:
     if len(rows) == 1:
         raise UserError(f"{path} has a header but no rows", "add data rows below the header")
     if len(set(header)) != len(header):
-        raise UserError(f"{path}: the header repeats a column name ({header})", "give every column a unique name")
+        raise UserError(f"{path}: the header repeats a column name ({_columns(header)})", "give every column a unique name")
     for i, row in enumerate(rows[1:], start=2):
         if len(row) != len(header):
             hint = "" if delimiter == "\t" or ";" not in header[0] else " (the header contains ';': is it semicolon-separated?)"
@@ -122,7 +153,7 @@ def _read_delimited(path: Path, encoding: str, text_col: str) -> _Table:
     return _Table(columns, str(path), "line", 2)
 
 
-def _agnews_table(rows: list[list[str]], path: Path) -> _Table:
+def _agnews_table(rows: list[list[str]], path: Path, encoding: str) -> _Table:
     """The original AG News CSV: no header; class 1..K, title, description; `\\` marks line breaks."""
     for i, row in enumerate(rows, start=1):
         if len(row) != 3:
@@ -130,37 +161,80 @@ def _agnews_table(rows: list[list[str]], path: Path) -> _Table:
                             "fix the quoting on that line")
     texts = [(t.strip() + " " + d.strip()).replace("\\", " ").strip() for _, t, d in rows]
     classes = path.parent / "classes.txt"
-    names = [n.strip() for n in classes.read_text().splitlines() if n.strip()] if classes.is_file() else []
+    names = [n.strip() for n in _read_text(classes, encoding, allow_empty=True).splitlines() if n.strip()] \
+        if classes.is_file() else []
+    if len(set(names)) != len(names):
+        raise UserError(f"{classes} names a class twice ({_columns(names)})", "list every class once, in id order")
     return _Table({"text": texts, "label": [r[0].strip() for r in rows]}, str(path), "line", 1, names, True)
 
 
+def _json_kind(v) -> str:
+    return {dict: "object", list: "list", str: "string", int: "number", float: "number", bool: "boolean"}.get(
+        type(v), "null" if v is None else type(v).__name__)
+
+
 def _read_jsonl(path: Path, encoding: str) -> _Table:
+    """JSONL: one object per line. A .json file: an array of objects, {column: [values]}, or JSONL named .json."""
     text = _read_text(path, encoding)
-    if path.suffix.lower() == ".json" and text.lstrip().startswith("["):
+    if path.suffix.lower() == ".json":
         try:
-            records = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise UserError(f"{path}: not valid JSON ({e})", "give a JSON array of objects or one object per line") from None
-        numbered = list(enumerate(records, start=1))
-    else:
-        numbered = []
-        for i, line in enumerate(text.splitlines(), start=1):
-            if not line.strip():
-                continue
-            try:
-                numbered.append((i, json.loads(line)))
-            except json.JSONDecodeError as e:
-                raise UserError(f"{path} line {i}: not valid JSON ({e.msg})", "each line must be one JSON object") from None
+            return _json_document(path, untrusted.loads(text))
+        except untrusted.JSONError as e:
+            if not (e.extra_data and text.lstrip().startswith("{")):  # several objects: JSON lines in a .json file
+                raise UserError(f"{path}: {e.message}", "give a JSON array of objects or one object per line") from None
+    numbered = []
+    for i, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            numbered.append((i, untrusted.loads(line)))
+        except untrusted.JSONError as e:
+            raise UserError(f"{path} line {i}: {e.message.replace(' at line 1 column', ' at column')}",
+                            "each line must be one JSON object") from None
     if not numbered:
         raise UserError(f"{path} has no records", "give one JSON object per line")
-    keys: list[str] = []
+    t = _records_table(path, numbered, "line")
+    t.line_numbers = [i for i, _ in numbered]
+    return t
+
+
+def _records_table(path: Path, numbered: list, row_name: str) -> _Table:
+    keys: dict = {}
     for i, rec in numbered:
         if not isinstance(rec, dict):
-            raise UserError(f"{path} line {i}: a JSON {type(rec).__name__}, not an object", "each line must be an object")
-        keys += [k for k in rec if k not in keys]
-    columns = {k: [rec.get(k) for _, rec in numbered] for k in keys}
-    t = _Table(columns, str(path), "line", numbered[0][0])
-    t.line_numbers = [i for i, _ in numbered]
+            raise UserError(f"{path} {row_name} {i}: a JSON {_json_kind(rec)}, not an object",
+                            "each record must be an object like {\"text\": \"...\", \"label\": 0}")
+        keys.update(dict.fromkeys(rec))
+        if len(keys) > MAX_JSON_KEYS:  # every key becomes a column as long as the file: keys x records cells
+            raise UserError(f"{path} {row_name} {i}: the records have more than {MAX_JSON_KEYS:,} different keys",
+                            "give records with the same few keys (text, label, id)")
+    return _Table({k: [rec.get(k) for _, rec in numbered] for k in keys}, str(path), row_name, numbered[0][0])
+
+
+def _json_document(path: Path, doc) -> _Table:
+    """A whole .json document: an array of records, or one object of equally long column lists."""
+    if isinstance(doc, list):
+        if not doc:
+            raise UserError(f"{path} has no records (an empty JSON array)", "give a JSON array of objects")
+        return _records_table(path, list(enumerate(doc, start=1)), "record")
+    if not isinstance(doc, dict):
+        raise UserError(f"{path}: the file is a JSON {_json_kind(doc)}, not an array of objects",
+                        "give a JSON array of objects, or one object per line (JSONL)")
+    if not doc:
+        raise UserError(f"{path} has no records (an empty JSON object)", "give a JSON array of objects")
+    values = list(doc.values())
+    if all(isinstance(v, list) for v in values):  # {"text": [...], "label": [...]}
+        lengths = {k: len(v) for k, v in doc.items()}
+        if len(set(lengths.values())) != 1:
+            raise UserError(f"{path}: the column lists have different lengths "
+                            f"({', '.join(f'{_column(k)}: {n}' for k, n in list(lengths.items())[:10])})",
+                            "give every column the same number of values")
+        return _Table(doc, str(path), "record", 1)
+    if all(isinstance(v, dict) for v in values):
+        raise UserError(f"{path}: an object of objects (pandas' to_json default), not records",
+                        "write it with df.to_json(path, orient='records', lines=True), or give a JSON array of objects")
+    t = _records_table(path, [(1, doc)], "line")  # one record on its own
+    t.line_numbers = [1]
     return t
 
 
@@ -168,10 +242,15 @@ def _read_parquet(path: Path) -> _Table:
     import pyarrow as pa
     import pyarrow.parquet as pq
     try:
-        table = pq.read_table(path)
+        with pq.ParquetFile(path) as f:
+            names = f.schema_arrow.names
+            if len(set(names)) != len(names):
+                raise UserError(f"{path}: the schema repeats a column name ({_columns(names)})",
+                                "give every column a unique name")
+            columns = f.read().to_pydict()
     except (pa.ArrowException, OSError) as e:
-        raise UserError(f"{path} is not a readable Parquet file ({e})", "check the file, or give CSV/JSONL") from None
-    return _Table(table.to_pydict(), str(path), "row", 0)
+        raise UserError(f"{path} is not a readable Parquet file ({_brief(e)})", "check the file, or give CSV/JSONL") from None
+    return _Table(columns, str(path), "row", 0)
 
 
 def _read_pickle(path: Path, trust: bool) -> _Table:
@@ -261,6 +340,25 @@ def _row_label(t: _Table, i: int) -> str:
     return f"{t.where} {t.row_name} {lines[i] if lines else t.first_row + i}"
 
 
+def _brief(e: Exception, limit: int = 200) -> str:
+    """A library's error message on one line, cut short."""
+    text = " ".join(str(e).split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _column(name) -> str:
+    """A column name as messages show it: on one line, and printable even when it is not valid Unicode."""
+    text = " ".join(str(name).split()) if isinstance(name, str) else untrusted.show(name)
+    text = text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _columns(names, limit: int = 20) -> str:
+    names = list(names)
+    shown = ", ".join(_column(n) for n in names[:limit])
+    return shown + (f", ... ({len(names)} in all)" if len(names) > limit else "")
+
+
 def _is_missing(v) -> bool:
     """None or NaN: an empty cell as pandas, pyarrow and JSON give it."""
     return v is None or (isinstance(v, float) and v != v)
@@ -272,7 +370,7 @@ def _is_blank(v) -> bool:
 
 def _texts(t: _Table, text_col: str) -> list[str]:
     if text_col not in t.columns:
-        raise UserError(f"{t.where} has no column {text_col!r} (columns: {', '.join(t.columns)})",
+        raise UserError(f"{t.where} has no column {_column(text_col)!r} (columns: {_columns(t.columns)})",
                         "name the text column with --set data.text_column=<name>")
     texts = []
     for i, v in enumerate(t.columns[text_col]):
@@ -280,83 +378,133 @@ def _texts(t: _Table, text_col: str) -> list[str]:
             raise UserError(f"{_row_label(t, i)} column {text_col!r}: empty or missing text",
                             "fill in the text or remove that row")
         if not isinstance(v, str):
-            raise UserError(f"{_row_label(t, i)} column {text_col!r}: {type(v).__name__} value {str(v)[:40]}, not text",
+            raise UserError(f"{_row_label(t, i)} column {text_col!r}: {type(v).__name__} value {untrusted.show(v)}, not text",
                             f"store {text_col!r} as strings, or name the text column with --set data.text_column=<name>")
-        texts.append(v[:MAX_TEXT_CHARS])
+        v = v[:MAX_TEXT_CHARS]
+        problem = untrusted.unicode_problem(v)
+        if problem:  # the tokenizer cannot take it, and the outputs could not be written
+            raise UserError(f"{_row_label(t, i)} column {text_col!r}: the text has {problem}",
+                            "fix that text (a JSON \\ud800-\\udbff escape must be followed by a \\udc00-\\udfff one)")
+        texts.append(v)
+    if not texts:
+        raise UserError(f"{t.where} has no data rows", "give a file with at least one row")
     return texts
 
 
-def _is_int(v) -> bool:
-    if isinstance(v, bool):
-        return False
+# A class id as text: ASCII digits, an optional sign, and an optional ".0" (as spreadsheets and pandas write
+# whole numbers). int() accepts more ("²" passes isdigit() but int() refuses it; "١", "1_0", " +1 "), so the
+# pattern, not int(), decides what is an id.
+_CLASS_ID = re.compile(r"([+-]?)0*([0-9]+)(?:\.0*)?")
+_DIGITS = re.compile(r"[0-9]+")
+_BIG = 10**18  # stands for any id with more digits than that: out of every range
+
+
+class _NotALabel(ValueError):
+    """A value that is neither a class id nor a class name."""
+
+
+def _class_id_or_name(v, names: list[str]):
+    """An int for a class id, a str for a class name; _NotALabel for anything else (booleans, NaN, 1.5, lists...)."""
+    if isinstance(v, (bool, np.bool_)):
+        raise _NotALabel("is a boolean, not a class id or name (store labels as ids 0..K-1 or as names)")
     if isinstance(v, (int, np.integer)):
-        return True
-    if isinstance(v, float):
-        return v.is_integer()
+        return int(v)
+    if isinstance(v, (float, np.floating)):
+        if not math.isfinite(v):
+            raise _NotALabel("is not a finite number")
+        if not float(v).is_integer():
+            raise _NotALabel("is not a whole number")
+        return int(v) if abs(v) < _BIG else _BIG
     if not isinstance(v, str):
-        return False
-    try:
-        return v.strip().lstrip("-").isdigit() or float(v).is_integer()  # "3" or "3.0"
-    except ValueError:
-        return False
-
-
-def _as_int(v) -> int:
-    return int(v) if isinstance(v, str) and v.strip().lstrip("-").isdigit() else int(float(v))
-
-
-def _is_fraction(v) -> bool:
-    """1.5 or "1.5": a number, but not a class id."""
-    if isinstance(v, bool) or _is_int(v):
-        return False
-    try:
-        return float(v) == float(v)  # not NaN
-    except (TypeError, ValueError):
-        return False
+        raise _NotALabel(f"is a {type(v).__name__}, not a class id or name (labels are ids 0..K-1 or names)")
+    text = v.strip()
+    m = _CLASS_ID.fullmatch(text)
+    if m:  # ids win over names that are digits, as data.label_names documents
+        sign, digits = m.groups()
+        value = int(digits) if len(digits) <= 18 else _BIG
+        return -value if sign == "-" else value
+    if text not in names:
+        try:
+            number = float(text)
+        except ValueError:
+            pass
+        else:  # "1.5", "1e3", "nan", "inf", "1_0": numbers, but not class ids
+            if not math.isfinite(number):
+                raise _NotALabel("is not a finite number")
+            if not number.is_integer():
+                raise _NotALabel("is not a whole number")
+            raise _NotALabel("is a number but not a class id (write ids with the digits 0-9)")
+        problem = untrusted.unicode_problem(text)
+        if problem:
+            raise _NotALabel(f"has {problem}")
+    return text
 
 
 def _labels(t: _Table, label_col: str, names: list[str]) -> tuple[list[int], list[str]]:
     """Resolve a label column (ids or names) against known names; returns ids and the names used."""
     if label_col not in t.columns:
-        raise UserError(f"{t.where} has no column {label_col!r} (columns: {', '.join(t.columns)})",
+        raise UserError(f"{t.where} has no column {_column(label_col)!r} (columns: {_columns(t.columns)})",
                         "name the label column with --set data.label_column=<name>")
+    if len(set(names)) != len(names):
+        raise UserError(f"the class names repeat a name ({_columns(names)})", "list every class once, in id order")
     raw = t.columns[label_col]
+    values = []
     for i, v in enumerate(raw):
         if _is_blank(v):
             raise UserError(f"{_row_label(t, i)} column {label_col!r}: missing label", "fill in the label or remove the row")
-    for i, v in enumerate(raw):
-        if _is_fraction(v) and str(v).strip() not in names:
-            raise UserError(f"{_row_label(t, i)} column {label_col!r}: label {v!r} is not a whole number",
-                            "labels are class ids 0..K-1 or class names; fix that row")
-    as_int = [_is_int(v) for v in raw]
+        try:
+            values.append(_class_id_or_name(v, names))
+        except _NotALabel as e:
+            raise UserError(f"{_row_label(t, i)} column {label_col!r}: label {untrusted.show(v)} {e}",
+                            "labels are class ids 0..K-1 or class names; fix that row") from None
+    as_int = [isinstance(v, int) for v in values]
     if all(as_int):
-        ids = [_as_int(v) for v in raw]
         offset = 1 if t.labels_one_based else 0
-        k = len(names) if names else None
-        for i, v in enumerate(ids):
-            lo, hi = offset, (k - 1 + offset) if k else None
-            if v < lo or (hi is not None and v > hi):
-                span = f"{lo}..{hi}" if hi is not None else f">= {lo}"
-                raise UserError(f"{_row_label(t, i)} column {label_col!r}: label {v} is out of range {span}"
-                                + (f" ({len(names)} classes: {', '.join(names)})" if names else ""),
+        lo, hi = offset, (len(names) if names else MAX_CLASSES) - 1 + offset
+        for i, v in enumerate(values):
+            if v < lo or v > hi:
+                shown = untrusted.show(raw[i]) if v == _BIG or -v == _BIG else str(v)
+                if names:
+                    raise UserError(f"{_row_label(t, i)} column {label_col!r}: label {shown} is out of range {lo}..{hi}"
+                                    f" ({len(names)} classes: {_columns(names)})",
+                                    "fix the label, or set data.label_names to the full class list")
+                raise UserError(f"{_row_label(t, i)} column {label_col!r}: label {shown} is out of range "
+                                f"{lo}..{hi} (class ids count up from {lo}, at most {MAX_CLASSES:,} classes)",
                                 "fix the label, or set data.label_names to the full class list")
-        ids = [v - offset for v in ids]
+        ids = [v - offset for v in values]
         if not names:
             names = [str(j) for j in range(max(ids) + 1)]
         return ids, names
     if any(as_int):
         i = as_int.index(not as_int[0])
-        raise UserError(f"{_row_label(t, i)} column {label_col!r}: labels mix class ids and class names",
-                        "use only ids (0..K-1) or only names in one file")
-    values = [str(v).strip() for v in raw]
+        raise UserError(f"{_row_label(t, i)} column {label_col!r}: labels mix class ids and class names "
+                        f"(label {untrusted.show(raw[i])})", "use only ids (0..K-1) or only names in one file")
     if not names:
         names = sorted(set(values))
     index = {n: j for j, n in enumerate(names)}
     for i, v in enumerate(values):
         if v not in index:
-            raise UserError(f"{_row_label(t, i)} column {label_col!r}: unknown label {v!r}",
-                            f"labels must be one of: {', '.join(names)}")
+            raise UserError(f"{_row_label(t, i)} column {label_col!r}: unknown label {untrusted.show(v)}",
+                            f"labels must be one of: {_columns(names)}")
     return [index[v] for v in values], names
+
+
+def _check_ids(t: _Table, ids: list) -> None:
+    seen = set()
+    for i, v in enumerate(ids):
+        if _is_missing(v):
+            raise UserError(f"{_row_label(t, i)} column 'id': missing id", "give every row an id, or drop the id column")
+        if isinstance(v, (bool, np.bool_)) or not isinstance(v, (str, int, float, np.integer, np.floating)):
+            raise UserError(f"{_row_label(t, i)} column 'id': a {type(v).__name__}, not an id",
+                            "ids must be numbers or strings")
+        if isinstance(v, str) and untrusted.unicode_problem(v):
+            raise UserError(f"{_row_label(t, i)} column 'id': the id has {untrusted.unicode_problem(v)}",
+                            "ids must be valid text")
+        if isinstance(v, (float, np.floating)) and not math.isfinite(v):
+            raise UserError(f"{_row_label(t, i)} column 'id': id {v} is not a finite number", "fix that id")
+        if v in seen:
+            raise UserError(f"{_row_label(t, i)} column 'id': duplicate id {untrusted.show(v)}", "ids must be unique")
+        seen.add(v)
 
 
 def load(source: str, *, text_column: str = "text", label_column: str = "label", label_names=(),
@@ -369,16 +517,7 @@ def load(source: str, *, text_column: str = "text", label_column: str = "label",
     ids = t.columns.get("id") or t.columns.get("ID")
     if ids is not None:
         ids = list(ids)
-        seen = set()
-        for i, v in enumerate(ids):
-            if _is_missing(v):
-                raise UserError(f"{_row_label(t, i)} column 'id': missing id", "give every row an id, or drop the id column")
-            if isinstance(v, (list, dict)):
-                raise UserError(f"{_row_label(t, i)} column 'id': a {type(v).__name__}, not an id",
-                                "ids must be numbers or strings")
-            if v in seen:
-                raise UserError(f"{_row_label(t, i)} column 'id': duplicate id {v!r}", "ids must be unique")
-            seen.add(v)
+        _check_ids(t, ids)
     labels = None
     if labelled or label_column in t.columns:  # unlabelled inputs may still carry labels (e.g. test.csv)
         labels, names = _labels(t, label_column, names)

@@ -170,8 +170,13 @@ def evaluate(run_dir: Path, sources: list[str], trust_pickle: bool = False, batc
              max_tokens: int = -1) -> dict:
     """Score a finished run on labelled data; saves eval-<name>.json in the run directory."""
     run_dir = Path(run_dir)
+    if not (run_dir / "config.json").is_file():
+        raise UserError(f"{run_dir} is not a loraclf run directory (no config.json)", "give the --out folder of a train run")
+    from . import config as config_mod
+    # the data first, as predict does: its mistakes show before a model is loaded
+    ex = load_eval_data(config_mod.from_dict(rundir.read_json(run_dir / "config.json")), list(sources),
+                        rundir.read_json(run_dir / "labels.json"), trust_pickle)
     model, tokenizer, cfg, label_names = predict_mod.load_for_inference(run_dir)
-    ex = load_eval_data(cfg, list(sources), label_names, trust_pickle)
     logits = predict_mod.logits_for(model, tokenizer, ex.texts, cfg.data.max_length_infer or cfg.data.max_length, batch_size,
                                     max_tokens=max_tokens, full_cast=cfg.train.bf16_full_eval,
                                     cls_only=cfg.train.cls_only_last_layer, tune_malloc=cfg.train.tune_malloc)

@@ -8,7 +8,8 @@ or an --onnx export.
 Requests are micro-batched across clients: one worker thread owns the model; it takes every request waiting,
 waits up to --max-wait-ms for more (until --max-batch texts), runs one length-sorted pass, and answers each
 request with its own rows. Limits: more than --max-texts texts, a text over --max-chars characters or a body over
---max-body-bytes give 413; a body that is not JSON or not {"texts": [strings]} gives 422; every error body is
+--max-body-bytes give 413; a body that is not JSON or not {"texts": [strings]} gives 422, as does JSON nested
+too deeply, an integer over 4,300 digits, a repeated key or a text with a lone surrogate; every error body is
 JSON {"error": "..."}. A failing forward pass answers 500 to the requests of that batch only; the server goes on.
 SIGTERM (or Ctrl+C): stop accepting connections, finish the requests in flight, exit 0.
 """
@@ -25,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
+from . import untrusted
 from .errors import UserError
 
 DEFAULTS = dict(max_texts=64, max_chars=10_000, max_batch=64, max_wait_ms=2.0)
@@ -195,9 +197,10 @@ class RequestError(Exception):
 def parse_request(body: bytes, max_texts: int, max_chars: int) -> list[str]:
     """{"texts": [str, ...]} -> the texts; RequestError(413/422) otherwise."""
     try:
-        data = json.loads(body)
-    except (ValueError, UnicodeDecodeError) as e:
-        raise RequestError(422, f"the request body is not valid JSON ({e})") from None
+        data = untrusted.loads(body)
+    except untrusted.JSONError as e:  # also JSON nested too deeply, a 5,000-digit number, a repeated key
+        lead = "the request body is " if e.message.startswith("not valid JSON") else "the request body is refused: "
+        raise RequestError(422, lead + e.message) from None
     if not isinstance(data, dict) or "texts" not in data:
         raise RequestError(422, 'the request body must be a JSON object {"texts": ["...", ...]}')
     texts = data["texts"]
@@ -212,10 +215,8 @@ def parse_request(body: bytes, max_texts: int, max_chars: int) -> list[str]:
             raise RequestError(422, f'"texts"[{i}] is {_json_type(t)}, not a string')
         if len(t) > max_chars:
             raise RequestError(413, f'"texts"[{i}] has {len(t)} characters; the limit is {max_chars}')
-        try:
-            t.encode("utf-8")
-        except UnicodeEncodeError:
-            raise RequestError(422, f'"texts"[{i}] is not valid Unicode (a lone surrogate escape)') from None
+        if untrusted.unicode_problem(t):
+            raise RequestError(422, f'"texts"[{i}] is not valid Unicode (a lone surrogate escape)')
     return texts
 
 
@@ -316,9 +317,13 @@ def serve(path, host: str = "127.0.0.1", port: int = 8000, max_texts: int = DEFA
         import uvicorn
     except ImportError:
         raise UserError("serving needs fastapi and uvicorn", "pip install 'loraclf[serve]'") from None
-    for name, v in (("--max-texts", max_texts), ("--max-chars", max_chars), ("--max-batch", max_batch)):
+    for name, v in (("--max-texts", max_texts), ("--max-chars", max_chars), ("--max-batch", max_batch),
+                    ("--batch-size", batch_size), ("--max-body-bytes", 1 if max_body_bytes is None else max_body_bytes)):
         if v < 1:
             raise UserError(f"{name} must be at least 1, not {v}", f"give {name} 1 or more")
+    for name, v in (("--max-wait-ms", max_wait_ms), ("--drain-timeout", drain_timeout)):
+        if not (0 <= v < float("inf")):  # NaN fails this too
+            raise UserError(f"{name} must be a finite number of 0 or more, not {v}", f"give {name} 0 or more")
     if not 0 <= port <= 65535:
         raise UserError(f"--port {port} is not a port number", "give a port between 1 and 65535")
     _check_port(host, port)
