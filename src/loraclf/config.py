@@ -158,16 +158,16 @@ def _show(value) -> str:
     return text if len(text) <= 40 else text[:30] + f"... ({len(text):,} characters)"
 
 
-def _parse(text: str):
-    """A --set value as JSON where it is JSON; UserError for nesting or digits Python refuses to read."""
+def _parse(text: str, key: str):
+    """A value given as text (--set) as JSON where it is JSON; UserError for nesting or digits Python refuses to read."""
     try:
         return json.loads(text)
     except RecursionError:
-        raise UserError("a --set value is nested too deeply", "give a flat value or a short list") from None
+        raise UserError(f"config key {key}: the value is nested too deeply", "give a flat value or a short list") from None
     except ValueError as e:  # JSONDecodeError, and integers past the interpreter's digit limit
         if not isinstance(e, json.JSONDecodeError):
-            raise UserError(f"a --set value has too many digits ({len(text):,} characters)",
-                            "give a number of sensible size") from None
+            raise UserError(f"config key {key}: the value has too many digits ({len(text):,} characters)",
+                            f"give a number in range for {key}") from None
         raise
 
 
@@ -177,7 +177,7 @@ def _coerce(value, hint, key: str):
     if isinstance(value, str) and hint is not str:
         text = value.strip()
         try:
-            value = _parse(text)
+            value = _parse(text, key)
         except json.JSONDecodeError:
             if origin is list:  # --set adapter.target_modules=query,value
                 value = [v.strip() for v in text.split(",") if v.strip()]
