@@ -171,10 +171,11 @@ def _parse(text: str, key: str):
         raise
 
 
-def _coerce(value, hint, key: str):
-    """Check and convert one value to the field's declared type; strings from --set are parsed."""
+def _coerce(value, hint, key: str, text: bool = False):
+    """Check and convert one value to the field's declared type. `text`: the value was typed as text (--set,
+    or an item of a comma-separated list there) and is parsed; in a TOML or JSON file a number must be a number."""
     origin = typing.get_origin(hint)
-    if isinstance(value, str) and hint is not str:
+    if text and isinstance(value, str) and hint is not str:
         text = value.strip()
         try:
             value = _parse(text, key)
@@ -216,12 +217,12 @@ def _coerce(value, hint, key: str):
             value = [value]
         if not isinstance(value, list):
             raise bad
-        return [_coerce(v, item, key) for v in value]
+        return [_coerce(v, item, key, text) for v in value]
     if origin is dict:
         _, vt = typing.get_args(hint)
         if not isinstance(value, dict):
             raise bad
-        return {str(k): _coerce(v, vt, key) for k, v in value.items()}
+        return {str(k): _coerce(v, vt, key, text) for k, v in value.items()}
     raise bad
 
 
@@ -254,11 +255,11 @@ def _resolve(cfg: Config, key: str, renamed: list[str]) -> tuple[str, str]:
     return section, name
 
 
-def _set(cfg: Config, key: str, value, renamed: list[str] | None = None) -> None:
+def _set(cfg: Config, key: str, value, renamed: list[str] | None = None, text: bool = False) -> None:
     section, name = _resolve(cfg, key, renamed if renamed is not None else [])
     obj = getattr(cfg, section)
     hints = typing.get_type_hints(type(obj))
-    setattr(obj, name, _coerce(value, hints[name], f"{section}.{name}"))
+    setattr(obj, name, _coerce(value, hints[name], f"{section}.{name}", text))
 
 
 def name_in(obj, name: str) -> bool:
@@ -332,7 +333,7 @@ def load(preset: str | None = None, config_file: str | None = None, overrides: l
         key, sep, value = item.partition("=")
         if not sep:
             raise UserError(f"--set {_show(item)} is not key=value", "write it as --set section.key=value")
-        _set(cfg, key.strip(), value, renamed)
+        _set(cfg, key.strip(), value, renamed, text=True)
     validate(cfg)
     note_renamed(renamed)
     return cfg
