@@ -266,10 +266,15 @@ def name_in(obj, name: str) -> bool:
     return name in {f.name for f in dataclasses.fields(obj)}
 
 
+_noted: set[str] = set()  # old names already noted in this process (a command may read a run's config twice)
+
+
 def note_renamed(renamed: list[str]) -> None:
-    """One line on stderr for every old key name seen in one load."""
-    if renamed:
-        moved = ", ".join(f"{k} -> {RENAMED[k]}" for k in dict.fromkeys(renamed))
+    """One line on stderr for the old key names of one load, each noted once per process."""
+    fresh = [k for k in dict.fromkeys(renamed) if k not in _noted]
+    _noted.update(fresh)
+    if fresh:
+        moved = ", ".join(f"{k} -> {RENAMED[k]}" for k in fresh)
         print(f"loraclf: note: config keys moved ({moved}); the old names still load", file=sys.stderr)
 
 
