@@ -50,7 +50,7 @@ class DataConfig:
     text_column: str = "text"
     label_column: str = "label"
     label_names: list[str] = field(default_factory=list)  # empty: from the data (classes.txt, names)
-    val_size: float = 0.1               # < 1: fraction; >= 1: number of rows; 0: no validation
+    val_size: float = 0.1               # in (0, 1): fraction; a whole number >= 2: rows; 0: no validation
     max_length: int = 256               # training
     max_length_infer: int = 0           # 0: same as max_length
     encoding: str = "utf-8"
