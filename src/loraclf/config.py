@@ -237,7 +237,7 @@ def _resolve(cfg: Config, key: str, renamed: list[str]) -> tuple[str, str]:
     if not name:
         owners = [s for s in SECTIONS if name_in(getattr(cfg, s), section)]
         if len(owners) > 1:
-            raise UserError(f"config key {key!r} is in several sections",
+            raise UserError(f"config key {_show(key)} is in several sections",
                             "name the section: " + " or ".join(f"{s}.{section}" for s in owners))
         if not owners:
             old = [k for k in RENAMED if k.partition(".")[2] == section]
@@ -290,7 +290,10 @@ def apply(cfg: Config, data, where: str = "", renamed: list[str] | None = None) 
                 raise UserError(f"config key preset{where} is a {type(values).__name__}, not a name", "give a preset name")
             cfg.preset = values
             continue
-        if section not in SECTIONS or not isinstance(values, dict):
+        if section in SECTIONS and not isinstance(values, dict):
+            raise UserError(f"config section {section!r}{where} is a {type(values).__name__}, not a table of keys",
+                            f"write it as [{section}] with key = value lines (TOML) or \"{section}\": {{...}} (JSON)")
+        if section not in SECTIONS:
             raise UserError(f"unknown config section {_show(section)}{where}",
                             f"sections are {', '.join(SECTIONS)}; valid keys: {', '.join(valid_keys())}")
         for key, value in values.items():
