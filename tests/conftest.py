@@ -81,7 +81,7 @@ def tiny_config(model_dir: Path, *overrides: str):
     from loraclf import config
     base = [f"model.name={model_dir}", "adapter.target_modules=query,value", "adapter.r=4", "adapter.alpha=8",
             "adapter.dropout=0.0", f"data.label_names={LABELS}".replace("'", '"'), "data.max_length=32",
-            "data.val_size=0.2", "train.epochs=1", "train.batch_size=8", "train.lr=5e-3", "train.budget=10000000"]
+            "data.val_size=0.2", "train.epochs=1", "train.batch_size=8", "train.lr=5e-3", "budget.max_trainable=10000000"]
     return config.load(None, None, base + list(overrides))
 
 

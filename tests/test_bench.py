@@ -115,11 +115,11 @@ def test_levers_measure_every_lever(tiny_dir, agnews_dir, tmp_path):
     n_precisions = 2 if cpu_has_native_bf16() else 1                 # bf16 where it is native, and fp32
     assert len([r for r in rows if r["lever"].startswith("scoring batches")]) == 4 * n_precisions
     assert len([r for r in rows if r["lever"].startswith("dropout apply")]) == 2
-    last = [r["variant"] for r in rows if r["lever"].startswith("last layer")]     # train.cls_only_last_layer
+    last = [r["variant"] for r in rows if r["lever"].startswith("last layer")]     # scoring.cls_only_last_layer
     assert last == ["every row", "first token only"] * 6                # train median, longest; inference; twice each
     padding = [r["variant"][-1] for r in rows if r["lever"].startswith("padding multiple")]   # data.PAD_MULTIPLE
     assert padding == ["8", "1"] * 4                                     # train, inference; twice each
-    whole = [r["variant"] for r in rows if r["lever"].startswith("bf16 inference, 2,048")]  # train.bf16_full_eval
+    whole = [r["variant"] for r in rows if r["lever"].startswith("bf16 inference, 2,048")]  # scoring.bf16_full_cast
     assert whole == (["linears cast once", "whole model bf16"] * 2 if n_precisions == 2 else [])
     probes = [r["variant"] for r in rows if r["lever"].startswith("glibc malloc thresholds")]
     train, scoring = _malloc_probe_variants()

@@ -80,7 +80,7 @@ def test_agnews_1m_preset_fits_the_million_exactly(roberta_dir):
     cfg = config.load("agnews-1m", overrides=[f"model.name={roberta_dir}"])
     b = budget.count_config(cfg, LABELS)
     # r=25 on query/value in 12 layers, r=25 on the head dense, out_proj in full
-    assert b.trainable == 963_076 <= cfg.train.budget == 1_000_000
+    assert b.trainable == 963_076 <= cfg.budget.max_trainable == 1_000_000
     assert b.groups == {"lora:query": 460_800, "lora:value": 460_800, "head": 25 * (768 + 768) + 3_076}
     assert budget.max_rank(cfg, LABELS, 1_000_000) == 25  # the largest rank that fits is the one used
 
@@ -89,7 +89,7 @@ def test_agnews_1m_preset_fits_the_million_exactly(roberta_dir):
 def test_head_auto_is_lora_where_it_applies(roberta_dir, method, head):
     from loraclf import config
     cfg = config.load(None, None, [f"model.name={roberta_dir}", "model.init=random", f"adapter.method={method}",
-                                   "adapter.target_modules=query,value", "train.budget=10000000"])
+                                   "adapter.target_modules=query,value", "budget.max_trainable=10000000"])
     assert cfg.model.head == "auto"
     base = model.load_base(cfg, LABELS, meta=True)
     assert model.resolve_head(cfg, base) == head and cfg.model.head == head  # the saved config names it

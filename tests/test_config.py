@@ -30,8 +30,8 @@ def test_set_reaches_every_field_with_types():
     ("adapter.r=1.5", "is not a valid int"),
     ("train.gradient_checkpointing=maybe", "is not a valid bool"),
     ("train.scheduler=exponential", "choose one of: linear, cosine, constant"),
-    ("adapter.r=0", "must be at least 1"),
-    ("train.eval_max_tokens=-2", "train.eval_max_tokens = -2 is not allowed"),
+    ("adapter.r=0", "adapter.r 0 is out of range"),
+    ("scoring.max_tokens=-2", "scoring.max_tokens -2 is out of range"),
     ("train.lr", "is not key=value"),
 ])
 def test_bad_overrides_are_refused(override, message):

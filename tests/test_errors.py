@@ -47,7 +47,8 @@ def test_bad_training_data_exits_2_and_writes_nothing(tmp_path, capsys, case, ti
 
 def test_unknown_target_and_over_budget_write_nothing(tmp_path, capsys, small_csv, tiny_bert):
     out = tmp_path / "run"
-    base = ["train", "--data", str(small_csv), "--out", str(out), "--set", f"model.name={tiny_bert}"]
+    base = ["train", "--data", str(small_csv), "--out", str(out), "--set", f"model.name={tiny_bert}",
+            "--set", "data.max_length=32"]
     assert cli.main(base + ["--set", "adapter.target_modules=q_proj"]) == 2
     assert "matches no linear module" in capsys.readouterr().err
     assert cli.main(base + ["--budget", "100"]) == 2

@@ -208,8 +208,8 @@ def test_fit_runs_the_fast_path_and_leaves_fp32_weights(tmp_path, tiny_bert, mon
     monkeypatch.setattr(fastpath, "dropout", lambda x, p: calls.append(p) or real(x, p))
     tuned = []
     monkeypatch.setattr(fastpath, "tune_malloc", lambda: tuned.append(1) or True)
-    cfg = tiny_config(tiny_bert, "adapter.dropout=0.1", "train.precision=bf16", f"train.fast_dropout={str(fast).lower()}",
-                      f"train.tune_malloc={str(fast).lower()}", f"train.share_dropout_masks={str(share).lower()}")
+    cfg = tiny_config(tiny_bert, "adapter.dropout=0.1", "train.precision=bf16", f"cpu.fast_dropout={str(fast).lower()}",
+                      f"cpu.tune_malloc={str(fast).lower()}", f"cpu.share_dropout_masks={str(share).lower()}")
     m = model.build(cfg, LABELS)
     start = {n: p.detach().clone() for n, p in m.named_parameters() if p.requires_grad}
     tok = AutoTokenizer.from_pretrained(str(tiny_bert))
@@ -236,7 +236,7 @@ def test_fit_and_scoring_run_the_last_layer_for_the_first_token_only(tmp_path, t
     ex = data_mod.Examples([f"text number {i} " * (1 + i % 3) for i in range(16)], [i % 4 for i in range(16)], LABELS)
     enc = data_mod.encode(tok, ex, 32)
     for flag in (True, False):
-        cfg = tiny_config(tiny_bert, f"train.cls_only_last_layer={str(flag).lower()}")
+        cfg = tiny_config(tiny_bert, f"scoring.cls_only_last_layer={str(flag).lower()}")
         m = model.build(cfg, LABELS)
         rows = []
         m.get_base_model().bert.encoder.layer[-1].intermediate.register_forward_hook(

@@ -149,7 +149,8 @@ def test_hostile_predict_input_exits_2_and_writes_nothing(tmp_path, capsys, tiny
 def test_unwritable_run_directory_is_refused_before_training(tmp_path, capsys, small_csv, tiny_bert):
     blocker = tmp_path / "a-file"
     blocker.write_text("x")
-    code = cli.main(["train", "--data", str(small_csv), "--out", str(blocker / "run"), "--set", f"model.name={tiny_bert}"])
+    code = cli.main(["train", "--data", str(small_csv), "--out", str(blocker / "run"), "--set", f"model.name={tiny_bert}",
+                     "--set", "data.max_length=32"])
     err = capsys.readouterr().err
     assert code == 2 and "cannot write to run directory" in err, err
     _one_clean_line(err)
@@ -161,7 +162,8 @@ def test_full_disk_is_refused_before_training(tmp_path, capsys, small_csv, tiny_
     usage = collections.namedtuple("usage", "total used free")
     monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(10 * 2**30, 10 * 2**30 - 2**20, 2**20))
     out = tmp_path / "run"
-    code = cli.main(["train", "--data", str(small_csv), "--out", str(out), "--set", f"model.name={tiny_bert}"])
+    code = cli.main(["train", "--data", str(small_csv), "--out", str(out), "--set", f"model.name={tiny_bert}",
+                     "--set", "data.max_length=32"])
     err = capsys.readouterr().err
     assert code == 2 and "only 1 MiB free on the disk" in err, err
     _one_clean_line(err)

@@ -74,8 +74,8 @@ def test_evaluate_writes_json(tmp_path, tiny_run, capsys):
 
 def test_scoring_switches_come_from_the_run_config(tmp_path, tiny_run, monkeypatch):
     """predict, evaluate and serve score a run as its config says: whole model in bf16 unless
-    train.bf16_full_eval is false, the last layer for the first token only unless train.cls_only_last_layer is,
-    glibc's malloc thresholds fixed on CPU unless train.tune_malloc is."""
+    scoring.bf16_full_cast is false, the last layer for the first token only unless scoring.cls_only_last_layer is,
+    glibc's malloc thresholds fixed on CPU unless cpu.tune_malloc is."""
     import json
     import shutil
     from loraclf import pipeline, serve

@@ -60,6 +60,6 @@ def test_sweep_needs_data_and_enough_rows(tmp_path, tiny_bert, capsys):
 
 
 def test_candidates_are_the_planners_largest_ranks(tiny_bert):
-    cfg = tiny_config(tiny_bert, "train.budget=20000")
+    cfg = tiny_config(tiny_bert, "budget.max_trainable=20000")
     cands = search.candidates(cfg, LABELS, 3)
     assert len(cands) == 3 and all(c.adapter.alpha == 2 * c.adapter.r for _, c in cands)

@@ -12,7 +12,7 @@ preset A's LoRA config: r=6, alpha 24 on query/key/value, batch 16):
 - ``trainer``: Hugging Face ``Trainer`` + peft with its own best settings: ``DataCollatorWithPadding``,
   ``group_by_length``, bf16 only where the CPU has native bf16 (or on a GPU), same batch size;
   ``Trainer.predict`` with the same (trained, unmerged) model and loraclf's eval batch size, and where it
-  trains in bf16 its ``bf16_full_eval`` (the whole model cast to bf16, as loraclf's ``train.bf16_full_eval``).
+  trains in bf16 its ``bf16_full_eval`` (the whole model cast to bf16, as loraclf's ``scoring.bf16_full_cast``).
 
 Each (repeat, contender) runs in its own subprocess (``--worker``), so peak RSS is that contender's
 alone; contenders are interleaved within each repeat and the table reports medians over repeats.
@@ -335,10 +335,10 @@ def run_trainer_train(model, cfg, tokenizer, texts, labels, warmup_steps: int, s
     trainer = None
     if warmup_steps:
         ds = hf_dataset(tokenizer, texts[: warmup_steps * bs], labels[: warmup_steps * bs], cfg.data.max_length)
-        args, _ = _trainer_args(work / "warmup", cfg, warmup_steps, cfg.train.eval_batch_size, cfg.train.seed)
+        args, _ = _trainer_args(work / "warmup", cfg, warmup_steps, cfg.scoring.batch_size, cfg.train.seed)
         make_trainer(model, args, ds, tokenizer, _step_timer()).train()
     ds = hf_dataset(tokenizer, texts[n - steps * bs:], labels[n - steps * bs:], cfg.data.max_length)
-    args, precision = _trainer_args(work / "measured", cfg, steps, cfg.train.eval_batch_size, cfg.train.seed)
+    args, precision = _trainer_args(work / "measured", cfg, steps, cfg.scoring.batch_size, cfg.train.seed)
     timer = _step_timer()
     trainer = make_trainer(model, args, ds, tokenizer, timer)
     trainer.train()
@@ -364,14 +364,14 @@ def run_loraclf_infer(model, cfg, tokenizer, texts, run_dir: Path) -> dict:
     device = _device()
     inf_model.to(device)
     tick = time.perf_counter()
-    logits = predict_mod.logits_for(inf_model, inf_tok, list(texts), max_len, inf_cfg.train.eval_batch_size, "auto",
-                                    max_tokens=inf_cfg.train.eval_max_tokens, full_cast=inf_cfg.train.bf16_full_eval,
-                                    cls_only=inf_cfg.train.cls_only_last_layer, tune_malloc=inf_cfg.train.tune_malloc)
+    logits = predict_mod.logits_for(inf_model, inf_tok, list(texts), max_len, inf_cfg.scoring.batch_size, "auto",
+                                    max_tokens=inf_cfg.scoring.max_tokens, full_cast=inf_cfg.scoring.bf16_full_cast,
+                                    cls_only=inf_cfg.scoring.cls_only_last_layer, tune_malloc=inf_cfg.cpu.tune_malloc)
     _sync(device)
     seconds = time.perf_counter() - tick
     tokens = sum(len(x) for x in inf_tok(list(texts), truncation=True, max_length=max_len)["input_ids"])
-    cap = train_mod.scoring_tokens(inf_cfg.train.eval_max_tokens, device)
-    batch = f"{inf_cfg.train.eval_batch_size}" + (f", <= {cap} tokens" if cap else "")
+    cap = train_mod.scoring_tokens(inf_cfg.scoring.max_tokens, device)
+    batch = f"{inf_cfg.scoring.batch_size}" + (f", <= {cap} tokens" if cap else "")
     return {"rows": len(texts), "tokens": tokens, "seconds": seconds, "batch_size": batch,
             "merged": True, "logits_shape": list(logits.shape)}
 
@@ -380,10 +380,10 @@ def run_onnx_infer(run_dir: Path, tokenizer, texts, out: Path, cfg) -> dict:
     """`loraclf export --onnx` of the same trained run, then onnxruntime over the same texts (export untimed)."""
     from . import export
     export.export_onnx(run_dir, out)
-    r = export.onnx_throughput(out, list(texts), batch_size=cfg.train.eval_batch_size)
+    r = export.onnx_throughput(out, list(texts), batch_size=cfg.scoring.batch_size)
     max_len = cfg.data.max_length_infer or cfg.data.max_length
     tokens = sum(len(x) for x in tokenizer(list(texts), truncation=True, max_length=max_len)["input_ids"])
-    return {"rows": len(texts), "tokens": tokens, "seconds": r["seconds"], "batch_size": cfg.train.eval_batch_size}
+    return {"rows": len(texts), "tokens": tokens, "seconds": r["seconds"], "batch_size": cfg.scoring.batch_size}
 
 
 def run_openvino_infer(run_dir: Path, texts) -> dict:
@@ -394,16 +394,16 @@ def run_openvino_infer(run_dir: Path, texts) -> dict:
     from . import train as train_mod
     model, tok, cfg, _ = predict_mod.load_for_inference(run_dir)
     tick = time.perf_counter()
-    request = predict_mod.openvino_compile(model, "auto", cfg.train.cls_only_last_layer)
+    request = predict_mod.openvino_compile(model, "auto", cfg.scoring.cls_only_last_layer)
     setup = time.perf_counter() - tick
     max_len = cfg.data.max_length_infer or cfg.data.max_length
     tick = time.perf_counter()
     enc = data_mod.encode(tok, data_mod.Examples(list(texts), None, []), max_len)
-    predict_mod.openvino_scores(request, enc, tok.pad_token_id, cfg.train.eval_batch_size, cfg.train.eval_max_tokens)
+    predict_mod.openvino_scores(request, enc, tok.pad_token_id, cfg.scoring.batch_size, cfg.scoring.max_tokens)
     seconds = time.perf_counter() - tick
-    cap = train_mod.scoring_tokens(cfg.train.eval_max_tokens, "cpu")
+    cap = train_mod.scoring_tokens(cfg.scoring.max_tokens, "cpu")
     return {"rows": len(texts), "tokens": int(enc.lengths.sum()), "seconds": seconds, "setup_seconds": setup,
-            "batch_size": f"{cfg.train.eval_batch_size}" + (f", <= {cap} tokens" if cap else "")}
+            "batch_size": f"{cfg.scoring.batch_size}" + (f", <= {cap} tokens" if cap else "")}
 
 
 def run_report_a_infer(model, tokenizer, texts, max_length: int, batch_size: int, device) -> dict:
@@ -570,14 +570,14 @@ def accuracy_guard(agnews_dir: Path, train_rows: int, test_rows: int, epochs: fl
     model = acc.unwrap_model(model)
     seconds = time.perf_counter() - tick
     out["loraclf"] = {"accuracy": score(model), "train_seconds": seconds, "steps": prog.step, "precision": precision,
-                      "accuracy_as_predicted": score(model, precision, cfg.train.bf16_full_eval,
-                                                     cfg.train.cls_only_last_layer),
+                      "accuracy_as_predicted": score(model, precision, cfg.scoring.bf16_full_cast,
+                                                     cfg.scoring.cls_only_last_layer),
                       "predict_precision": precision + (" (whole model)" if train_mod.casts_whole_model(
-                          precision, cfg.train.bf16_full_eval) else "")}
+                          precision, cfg.scoring.bf16_full_cast) else "")}
     if importlib.util.find_spec("openvino") is not None and device.type == "cpu":  # predict --backend openvino
         from . import predict as predict_mod
         merged = copy.deepcopy(model).merge_and_unload()
-        request = predict_mod.openvino_compile(merged, "auto", cfg.train.cls_only_last_layer)
+        request = predict_mod.openvino_compile(merged, "auto", cfg.scoring.cls_only_last_layer)
         ov_logits = predict_mod.openvino_scores(request, test_enc, tokenizer.pad_token_id, 128)
         out["loraclf"]["accuracy_openvino"] = metrics_mod.classification(ov_logits, test_ex.labels, LABELS)["accuracy"]
         del merged, request
@@ -934,7 +934,7 @@ def levers(opts, log=None, malloc_probe: str | None = None) -> list[dict]:
     def infer_fn(model, batch_size, precision="fp32", max_tokens=0, encoded=None, full_cast=False, cls_only=False,
                  multiple=data_mod.PAD_MULTIPLE):
         """Scoring as predict does; no token cap unless asked (the scoring-batches rows measure the cap), the
-        whole model cast (train.bf16_full_eval) and the first-token last layer (cls_only) only where asked."""
+        whole model cast (scoring.bf16_full_cast) and the first-token last layer (cls_only) only where asked."""
         def go():
             with torch.inference_mode():
                 train_mod.predict_logits(model, encoded or enc, batch_size, tok.pad_token_id, torch.device("cpu"),
@@ -1009,7 +1009,7 @@ def levers(opts, log=None, malloc_probe: str | None = None) -> list[dict]:
         frozen_cache_lever(build, many, tok.pad_token_id, record, fastpath._transformers_model(model).config.num_hidden_layers)
         if only == "frozen-cache":
             return results
-    # the last layer for the first token only (train.cls_only_last_layer), on fit's whole fast step and on
+    # the last layer for the first token only (scoring.cls_only_last_layer), on fit's whole fast step and on
     # predict's scoring (merged, 2,048-token batches, whole model cast in bf16); alternated, twice
     for label, index in (("median", None), ("longest", long_index)):
         for _ in range(2):
@@ -1063,7 +1063,7 @@ def levers(opts, log=None, malloc_probe: str | None = None) -> list[dict]:
             record(f"fast path ({fast} train, {label})", variant, _timed(train_step_fn(model, cfg, fast, **kw, index=index), reps),
                    bs, "samples")
         step_kw = {"cheap_dropout": True, "cast_once": True, "attn": fastpath.TRAIN_ATTENTION, "index": index}
-        for _ in range(2):  # one LoRA dropout mask per module (peft) or one per input (train.share_dropout_masks)
+        for _ in range(2):  # one LoRA dropout mask per module (peft) or one per input (cpu.share_dropout_masks)
             for variant, share in (("one per LoRA module", False), ("shared by q, k, v", True)):
                 record(f"LoRA dropout masks ({fast} fast train, {label})", variant,
                        _timed(train_step_fn(model, cfg, fast, **step_kw, share=share), reps), bs, "samples")
@@ -1106,7 +1106,7 @@ def levers(opts, log=None, malloc_probe: str | None = None) -> list[dict]:
             mod.to(torch.bfloat16)
     record("bf16 inference weights", "linears cast once", _timed(infer_fn(merged, 64, "bf16"), reps), len(enc), "rows")
     merged.float()
-    # everything bf16, LayerNorm and residual adds included (train.bf16_full_eval): faster, not autocast's numbers;
+    # everything bf16, LayerNorm and residual adds included (scoring.bf16_full_cast): faster, not autocast's numbers;
     # on more rows (`many`), with the token cap: predict's batches
     if fast == "bf16":
         for _ in range(2):  # alternating, twice
@@ -1132,7 +1132,7 @@ def levers(opts, log=None, malloc_probe: str | None = None) -> list[dict]:
         finally:
             inductor_config.freezing = frozen_before
             torch._dynamo.reset()
-    # scoring batches: rows only vs a cap on padded tokens (train.eval_max_tokens), on more rows than the
+    # scoring batches: rows only vs a cap on padded tokens (scoring.max_tokens), on more rows than the
     # other inference rows so that a cap changes the batches' make-up and not only their number; in bf16 the whole
     # model cast, as predict scores
     for prec in dict.fromkeys((fast, "fp32")):  # the cap applies to fp32 scoring too (CPUs without native bf16)
@@ -1208,7 +1208,7 @@ def ceiling_lever(model, steps, tokens: int, many, scorer, trainer_side, fast: s
     pad_id = tok.pad_token_id
     work = Path(tempfile.mkdtemp(prefix="loraclf-ceiling-"))
     ds = hf_dataset(tok, texts, None, trainer_cfg.data.max_length)
-    args, _ = _trainer_args(work, trainer_cfg, 1, trainer_cfg.train.eval_batch_size, trainer_cfg.train.seed)
+    args, _ = _trainer_args(work, trainer_cfg, 1, trainer_cfg.scoring.batch_size, trainer_cfg.train.seed)
     trainer = make_trainer(report_a_model(trainer_cfg), args, ds, tok, _step_timer())
     merged = model.merge_and_unload().eval()
     go = scorer(merged)
@@ -1346,8 +1346,8 @@ def _add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--in-process", action="store_true", help="no subprocess per contender (peak RSS is then shared)")
     p.add_argument("--levers", action="store_true", help="measure each speed lever in isolation instead (bench/NOTES.md)")
     p.add_argument("--lever", choices=["all", "last-layer", "pad-multiple", "malloc", "frozen-cache", "tokenize", "ceiling"],
-                   default="all", help="with --levers: every lever, or one of the latest (train.cls_only_last_layer, "
-                   "data.PAD_MULTIPLE, train.tune_malloc in fresh processes, train.cache_frozen_layers, pre-tokenized "
+                   default="all", help="with --levers: every lever, or one of the latest (scoring.cls_only_last_layer, "
+                   "data.PAD_MULTIPLE, cpu.tune_malloc in fresh processes, train.cache_frozen_layers, pre-tokenized "
                    "data, what the kernels allow: ceiling.py)")
     p.add_argument("--malloc-probe", choices=["glibc", "tuned", "glibc-scoring", "tuned-scoring"], help=argparse.SUPPRESS)  # --levers' fresh processes
 

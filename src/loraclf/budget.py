@@ -92,15 +92,15 @@ def max_rank(cfg: Config, label_names: list[str], budget: int) -> int:
 def check(cfg: Config, label_names: list[str]) -> Budget:
     """Refuse a config over budget, with the breakdown and the largest rank that would fit."""
     b = count_config(cfg, label_names)
-    if b.trainable > cfg.train.budget:
+    if b.trainable > cfg.budget.max_trainable:
         hint = ""
         try:
-            r = max_rank(cfg, label_names, cfg.train.budget)
+            r = max_rank(cfg, label_names, cfg.budget.max_trainable)
             hint = (f"the largest rank that fits is r={r} (--set adapter.r={r})" if r >= 1 else
-                    "even r=1 does not fit: adapt fewer modules or layers, or raise train.budget")
+                    "even r=1 does not fit: adapt fewer modules or layers, or raise budget.max_trainable (--budget)")
         except UserError:
-            hint = "adapt fewer modules or layers, or raise train.budget"
-        raise UserError(f"{b.trainable:,} trainable parameters exceed the budget of {cfg.train.budget:,}:\n{b.table()}\n", hint)
+            hint = "adapt fewer modules or layers, or raise budget.max_trainable (--budget)"
+        raise UserError(f"{b.trainable:,} trainable parameters exceed the budget of {cfg.budget.max_trainable:,}:\n{b.table()}\n", hint)
     return b
 
 

@@ -17,7 +17,7 @@ def _config(args):
     from . import config
     overrides = list(args.set or [])
     for flag, key in (("epochs", "train.epochs"), ("seed", "train.seed"), ("max_train_samples", "data.max_train_samples"),
-                      ("budget", "train.budget"), ("model", "model.name")):
+                      ("budget", "budget.max_trainable"), ("model", "model.name")):
         value = getattr(args, flag, None)
         if value is not None:
             overrides.append(f"{key}={value}")
@@ -84,9 +84,9 @@ def cmd_predict(args) -> int:
 def cmd_plan(args) -> int:
     from . import budget
     cfg = _config(args)
-    names = cfg.data.label_names if cfg.data.label_names and not args.num_labels else \
-        [str(i) for i in range(args.num_labels or 2)]
-    limit = cfg.train.budget
+    num_labels = _num_labels(args.num_labels)
+    names = cfg.data.label_names if cfg.data.label_names and not num_labels else [str(i) for i in range(num_labels or 2)]
+    limit = cfg.budget.max_trainable
     if (args.preset or args.config or args.set) and not args.sweep and not args.all_ranks:
         b = budget.count_config(cfg, names)
         fits = b.trainable <= limit
@@ -120,6 +120,24 @@ def cmd_plan(args) -> int:
     return 0
 
 
+MAX_LABELS = 100_000
+
+
+def _num_labels(text: str | None) -> int:
+    """--num-labels: a classifier has at least two classes."""
+    if text is None:
+        return 0
+    try:
+        n = int(text.strip()) if len(text) <= 20 else None
+    except ValueError:
+        n = None
+    if n is None or not 2 <= n <= MAX_LABELS:
+        shown = text if len(text) <= 20 else text[:20] + "..."
+        raise UserError(f"--num-labels {shown!r} is not a number of classes from 2 to {MAX_LABELS:,}",
+                        "give the number of classes, e.g. --num-labels 4")
+    return n
+
+
 def cmd_presets(args) -> int:
     from . import config
     for name in config.preset_names():
@@ -133,8 +151,16 @@ def _add_common_config(p) -> None:
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override any setting, e.g. --set adapter.r=8")
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse's mistakes as the rest of loraclf's: one line on stderr, exit 2 (the usage is in --help)."""
+
+    def error(self, message: str):
+        message = message if len(message) <= 300 else message[:300] + "..."
+        self.exit(2, f"loraclf: error: {message} (see {self.prog} --help)\n")
+
+
 def parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="loraclf", description="LoRA text classification under a trainable-parameter budget")
+    ap = _Parser(prog="loraclf", description="LoRA text classification under a trainable-parameter budget")
     sub = ap.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("train", help="train, evaluate, predict and report in one run directory")
@@ -143,10 +169,11 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--test-data", action="append", help="labelled test data, evaluated after training (repeatable)")
     p.add_argument("--predict-data", help="unlabelled data to write submission.csv for (default: the test data)")
     p.add_argument("--out", help="run directory (default runs/<preset>-<time>)")
-    p.add_argument("--max-train-samples", type=int)
-    p.add_argument("--epochs", type=float)
-    p.add_argument("--seed", type=int)
-    p.add_argument("--budget", type=int)
+    # flags that set config keys are read as text and checked by the config, as --set values are
+    p.add_argument("--max-train-samples", help="data.max_train_samples")
+    p.add_argument("--epochs", help="train.epochs")
+    p.add_argument("--seed", help="train.seed")
+    p.add_argument("--budget", help="budget.max_trainable: trainable parameters, at most")
     p.add_argument("--model", help="override model.name (Hub name or local folder)")
     p.add_argument("--resume", action="store_true", help="continue from the run directory's checkpoint")
     p.add_argument("--overwrite", action="store_true", help="replace an existing run directory")
@@ -188,8 +215,8 @@ def parser() -> argparse.ArgumentParser:
     p = sub.add_parser("plan", help="exact trainable counts, and the LoRA options that fit a budget")
     _add_common_config(p)
     p.add_argument("--model", help="Hub name or local folder (config only; no weights are read)")
-    p.add_argument("--budget", type=int)
-    p.add_argument("--num-labels", type=int, default=0, help="classes (default: the preset's, else 2)")
+    p.add_argument("--budget", help="budget.max_trainable: trainable parameters, at most")
+    p.add_argument("--num-labels", help="classes, 2 or more (default: the preset's, else 2)")
     p.add_argument("--json", action="store_true")
     p.add_argument("--all-ranks", action="store_true", help="list every standard rank that fits, not only the largest")
     p.add_argument("--sweep", type=int, default=0, metavar="N",

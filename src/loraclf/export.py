@@ -150,7 +150,7 @@ def _meta(kind: str, run_dir: Path, cfg, label_names: list[str], extra: dict | N
             "adapter": {"method": cfg.adapter.method, "r": cfg.adapter.r, "alpha": cfg.adapter.alpha,
                         "target_modules": list(cfg.adapter.target_modules)},
             "max_length": _max_length(cfg), "labels": list(label_names), "budget": budget,
-            "budget_limit": cfg.train.budget, "metrics": _metrics_summary(run_dir),
+            "budget_limit": cfg.budget.max_trainable, "metrics": _metrics_summary(run_dir),
             "inputs": _read_json(run_dir / "inputs.json"), "run_config": cfg_dict} | (extra or {})
 
 

@@ -9,7 +9,7 @@
 - `frozen_weights_as(model, dtype)`: under autocast every frozen Linear weight is cast to bf16/fp16 again
   on every step (85M parameters for roberta-base). Casting once, for the length of training, gives the
   same numbers (autocast's cast is the same rounding) without that traffic. With `whole_model=True` (bf16
-  scoring, `train.bf16_full_eval`) embeddings and LayerNorms are cast too, so the residual stream is bf16:
+  scoring, `scoring.bf16_full_cast`) embeddings and LayerNorms are cast too, so the residual stream is bf16:
   faster, and no longer autocast's numbers (the accuracy guard in `loraclf bench` checks the result).
 - `attention(model, impl)`: SDPA is the faster attention for inference, but on CPU its training path is
   slower (with attention dropout it falls back to an unfused path whose dropout the lever above cannot
@@ -98,7 +98,7 @@ class _CPUDropoutMode(TorchFunctionMode):
 def cpu_dropout(enabled: bool = True, share: bool = False):
     """Every F.dropout call on a CPU tensor (nn.Dropout modules, peft's lora_dropout, HF's attention
     dropout) uses the cheaper mask while this is active. Backward needs no mode: the mask is saved.
-    `share` (train.share_dropout_masks): a dropout of the very tensor the previous call dropped, unchanged
+    `share` (cpu.share_dropout_masks): a dropout of the very tensor the previous call dropped, unchanged
     since, with the same p, returns that call's output: LoRA on query, key and value, which read the same
     hidden state, then see one mask (as in loralib's MergedLinear) instead of one each (peft)."""
     return _CPUDropoutMode(share) if enabled else contextlib.nullcontext()
@@ -259,11 +259,11 @@ def _first_token_layer_forward(layer, hidden_states, attention_mask=None, *args,
 
 @contextlib.contextmanager
 def cls_only_last_layer(model, enabled: bool = True):
-    """Inside the block the last encoder layer computes only the first token's row (train.cls_only_last_layer):
+    """Inside the block the last encoder layer computes only the first token's row (scoring.cls_only_last_layer):
     about a twelfth less work in roberta-base. Yields whether it applied (BERT-family classifiers on
     transformers 5, eager/SDPA attention; elsewhere the model runs unchanged). Nested inside a block that
     applied it (scoring inside fit), it yields False and the outer block's switch stays in force, even with
-    enabled=False: fit and its scoring read the same train.cls_only_last_layer."""
+    enabled=False: fit and its scoring read the same scoring.cls_only_last_layer."""
     layer = _last_layer_if_supported(model) if enabled else None
     if layer is None or "forward" in vars(layer):
         yield False
@@ -280,7 +280,7 @@ M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # mallopt's parameter numbers (mall
 
 @functools.cache  # serve scores through logits_for on every request: the mallopt calls are made once
 def tune_malloc() -> bool:
-    """glibc only: fixed malloc thresholds for CPU training and scoring (`train.tune_malloc`). By default glibc serves an
+    """glibc only: fixed malloc thresholds for CPU training and scoring (`cpu.tune_malloc`). By default glibc serves an
     allocation above its mmap threshold with a fresh mmap, page-faulted again on every use, and that threshold
     moves (up to the largest block freed so far, at most 32 MB), so how often a step's activations are
     page-faulted depends on the order their sizes came in. Fixed at that 32 MB maximum, with memory given

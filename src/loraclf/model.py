@@ -42,11 +42,41 @@ def _auto_config(cfg: Config, label_names: list[str]):
     except (OSError, ValueError) as e:
         raise UserError(f"cannot load model config {cfg.model.name!r} ({str(e).splitlines()[0][:160]})",
                         "give a local model folder, or a Hub name with network access") from None
+    check_lengths(cfg, config)
     if cfg.model.encoder_dropout >= 0:  # dropout masks cost ~20% of a CPU training step (bench/NOTES.md)
         for key in DROPOUT_KEYS:
             if getattr(config, key, None) is not None:
                 setattr(config, key, cfg.model.encoder_dropout)
     return config
+
+
+# Model types whose position ids start after the padding index (RoBERTa's create_position_ids_from_input_ids):
+# pad_token_id + 1 of their max_position_embeddings are never a text's positions.
+PADDING_OFFSET_POSITIONS = ("roberta", "xlm-roberta", "camembert", "roberta-prelayernorm", "data2vec-text", "xmod",
+                            "longformer", "ibert", "mpnet", "luke", "markuplm", "esm")
+
+
+def position_limit(config) -> int | None:
+    """The longest input (in tokens) the model's absolute position embeddings cover; None where it has none."""
+    n = getattr(config, "max_position_embeddings", None)
+    if not isinstance(n, int) or getattr(config, "position_biased_input", True) is False:  # DeBERTa: relative only
+        return None
+    if getattr(config, "model_type", "") in PADDING_OFFSET_POSITIONS:
+        n -= (getattr(config, "pad_token_id", None) or 0) + 1
+    return n if n > 0 else None
+
+
+def check_lengths(cfg: Config, config) -> None:
+    """data.max_length(_infer) within the model's positions, before a run writes anything (a longer text
+    would index past the position table mid-run)."""
+    limit = position_limit(config)
+    if limit is None:
+        return
+    for key in ("max_length", "max_length_infer"):
+        value = getattr(cfg.data, key)
+        if value > limit:
+            raise UserError(f"data.{key} = {value:,} is longer than model {cfg.model.name!r} reads ({limit} tokens)",
+                            f"--set data.{key}={limit} or less")
 
 
 DROPOUT_KEYS = ("hidden_dropout_prob", "attention_probs_dropout_prob", "classifier_dropout", "dropout",

@@ -27,9 +27,19 @@ def load_training_data(cfg: Config, sources: list[str], trust_pickle: bool = Fal
     d = cfg.data
     examples = data_mod.load_many(sources, text_column=d.text_column, label_column=d.label_column,
                                   label_names=d.label_names, split="train", encoding=d.encoding, trust_pickle=trust_pickle)
+    check_classes(examples, sources)
     if d.max_train_samples and d.max_train_samples < len(examples):
         examples, _ = data_mod.split(examples, len(examples) - d.max_train_samples, cfg.train.seed)
     return data_mod.split(examples, d.val_size, cfg.train.seed)
+
+
+def check_classes(examples, sources: list[str]) -> None:
+    """A classifier needs two classes to tell apart: one class would train and score 100% on anything."""
+    present = sorted(set(examples.labels))
+    if len(examples.label_names) < 2 or len(present) < 2:
+        only = examples.label_names[present[0]] if present and present[0] < len(examples.label_names) else "?"
+        raise UserError(f"the training data ({', '.join(sources)}) has one class only ({only!r})",
+                        "give rows of at least two classes (and check data.label_column)")
 
 
 def load_eval_data(cfg: Config, sources: list[str], label_names: list[str], trust_pickle: bool = False):
@@ -61,8 +71,8 @@ def train(cfg: Config, data: list[str], out: Path, test_data: list[str] = (), pr
         cfg = config_mod.from_dict(rundir.read_json(saved))
         inputs = rundir.read_json(out / "inputs.json")
         data, test_data, predict_data = inputs["data"], inputs["test_data"], inputs["predict_data"]
-    if cfg.train.threads:
-        torch.set_num_threads(cfg.train.threads)
+    if cfg.cpu.threads:
+        torch.set_num_threads(cfg.cpu.threads)
     train_mod.seed_everything(cfg.train.seed)
     device_type = "cuda" if torch.cuda.is_available() else "cpu"
     precision = model_mod.resolve_precision(cfg.train.precision, torch.device(device_type))
@@ -84,7 +94,7 @@ def train(cfg: Config, data: list[str], out: Path, test_data: list[str] = (), pr
         rundir.prepare(out, resume, overwrite)
     log(f"data: {len(train_ex)} train, {len(val_ex) if val_ex else 0} validation"
         + (f", {len(test_ex)} test" if test_ex else "") + f"; classes: {', '.join(label_names)}")
-    log(f"budget ({cfg.train.budget:,}):\n{expected.table()}")
+    log(f"budget ({cfg.budget.max_trainable:,}):\n{expected.table()}")
 
     # 2. tokens and model
     tokenizer = AutoTokenizer.from_pretrained(model_mod.resolve_model_path(cfg.model.name))
@@ -136,9 +146,9 @@ def train(cfg: Config, data: list[str], out: Path, test_data: list[str] = (), pr
         test_logits = test["logits"]
     if pred_ex is not None:
         pred_logits = train_mod.predict_logits(model, data_mod.encode(tokenizer, pred_ex, infer_len),
-                                               cfg.train.eval_batch_size, pad, device, precision, accelerator,
-                                               cfg.train.eval_max_tokens, cfg.train.bf16_full_eval,
-                                               cfg.train.cls_only_last_layer)
+                                               cfg.scoring.batch_size, pad, device, precision, accelerator,
+                                               cfg.scoring.max_tokens, cfg.scoring.bf16_full_cast,
+                                               cfg.scoring.cls_only_last_layer)
     if main:
         tmp = rundir.temp_dir(out / "adapter")
         model_mod.save(model, tmp)
@@ -178,8 +188,8 @@ def evaluate(run_dir: Path, sources: list[str], trust_pickle: bool = False, batc
                         rundir.read_json(run_dir / "labels.json"), trust_pickle)
     model, tokenizer, cfg, label_names = predict_mod.load_for_inference(run_dir)
     logits = predict_mod.logits_for(model, tokenizer, ex.texts, cfg.data.max_length_infer or cfg.data.max_length, batch_size,
-                                    max_tokens=max_tokens, full_cast=cfg.train.bf16_full_eval,
-                                    cls_only=cfg.train.cls_only_last_layer, tune_malloc=cfg.train.tune_malloc)
+                                    max_tokens=max_tokens, full_cast=cfg.scoring.bf16_full_cast,
+                                    cls_only=cfg.scoring.cls_only_last_layer, tune_malloc=cfg.cpu.tune_malloc)
     m = metrics_mod.classification(logits, ex.labels, label_names)
     m["data"] = list(sources)
     name = name or Path(sources[0]).stem

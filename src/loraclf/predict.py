@@ -27,9 +27,9 @@ def logits_for(model, tokenizer, texts: list[str], max_length: int, batch_size: 
                precision: str = "auto", device: torch.device | None = None, max_tokens: int = -1,
                full_cast: bool = True, cls_only: bool = True, tune_malloc: bool = True) -> np.ndarray:
     """Logits in input order; batches of at most `batch_size` rows and `max_tokens` padded tokens (-1: auto,
-    train.scoring_tokens). In bf16 the whole model is cast unless `full_cast` is False (train.bf16_full_eval);
-    the last layer computes only the head's row unless `cls_only` is False (train.cls_only_last_layer). On CPU,
-    `tune_malloc` (train.tune_malloc) fixes glibc's malloc thresholds for the process, as fit does."""
+    train.scoring_tokens). In bf16 the whole model is cast unless `full_cast` is False (scoring.bf16_full_cast);
+    the last layer computes only the head's row unless `cls_only` is False (scoring.cls_only_last_layer). On CPU,
+    `tune_malloc` (cpu.tune_malloc) fixes glibc's malloc thresholds for the process, as fit does."""
     from .model import resolve_precision
     from .train import predict_logits
     check_batching(batch_size, max_tokens)
@@ -48,7 +48,7 @@ def openvino_compile(model, precision: str = "auto", cls_only: bool = True):
     """The merged `model` converted to OpenVINO and compiled for the CPU (a few seconds; nothing is written):
     an infer request. `precision` as predict's on CPU (auto: bf16 where the CPU has native bf16 units, else
     fp32); OpenVINO runs its own fused kernels in that precision. `cls_only`: converted with the last layer
-    computing only the head's row (train.cls_only_last_layer), as the torch backend scores."""
+    computing only the head's row (scoring.cls_only_last_layer), as the torch backend scores."""
     try:
         import openvino as ov
     except ImportError:
@@ -154,13 +154,13 @@ def run(run_dir: Path, source: str, out: Path, names: bool = False, probs: bool 
     max_len = cfg.data.max_length_infer or cfg.data.max_length
     if backend == "openvino":
         check_batching(batch_size, max_tokens)
-        request = openvino_compile(model, precision, cfg.train.cls_only_last_layer)
+        request = openvino_compile(model, precision, cfg.scoring.cls_only_last_layer)
         enc = data_mod.encode(tokenizer, data_mod.Examples(examples.texts, None, []), max_len)
         logits = openvino_scores(request, enc, tokenizer.pad_token_id, batch_size, max_tokens)
     else:
         logits = logits_for(model, tokenizer, examples.texts, max_len, batch_size, precision, max_tokens=max_tokens,
-                            full_cast=cfg.train.bf16_full_eval, cls_only=cfg.train.cls_only_last_layer,
-                            tune_malloc=cfg.train.tune_malloc)
+                            full_cast=cfg.scoring.bf16_full_cast, cls_only=cfg.scoring.cls_only_last_layer,
+                            tune_malloc=cfg.cpu.tune_malloc)
     ids = examples.ids if examples.ids is not None else list(range(len(examples)))
     rundir.write_text(Path(out), submission_csv(ids, logits, label_names, names, probs))
     return {"rows": len(ids), "out": str(out), "logits": logits, "labels": examples.labels}

@@ -29,7 +29,7 @@ from .errors import UserError
 def candidates(cfg: Config, label_names: list[str], n: int) -> list[tuple[str, Config]]:
     """The n most promising plans: the largest rank per (head, targets, layers), most adapter
     parameters first (the budget study's lesson: spend on adapters, not on the head)."""
-    rows = [r for r in budget_mod.plan(cfg, label_names, cfg.train.budget) if r["largest"]]
+    rows = [r for r in budget_mod.plan(cfg, label_names, cfg.budget.max_trainable) if r["largest"]]
     out = []
     for row in rows[:n]:
         c = copy.deepcopy(cfg)
@@ -61,7 +61,7 @@ def sweep(cfg: Config, sources: list[str], n: int, rows: int, out: Path, val_row
     train_pool, held_out = data_mod.split(pool, val_rows, cfg.train.seed)
     cands = candidates(cfg, label_names, n)
     if len(cands) < 2:
-        raise UserError(f"only {len(cands)} plan fits the budget of {cfg.train.budget:,}", "raise --budget, or train it directly")
+        raise UserError(f"only {len(cands)} plan fits the budget of {cfg.budget.max_trainable:,}", "raise --budget, or train it directly")
     out = rundir.prepare(Path(out), resume=False, overwrite=overwrite)
     rundir.write_text(out / "held_out.csv", _csv(held_out, label_names, range(len(held_out))))
     order = data_mod.random_batches(len(train_pool), 1, cfg.train.seed)  # a fixed shuffle; rounds take prefixes
@@ -91,7 +91,7 @@ def sweep(cfg: Config, sources: list[str], n: int, rows: int, out: Path, val_row
     best_name, best = alive[0]
     best_cfg = {s: getattr(best, s).__dict__ for s in SECTIONS}
     best_cfg["data"] = best_cfg["data"] | {"val_size": cfg.data.val_size, "max_train_samples": cfg.data.max_train_samples}
-    result = {"budget": cfg.train.budget, "held_out_rows": len(held_out), "rounds": rounds, "best": best_name,
+    result = {"budget": cfg.budget.max_trainable, "held_out_rows": len(held_out), "rounds": rounds, "best": best_name,
               "method": "successive halving"}
     rundir.write_json(out / "best-config.json", best_cfg)
     rundir.write_json(out / "sweep.json", result)

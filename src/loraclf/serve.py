@@ -77,12 +77,12 @@ def load_predictor(path, batch_size: int = 64, precision: str = "auto", threads:
     from .predict import load_for_inference
     model, tokenizer, cfg, labels = load_for_inference(path)
     info = {"model": cfg.model.name, "source": str(path), "kind": "run", "labels": labels,
-            "budget": _read_json(path / "budget.json"), "budget_limit": cfg.train.budget,
+            "budget": _read_json(path / "budget.json"), "budget_limit": cfg.budget.max_trainable,
             "adapter": {"method": cfg.adapter.method, "r": cfg.adapter.r, "alpha": cfg.adapter.alpha,
                         "target_modules": list(cfg.adapter.target_modules)},
             "metrics": export._metrics_summary(path), "max_length": cfg.data.max_length_infer or cfg.data.max_length}
     return _torch_predictor(model, tokenizer, info["max_length"], labels, info, batch_size, precision,
-                            cfg.train.bf16_full_eval, cfg.train.cls_only_last_layer, cfg.train.tune_malloc)
+                            cfg.scoring.bf16_full_cast, cfg.scoring.cls_only_last_layer, cfg.cpu.tune_malloc)
 
 
 def _torch_predictor(model, tokenizer, max_length, labels, info, batch_size, precision, full_cast=True,

@@ -104,7 +104,7 @@ CPU_SCORING_TOKENS = 2048  # `loraclf bench --levers`, "scoring batches": the fa
 
 
 def scoring_tokens(max_tokens: int, device) -> int:
-    """train.eval_max_tokens resolved: -1 (auto) caps CPU batches at CPU_SCORING_TOKENS padded tokens (smaller
+    """scoring.max_tokens resolved: -1 (auto) caps CPU batches at CPU_SCORING_TOKENS padded tokens (smaller
     activations measured faster there than 64 long rows at once) and leaves GPU batches uncapped; 0: no cap."""
     if max_tokens < 0:
         return CPU_SCORING_TOKENS if torch.device(device).type == "cpu" else 0
@@ -112,7 +112,7 @@ def scoring_tokens(max_tokens: int, device) -> int:
 
 
 def casts_whole_model(precision: str, full_cast: bool) -> bool:
-    """train.bf16_full_eval applies to bf16 scoring only (fp16's range is too small for a residual stream)."""
+    """scoring.bf16_full_cast applies to bf16 scoring only (fp16's range is too small for a residual stream)."""
     return full_cast and precision == "bf16"
 
 
@@ -124,8 +124,8 @@ def predict_logits(model, encoded: data_mod.Encoded, batch_size: int, pad_id: in
     `max_tokens` padded tokens; with several processes each takes a share. Under bf16/fp16 the frozen
     weights are cast once per call rather than by autocast on every batch (the same numbers; inside fit
     they already are), so one model must not score two precisions at once. `full_cast` (bf16 only,
-    train.bf16_full_eval): the whole frozen model in bf16 for the call, residual stream and LayerNorms too.
-    `cls_only` (train.cls_only_last_layer): the last layer computes only the row the head reads.
+    scoring.bf16_full_cast): the whole frozen model in bf16 for the call, residual stream and LayerNorms too.
+    `cls_only` (scoring.cls_only_last_layer): the last layer computes only the row the head reads.
     `pad_to_multiple`: what batch widths are rounded up to (`--levers` measures the choice)."""
     from .model import autocast
     model.eval()
@@ -161,8 +161,8 @@ def in_input_order(index: list[int], parts: list[np.ndarray]) -> np.ndarray:
 def evaluate(model, encoded, cfg: Config, label_names, pad_id, device, precision, accelerator=None) -> dict:
     if accelerator is not None:  # DDP's forward is a collective; ranks score different batch counts
         model = accelerator.unwrap_model(model)
-    logits = predict_logits(model, encoded, cfg.train.eval_batch_size, pad_id, device, precision, accelerator,
-                            cfg.train.eval_max_tokens, cfg.train.bf16_full_eval, cfg.train.cls_only_last_layer)
+    logits = predict_logits(model, encoded, cfg.scoring.batch_size, pad_id, device, precision, accelerator,
+                            cfg.scoring.max_tokens, cfg.scoring.bf16_full_cast, cfg.scoring.cls_only_last_layer)
     return metrics_mod.classification(logits, encoded.labels, label_names) | {"logits": logits}
 
 
@@ -229,15 +229,15 @@ def fit(model, cfg: Config, train_enc: data_mod.Encoded, val_enc: data_mod.Encod
 
     unwrapped = accelerator.unwrap_model(model)
     train_attn = fastpath.training_attention(cfg.model.attn_implementation, device, unwrapped)
-    cheap_dropout = fastpath.cheap_dropout_applies(device, t.fast_dropout, t.gradient_checkpointing)
-    if device.type == "cpu" and t.tune_malloc:
+    cheap_dropout = fastpath.cheap_dropout_applies(device, cfg.cpu.fast_dropout, t.gradient_checkpointing)
+    if device.type == "cpu" and cfg.cpu.tune_malloc:
         fastpath.tune_malloc()
     # frozen weights held in the autocast dtype for the whole loop: the same numbers, no per-step casts
     frozen = fastpath.frozen_weights_as(unwrapped, fastpath.autocast_dtype(precision))
     from tqdm.auto import tqdm
     bar = tqdm(total=total_steps, initial=prog.step, disable=not main or None, desc="train", unit="step", leave=False)
     try:
-        with frozen, fastpath.cls_only_last_layer(unwrapped, t.cls_only_last_layer):
+        with frozen, fastpath.cls_only_last_layer(unwrapped, cfg.scoring.cls_only_last_layer):
             cache = frozen_layer_cache(unwrapped, cfg, train_enc, world, log)
             while prog.step < total_steps and not prog.stopped_early:
                 epoch_seed = t.seed + prog.epoch
@@ -259,7 +259,7 @@ def fit(model, cfg: Config, train_enc: data_mod.Encoded, val_enc: data_mod.Encod
                         sync = accelerator.no_sync(model) if k < len(group) - 1 and world > 1 else _null()
                         start = cache.forward_for(index, batch["input_ids"].shape[1], device) if cache else _null()
                         # backward inside the same attention: gradient checkpointing recomputes the forward there
-                        with sync, start, fastpath.cpu_dropout(cheap_dropout, t.share_dropout_masks), \
+                        with sync, start, fastpath.cpu_dropout(cheap_dropout, cfg.cpu.share_dropout_masks), \
                                 fastpath.attention(unwrapped, train_attn):
                             with accelerator.autocast():
                                 logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
