@@ -10,7 +10,8 @@ Layout (format version 1):
   metrics.json         final metrics: val (best), test (if given), throughput, wall time
   adapter/             peft adapter + trained head (PeftModel.from_pretrained on the base model)
   tokenizer/           the tokenizer used
-  checkpoint/          latest resumable checkpoint (only with train.save_every or on Ctrl-C)
+  checkpoint/          latest resumable checkpoint (only with train.save_every or on Ctrl-C), sealed by
+                       complete.json; see checkpoint.py
   submission.csv       predictions (ID,Label) for --predict-data, else for --test-data
   predictions.csv      test rows: id, true label, predicted label, confidence, text, class probabilities
   report.html, report.md, plots/*.png  (loraclf report)

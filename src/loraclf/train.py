@@ -218,7 +218,12 @@ def fit(model, cfg: Config, train_enc: data_mod.Encoded, val_enc: data_mod.Encod
     ckpt_dir = Path(run_dir) / "checkpoint"
     best_state = None
     if resume:
-        prog, best_state = load_checkpoint(ckpt_dir, accelerator.unwrap_model(model), optimizer, scheduler)
+        if world > 1:  # rank 0 alone puts the newest complete checkpoint in place; the others then read it
+            if main:
+                checkpoint.recover(ckpt_dir)
+            accelerator.wait_for_everyone()
+        prog, best_state = load_checkpoint(ckpt_dir, accelerator.unwrap_model(model), optimizer, scheduler,
+                                           recover=world == 1)
         log(f"resumed at step {prog.step} (epoch {prog.epoch}, batch {prog.batch_in_epoch})")
     elif main:
         checkpoint.discard(ckpt_dir)
@@ -415,11 +420,14 @@ def save_checkpoint(ckpt_dir: Path, accelerator, model, optimizer, scheduler, pr
     checkpoint.swap_in(tmp, ckpt_dir)
 
 
-def load_checkpoint(ckpt_dir: Path, model, optimizer, scheduler):
-    """The newest complete checkpoint (checkpoint.recover: also one a crash left mid-swap), loaded into place."""
+def load_checkpoint(ckpt_dir: Path, model, optimizer, scheduler, recover: bool = True):
+    """The newest complete checkpoint (checkpoint.recover: also one a crash left mid-swap), loaded into place.
+    recover=False: only read what is at `ckpt_dir` (another process recovered it)."""
     from safetensors.torch import load_file
     ckpt_dir = Path(ckpt_dir)
-    step = checkpoint.recover(ckpt_dir)
+    found, step = (ckpt_dir, checkpoint.recover(ckpt_dir)) if recover else checkpoint.newest(ckpt_dir)
+    if found != ckpt_dir:
+        step = None
     if step is None:
         if ckpt_dir.exists():
             raise UserError(f"the checkpoint in {ckpt_dir} is incomplete or damaged",
