@@ -270,3 +270,17 @@ def test_a_failed_train_leaves_no_half_written_run_directory(tmp_path, tiny_bert
     assert cli.main(args + ["--out", str(out)]) == 2
     assert "a mistake found late" in _one_line(capsys)
     assert (list(out.iterdir()) == []) if out_exists else not out.exists()
+
+
+def test_ctrl_c_before_training_leaves_no_run_directory(tmp_path, tiny_bert, data, capsys, monkeypatch):
+    from loraclf import cli, train
+    args = _args(tmp_path, tiny_bert, data)
+    out = tmp_path / "run"
+
+    def ctrl_c(*a, **k):
+        assert (out / "config.json").is_file()
+        raise KeyboardInterrupt
+    monkeypatch.setattr(train, "fit", ctrl_c)
+    assert cli.main(args + ["--out", str(out)]) == 130
+    assert "Traceback" not in capsys.readouterr().err
+    assert not out.exists()

@@ -64,6 +64,9 @@ def train(cfg: Config, data: list[str], out: Path, test_data: list[str] = (), pr
         if e.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EROFS):
             raise
         raise failed_run(rundir.write_error(Path(e.filename or out), e), out, fresh, existed) from None
+    except KeyboardInterrupt:  # Ctrl-C outside the training loop (which turns it into Interrupted)
+        failed_run(Interrupted("interrupted"), out, fresh, existed)
+        raise
 
 
 def failed_run(error: UserError, out: Path, fresh: bool, existed: bool) -> UserError:
