@@ -175,8 +175,10 @@ def _build(out: Path, overwrite: bool, fill) -> Path:
             if f.is_file():
                 os.chmod(f, mode)
         rundir.replace_dir(tmp, out)
-    except BaseException:
+    except BaseException as e:
         shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(e, OSError):  # a full disk while the export was being written
+            raise rundir.write_error(out, e) from None
         raise
     return out
 
@@ -383,6 +385,7 @@ def predict_run(export_dir, source: str, out, names: bool = False, probs: bool =
     from . import data as data_mod
     from .predict import submission_csv
     export_dir = Path(export_dir)
+    rundir.check_output_file(Path(out), "-o")
     if not is_export(export_dir) or not (export_dir / "model.onnx").is_file():
         raise UserError(f"{export_dir} is not an ONNX export (no model.onnx and {META})",
                         "export the run first with `loraclf export RUN --onnx DIR`, then give DIR to predict --backend onnx")

@@ -20,7 +20,7 @@ from . import predict as predict_mod
 from . import rundir
 from . import train as train_mod
 from .config import Config
-from .errors import UserError
+from .errors import Interrupted, UserError
 
 
 def load_training_data(cfg: Config, sources: list[str], trust_pickle: bool = False):
@@ -60,9 +60,53 @@ def environment(device) -> dict:
 
 def train(cfg: Config, data: list[str], out: Path, test_data: list[str] = (), predict_data: str | None = None,
           resume: bool = False, overwrite: bool = False, trust_pickle: bool = False, log=print) -> dict:
+    """Train one run into `out`. A UserError before the run is complete leaves no half-written run directory: one
+    this call created is deleted unless it holds a resumable checkpoint, which is kept, and the error says so."""
+    import errno
+    out = Path(out)
+    existed = out.exists()
+    fresh = not existed or (out.is_dir() and not any(out.iterdir()))
+    try:
+        return _train(cfg, data, out, test_data, predict_data, resume, overwrite, trust_pickle, log)
+    except UserError as e:
+        raise failed_run(e, out, fresh, existed) from None
+    except OSError as e:  # a disk that fills (or turns read-only) where no write_bytes converted it
+        if e.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EROFS):
+            raise
+        raise failed_run(rundir.write_error(Path(e.filename or out), e), out, fresh, existed) from None
+    except KeyboardInterrupt:  # Ctrl-C outside the training loop (which turns it into Interrupted)
+        failed_run(Interrupted("interrupted"), out, fresh, existed)
+        raise
+
+
+def failed_run(error: UserError, out: Path, fresh: bool, existed: bool) -> UserError:
+    """What is left of a run directory after `error`, and the error to show (with a --resume hint if resumable).
+    `fresh`: the folder did not exist, or was empty, before this call; it is then emptied (and removed if it did
+    not exist) unless it holds a resumable checkpoint."""
+    import os
+    import shutil
+    from . import checkpoint
+    if int(os.environ.get("RANK", "0")) != 0 or not out.is_dir():
+        return error
+    step = checkpoint.newest(out / "checkpoint")[1]
+    resumable = step is not None and (out / "config.json").is_file() and (out / "inputs.json").is_file()
+    if not resumable:
+        if fresh:
+            for p in list(out.iterdir()):
+                shutil.rmtree(p, ignore_errors=True) if p.is_dir() and not p.is_symlink() else p.unlink(missing_ok=True)
+            if not existed and not any(out.iterdir()):
+                out.rmdir()
+        return error
+    if isinstance(error, Interrupted):  # its message already points at the checkpoint and --resume
+        return error
+    return UserError(f"{error.what}; {out} keeps the checkpoint of step {step}",
+                     (f"{error.fix}; " if error.fix else "") + f"`loraclf train --resume --out {out}` continues from it")
+
+
+def _train(cfg: Config, data: list[str], out: Path, test_data, predict_data, resume: bool, overwrite: bool,
+           trust_pickle: bool, log) -> dict:
     from transformers import AutoTokenizer
 
-    out = Path(out)
     if resume:  # the run goes on exactly as it started: same config, same data
         saved = out / "config.json"
         if not saved.is_file():
@@ -113,7 +157,7 @@ def train(cfg: Config, data: list[str], out: Path, test_data: list[str] = (), pr
         rundir.write_json(out / "budget.json", built.to_dict())
         rundir.write_json(out / "inputs.json", {"data": [_abs(d) for d in data], "test_data": [_abs(d) for d in test_data],
                                                 "predict_data": _abs(predict_data) if predict_data else None})
-        tokenizer.save_pretrained(str(out / "tokenizer"))
+        save_folder(out / "tokenizer", lambda tmp: tokenizer.save_pretrained(str(tmp)))
 
     # 3. train
     start = time.perf_counter()
@@ -150,9 +194,7 @@ def train(cfg: Config, data: list[str], out: Path, test_data: list[str] = (), pr
                                                cfg.scoring.max_tokens, cfg.scoring.bf16_full_cast,
                                                cfg.scoring.cls_only_last_layer)
     if main:
-        tmp = rundir.temp_dir(out / "adapter")
-        model_mod.save(model, tmp)
-        rundir.replace_dir(tmp, out / "adapter")
+        save_folder(out / "adapter", lambda tmp: model_mod.save(model, tmp))
         rundir.write_json(out / "metrics.json", result)
         if pred_ex is not None:
             ids = pred_ex.ids if pred_ex.ids is not None else list(range(len(pred_ex)))
@@ -168,6 +210,20 @@ def train(cfg: Config, data: list[str], out: Path, test_data: list[str] = (), pr
             log(metrics_mod.table(result["val"], "validation (best weights)"))
     accelerator.wait_for_everyone()
     return result
+
+
+def save_folder(final: Path, fill) -> None:
+    """Fill a temp folder beside `final`, then swap it in: a full disk leaves the old folder (or none), never a part."""
+    import shutil
+    tmp = rundir.temp_dir(final)
+    try:
+        fill(tmp)
+        rundir.replace_dir(tmp, final)
+    except BaseException as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(e, OSError):
+            raise rundir.write_error(final, e) from None
+        raise
 
 
 def _abs(source: str) -> str:

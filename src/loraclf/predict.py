@@ -142,6 +142,7 @@ def run(run_dir: Path, source: str, out: Path, names: bool = False, probs: bool 
         raise UserError(f"unknown backend {backend!r} for a run directory", "use torch or openvino "
                         "(onnx takes a folder from `loraclf export RUN --onnx DIR`)")
     run_dir = Path(run_dir)
+    rundir.check_output_file(Path(out), "-o")
     from . import config as config_mod
     if not (run_dir / "config.json").is_file():
         raise UserError(f"{run_dir} is not a loraclf run directory (no config.json)", "give the --out folder of a train run")

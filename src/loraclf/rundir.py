@@ -10,13 +10,15 @@ Layout (format version 1):
   metrics.json         final metrics: val (best), test (if given), throughput, wall time
   adapter/             peft adapter + trained head (PeftModel.from_pretrained on the base model)
   tokenizer/           the tokenizer used
-  checkpoint/          latest resumable checkpoint (only with train.save_every or on Ctrl-C)
+  checkpoint/          latest resumable checkpoint (only with train.save_every or on Ctrl-C), sealed by
+                       complete.json; see checkpoint.py
   submission.csv       predictions (ID,Label) for --predict-data, else for --test-data
   predictions.csv      test rows: id, true label, predicted label, confidence, text, class probabilities
   report.html, report.md, plots/*.png  (loraclf report)
 """
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
@@ -29,19 +31,43 @@ FORMAT_VERSION = 1
 
 
 def write_bytes(path: Path, data: bytes) -> None:
+    """Write `path` whole or not at all. A disk that is full, read-only or not writable, or a `path` that is a
+    folder, is a UserError naming the file."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    check_output_file(path)
+    tmp = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; artifacts get the usual mode
         os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+    except BaseException as e:
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
+        if isinstance(e, OSError):
+            raise write_error(path, e) from None
         raise
+
+
+def write_error(path: Path, e: OSError) -> UserError:
+    """An OSError met while writing `path`, as the one line a user reads."""
+    if e.errno == errno.ENOSPC:
+        return UserError(f"the disk is full: cannot write {path}", "free some disk space or write to another disk")
+    return UserError(f"cannot write {path} ({e.strerror or type(e).__name__})",
+                     "choose a writable location with free disk space")
+
+
+def check_output_file(path: Path, flag: str = "") -> None:
+    """An output file's path must not be an existing folder (say which option gave it, as `flag`)."""
+    path = Path(path)
+    if path.is_dir():
+        raise UserError(f"{flag + ' ' if flag else ''}{path} is a folder, not a file",
+                        f"give a file path, e.g. {path / 'submission.csv'}" if flag else "remove the folder or choose "
+                        "another file name")
 
 
 def _umask() -> int:

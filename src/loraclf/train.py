@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import random
+import shutil
 import signal
 import time
 from dataclasses import dataclass, field
@@ -17,6 +18,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from . import checkpoint
 from . import data as data_mod
 from . import fastpath
 from . import layercache
@@ -95,6 +97,8 @@ class Progress:
 
 
 def better(monitor: str, value: float, best: float | None) -> bool:
+    if not math.isfinite(value):
+        return False
     if best is None:
         return True
     return value < best if monitor == "val_loss" else value > best
@@ -214,8 +218,15 @@ def fit(model, cfg: Config, train_enc: data_mod.Encoded, val_enc: data_mod.Encod
     ckpt_dir = Path(run_dir) / "checkpoint"
     best_state = None
     if resume:
-        prog, best_state = load_checkpoint(ckpt_dir, accelerator.unwrap_model(model), optimizer, scheduler)
+        if world > 1:  # rank 0 alone puts the newest complete checkpoint in place; the others then read it
+            if main:
+                checkpoint.recover(ckpt_dir)
+            accelerator.wait_for_everyone()
+        prog, best_state = load_checkpoint(ckpt_dir, accelerator.unwrap_model(model), optimizer, scheduler,
+                                           recover=world == 1)
         log(f"resumed at step {prog.step} (epoch {prog.epoch}, batch {prog.batch_in_epoch})")
+    elif main:
+        checkpoint.discard(ckpt_dir)
 
     lengths = train_enc.lengths
     weight = class_weights(train_enc.labels, len(label_names), t.class_weight).to(device)
@@ -268,6 +279,8 @@ def fit(model, cfg: Config, train_enc: data_mod.Encoded, val_enc: data_mod.Encod
                             accelerator.backward(loss * len(index) / n_rows)
                         step_loss += loss.item() * len(index) / n_rows
                         prog.tokens += int(batch["attention_mask"].sum())
+                    if world == 1 and not math.isfinite(step_loss):  # several processes: the weights check below
+                        raise diverged("loss", prog.step + 1)
                     if t.max_grad_norm > 0:
                         accelerator.clip_grad_norm_(model.parameters(), t.max_grad_norm)
                     optimizer.step()
@@ -287,6 +300,8 @@ def fit(model, cfg: Config, train_enc: data_mod.Encoded, val_enc: data_mod.Encod
                         prog.history.append(_record(prog, scheduler, prog.running_loss / prog.running_n, world, steps_per_epoch))
                         prog.running_loss, prog.running_n = 0.0, 0
                     if prog.step % eval_every == 0 or prog.step == total_steps:
+                        if val_enc is not None:  # a best model is never kept from non-finite weights
+                            check_finite_weights(unwrapped, prog.step)
                         best_state = _eval_step(model, cfg, val_enc, label_names, pad_id, device, precision, accelerator,
                                                 prog, best_state, steps_per_epoch, log, bar)
                         model.train()
@@ -308,13 +323,29 @@ def fit(model, cfg: Config, train_enc: data_mod.Encoded, val_enc: data_mod.Encod
         raise Interrupted(f"interrupted at step {prog.step}", "rerun; with train.save_every set, --resume continues "
                           "from the last checkpoint") from None
     finally:
+        bar.close()
         if old_handler is not None:
             signal.signal(signal.SIGINT, old_handler)
-    bar.close()
+    check_finite_weights(unwrapped, prog.step)
     if best_state is not None:
         load_trainable_state(unwrapped, best_state)
         log(f"restored best weights from step {prog.best_step} ({t.monitor} {prog.best:.4f})")
     return prog
+
+
+def check_finite_weights(model, step: int) -> None:
+    """Stop the run if a trainable weight is NaN or infinite (one device sync; the same verdict on every rank)."""
+    params = [p.detach() for p in model.parameters() if p.requires_grad]
+    if params and not bool(torch.stack([torch.isfinite(p).all() for p in params]).all()):
+        raise diverged("weights", step)
+
+
+def diverged(what: str, step: int) -> UserError:
+    """The one-line error of a run whose loss or weights became non-finite. Nothing more is saved: the last
+    checkpoint (if any) stays as it is, and holds finite weights (save_checkpoint checks)."""
+    return UserError(f"training diverged at step {step}: the {what} became NaN or infinite",
+                     "lower train.lr (or adapter.alpha, adapter.lr_ratio_b), keep train.max_grad_norm above 0, "
+                     "check the data, and start a new run")
 
 
 class _null:
@@ -361,36 +392,62 @@ def _flush_history(run_dir: Path, prog: Progress) -> None:
 # ---------------------------------------------------------------------------------- checkpoints
 
 def save_checkpoint(ckpt_dir: Path, accelerator, model, optimizer, scheduler, prog: Progress, best_state, main: bool):
-    """Adapter+head weights, optimizer, scheduler, RNG states, data position and metrics, all or nothing."""
+    """Adapter+head weights, optimizer, scheduler, RNG states, data position and metrics, all or nothing
+    (checkpoint.py: written into a temp folder, sealed, then swapped in). Non-finite weights are never saved."""
     accelerator.wait_for_everyone()
+    unwrapped = accelerator.unwrap_model(model)
+    check_finite_weights(unwrapped, prog.step)
     if not main:
         return
-    from safetensors.torch import save_file
+    import io
+    from safetensors.torch import save as st_bytes
     tmp = rundir.temp_dir(ckpt_dir)
-    unwrapped = accelerator.unwrap_model(model)
-    save_file({k: v.contiguous() for k, v in trainable_state(unwrapped).items()}, str(tmp / "trainable.safetensors"))
-    if best_state is not None:
-        save_file({k: v.contiguous() for k, v in best_state.items()}, str(tmp / "best.safetensors"))
-    torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                "rng": {"torch": torch.get_rng_state(), "numpy": _np_state(), "python": _py_state()}},
-               tmp / "state.pt")
-    rundir.write_json(tmp / "progress.json", prog.__dict__)
-    rundir.replace_dir(tmp, ckpt_dir)
+    try:
+        rundir.write_bytes(tmp / "trainable.safetensors",
+                           st_bytes({k: v.contiguous() for k, v in trainable_state(unwrapped).items()}))
+        if best_state is not None:
+            rundir.write_bytes(tmp / "best.safetensors", st_bytes({k: v.contiguous() for k, v in best_state.items()}))
+        buf = io.BytesIO()
+        torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                    "rng": {"torch": torch.get_rng_state(), "numpy": _np_state(), "python": _py_state()}}, buf)
+        rundir.write_bytes(tmp / "state.pt", buf.getvalue())
+        rundir.write_json(tmp / "progress.json", prog.__dict__)
+        checkpoint.seal(tmp, prog.step)
+    except BaseException:
+        if checkpoint.sealed_step(tmp) is None:
+            shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    checkpoint.swap_in(tmp, ckpt_dir)
 
 
-def load_checkpoint(ckpt_dir: Path, model, optimizer, scheduler):
+def load_checkpoint(ckpt_dir: Path, model, optimizer, scheduler, recover: bool = True):
+    """The newest complete checkpoint (checkpoint.recover: also one a crash left mid-swap), loaded into place.
+    recover=False: only read what is at `ckpt_dir` (another process recovered it)."""
     from safetensors.torch import load_file
-    if not (ckpt_dir / "progress.json").is_file():
+    ckpt_dir = Path(ckpt_dir)
+    found, step = (ckpt_dir, checkpoint.recover(ckpt_dir)) if recover else checkpoint.newest(ckpt_dir)
+    if found != ckpt_dir:
+        step = None
+    if step is None:
+        if ckpt_dir.exists():
+            raise UserError(f"the checkpoint in {ckpt_dir} is incomplete or damaged",
+                            "start the run again without --resume (with --overwrite, or another --out)")
         raise UserError(f"no checkpoint to resume in {ckpt_dir}", "run without --resume (set train.save_every to get checkpoints)")
-    load_trainable_state(model, load_file(str(ckpt_dir / "trainable.safetensors")))
-    best = load_file(str(ckpt_dir / "best.safetensors")) if (ckpt_dir / "best.safetensors").is_file() else None
-    state = torch.load(ckpt_dir / "state.pt", weights_only=True)
-    optimizer.load_state_dict(state["optimizer"])
-    scheduler.load_state_dict(state["scheduler"])
-    torch.set_rng_state(state["rng"]["torch"])
-    np.random.set_state(_np_unstate(state["rng"]["numpy"]))
-    random.setstate(_py_unstate(state["rng"]["python"]))
-    return Progress(**rundir.read_json(ckpt_dir / "progress.json")), best
+    try:
+        load_trainable_state(model, load_file(str(ckpt_dir / "trainable.safetensors")))
+        best = load_file(str(ckpt_dir / "best.safetensors")) if (ckpt_dir / "best.safetensors").is_file() else None
+        state = torch.load(ckpt_dir / "state.pt", weights_only=True)
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        torch.set_rng_state(state["rng"]["torch"])
+        np.random.set_state(_np_unstate(state["rng"]["numpy"]))
+        random.setstate(_py_unstate(state["rng"]["python"]))
+        return Progress(**rundir.read_json(ckpt_dir / "progress.json")), best
+    except UserError:
+        raise
+    except Exception as e:  # a legacy (unsealed) checkpoint that was cut short, or one from another model
+        raise UserError(f"cannot load the checkpoint in {ckpt_dir} ({type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''})",
+                        "start the run again without --resume (with --overwrite, or another --out)") from None
 
 
 def _np_state():
