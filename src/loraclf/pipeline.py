@@ -17,6 +17,7 @@ from . import layercache
 from . import metrics as metrics_mod
 from . import model as model_mod
 from . import predict as predict_mod
+from . import remote_code
 from . import rundir
 from . import train as train_mod
 from .config import Config
@@ -54,12 +55,14 @@ def train(cfg: Config, data: list[str], out: Path, test_data: list[str] = (), pr
 
     out = Path(out)
     if resume:  # the run goes on exactly as it started: same config, same data
-        saved = out / "config.json"
-        if not saved.is_file():
+        if not (out / "config.json").is_file():
             raise UserError(f"nothing to resume in {out} (no config.json)", "start the run without --resume")
-        from . import config as config_mod
-        cfg = config_mod.from_dict(rundir.read_json(saved))
-        inputs = rundir.read_json(out / "inputs.json")
+        run = rundir.RunDir.open(out, model=False)
+        cfg = run.config
+        inputs = run.optional_json("inputs.json")
+        if not isinstance(inputs, dict) or not all(k in inputs for k in ("data", "test_data", "predict_data")):
+            raise UserError(f"{out} has no readable inputs.json (the data the run was started on)",
+                            "start the run again without --resume")
         data, test_data, predict_data = inputs["data"], inputs["test_data"], inputs["predict_data"]
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
@@ -87,7 +90,9 @@ def train(cfg: Config, data: list[str], out: Path, test_data: list[str] = (), pr
     log(f"budget ({cfg.train.budget:,}):\n{expected.table()}")
 
     # 2. tokens and model
-    tokenizer = AutoTokenizer.from_pretrained(model_mod.resolve_model_path(cfg.model.name))
+    tokenizer_path = model_mod.resolve_model_path(cfg.model.name)
+    remote_code.check_folder(tokenizer_path)
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_path, **remote_code.kwargs())
     infer_len = cfg.data.max_length_infer or cfg.data.max_length
     train_enc = data_mod.encode(tokenizer, train_ex, cfg.data.max_length)
     val_enc = data_mod.encode(tokenizer, val_ex, infer_len) if val_ex else None
@@ -169,8 +174,9 @@ def _abs(source: str) -> str:
 def evaluate(run_dir: Path, sources: list[str], trust_pickle: bool = False, batch_size: int = 64, name: str = "",
              max_tokens: int = -1) -> dict:
     """Score a finished run on labelled data; saves eval-<name>.json in the run directory."""
-    run_dir = Path(run_dir)
-    model, tokenizer, cfg, label_names = predict_mod.load_for_inference(run_dir)
+    run = rundir.RunDir.open(run_dir)
+    run_dir = run.path
+    model, tokenizer, cfg, label_names = predict_mod.load_for_inference(run)
     ex = load_eval_data(cfg, list(sources), label_names, trust_pickle)
     logits = predict_mod.logits_for(model, tokenizer, ex.texts, cfg.data.max_length_infer or cfg.data.max_length, batch_size,
                                     max_tokens=max_tokens, full_cast=cfg.train.bf16_full_eval,
