@@ -265,17 +265,22 @@ def load_run_model(run_dir, merged: bool = False):
     """Rebuild a run's model: base (as it was built) + the saved adapter and head. `run_dir`: a path or an
     opened rundir.RunDir. Weights that do not fit the base model (another model named in config.json, another
     number of classes) are one UserError, never a half-loaded model."""
+    import warnings
+
     from peft import PeftModel
+    from transformers.utils import logging as hf_logging
+
+    from . import remote_code
     from .rundir import RunDir
     run = run_dir if isinstance(run_dir, RunDir) else RunDir.open(run_dir)
     cfg, label_names, adapter = run.config, run.labels, run.adapter_dir
-    import warnings
+    bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()  # stderr stays for the one line a refusal prints
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             if cfg.adapter.method == "none":
                 from transformers import AutoModelForSequenceClassification
-                from . import remote_code
                 model = AutoModelForSequenceClassification.from_pretrained(str(adapter), use_safetensors=True,
                                                                            local_files_only=True, **remote_code.kwargs())
             elif cfg.adapter.init == "pissa":
@@ -292,6 +297,9 @@ def load_run_model(run_dir, merged: bool = False):
         if isinstance(e, RuntimeError) and not any(m in str(e) for m in ("size mismatch", "state_dict", "does not fit")):
             raise  # not a weights/model mismatch (e.g. out of memory)
         raise _does_not_fit(run.path, cfg, str(e).splitlines()[0] if str(e) else type(e).__name__) from None
+    finally:
+        if bars:
+            hf_logging.enable_progress_bar()
     missing = [str(w.message) for w in caught if "missing adapter keys" in str(w.message)]
     if missing:
         raise _does_not_fit(run.path, cfg, "the adapter's layers are not in this model")
