@@ -21,7 +21,7 @@ from transformers import BertConfig, BertForSequenceClassification, BertTokenize
 
 
 class EvilConfig(BertConfig):
-    pass
+    model_type = "evil-bert"
 
 
 class EvilModel(BertForSequenceClassification):
@@ -39,8 +39,10 @@ def _add_custom_code(folder: Path, marker: Path, config: bool = True, tokenizer:
     (folder / "custom_code.py").write_text(CUSTOM_CODE.format(marker=str(marker)))
     for name, auto_map, on in (("config.json", MODEL_MAP, config), ("tokenizer_config.json", TOKENIZER_MAP, tokenizer)):
         if on:
-            data = json.loads((folder / name).read_text())
-            (folder / name).write_text(json.dumps(data | {"auto_map": auto_map}))
+            data = json.loads((folder / name).read_text()) | {"auto_map": auto_map}
+            if name == "config.json":  # a model type transformers does not know: only the folder's code can load it
+                data["model_type"] = "evil-bert"
+            (folder / name).write_text(json.dumps(data))
     return folder
 
 
