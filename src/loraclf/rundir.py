@@ -192,7 +192,7 @@ class RunDir:
         if (path / EXPORT_MARKER).is_file():
             raise UserError(f"{path} is a `loraclf export` folder, not a run directory",
                             "give the run directory it was exported from (serve and predict --backend onnx take exports)")
-        config_dict = _checked_json(path / "config.json", dict, "is not a loraclf run directory (no config.json)")
+        config_dict = _checked_json(path / "config.json", dict, "is not a run directory (no config.json)")
         try:
             config = config_mod.from_dict(config_dict)
         except UserError as e:
