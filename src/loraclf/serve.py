@@ -57,14 +57,14 @@ def load_predictor(path, batch_size: int = 64, precision: str = "auto", threads:
             clf = export.OnnxClassifier(path, threads=threads)
             return Predictor(lambda texts: clf.logits(texts, batch_size=batch_size), meta["labels"],
                              info | {"backend": "onnxruntime"})
-        from transformers import AutoModelForSequenceClassification
+        from transformers import AutoModelForSequenceClassification, AutoTokenizer
         from . import remote_code
         from .model import attention_for
         remote_code.check_folder(path)
         model = AutoModelForSequenceClassification.from_pretrained(str(path), attn_implementation=attention_for("auto"),
                                                                    use_safetensors=True, local_files_only=True,
                                                                    **remote_code.kwargs()).eval()
-        tokenizer = export._tokenizer(path)
+        tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True, **remote_code.kwargs())
         return _torch_predictor(model, tokenizer, int(meta["max_length"]), meta["labels"], info, batch_size, precision)
     from .predict import load_for_inference
     from .rundir import RunDir
