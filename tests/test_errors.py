@@ -65,7 +65,7 @@ def test_cli_prints_no_traceback(tmp_path):
 
 def test_predict_on_missing_run(tmp_path, capsys):
     assert cli.main(["predict", str(tmp_path), str(tmp_path / "x.csv")]) == 2
-    assert "not a loraclf run directory" in capsys.readouterr().err
+    assert "not a run directory (no config.json)" in capsys.readouterr().err
 
 
 def test_every_command_is_registered():

@@ -112,10 +112,11 @@ def test_degrades_gracefully(tmp_path):
     report.write(run)
     page = (run / "report.html").read_text()
     assert "misclassifications" not in page and "confusion_test" not in str(list((run / "plots").iterdir()))
-    # a run in progress: config + a few metrics.jsonl lines only
+    # a run in progress: config, labels (written with it before training) + a few metrics.jsonl lines only
     live = tmp_path / "live"
     live.mkdir()
     shutil.copy(run / "config.json", live)
+    shutil.copy(run / "labels.json", live)
     (live / "metrics.jsonl").write_text('{"step": 10, "epoch": 0.1, "train_loss": 1.3, "lr": 0.001}\n{"step": 2')
     report.write(live)
     assert sorted(p.name for p in (live / "plots").iterdir()) == ["curves.png", "lr.png"]
@@ -136,6 +137,9 @@ def test_user_errors(tmp_path):
     with pytest.raises(UserError, match="not a run directory"):
         report.write(tmp_path)
     (tmp_path / "config.json").write_text("{}")
+    with pytest.raises(UserError, match="no labels.json"):
+        report.write(tmp_path)
+    (tmp_path / "labels.json").write_text('["a", "b"]')
     with pytest.raises(UserError, match="no metrics yet"):
         report.write(tmp_path)
     with pytest.raises(UserError, match="cannot sort"):

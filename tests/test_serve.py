@@ -323,7 +323,7 @@ def test_serve_errors(tmp_path, tiny_run):
     from loraclf.errors import UserError
     with pytest.raises(UserError, match="does not exist"):
         serve.load_predictor(tmp_path / "missing")
-    with pytest.raises(UserError, match="neither a loraclf run directory nor an export"):
+    with pytest.raises(UserError, match="not a run directory"):
         serve.load_predictor(tmp_path)
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

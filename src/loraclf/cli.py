@@ -9,7 +9,7 @@ import sys
 import time
 from pathlib import Path
 
-from . import report_cli
+from . import remote_code, report_cli
 from .errors import Interrupted, UserError
 
 
@@ -180,6 +180,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--trust-pickle", action="store_true", help="unpickle any object (only for files you trust)")
     p.add_argument("--no-report", action="store_true", help="skip plots and report.html")
     report_cli.add_track_args(p)
+    remote_code.add_argument(p)
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("evaluate", help="score a finished run on labelled data")
@@ -192,6 +193,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--trust-pickle", action="store_true")
     p.add_argument("--no-report", action="store_true")
     report_cli.add_track_args(p)
+    remote_code.add_argument(p)
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("predict", help="write ID,Label predictions for any input")
@@ -210,6 +212,7 @@ def parser() -> argparse.ArgumentParser:
                    "(pip install -e \".[openvino]\"); onnx: RUN is a folder from `loraclf export RUN --onnx DIR`, "
                    "run with onnxruntime")
     p.add_argument("--trust-pickle", action="store_true")
+    remote_code.add_argument(p)
     p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser("plan", help="exact trainable counts, and the LoRA options that fit a budget")
@@ -227,6 +230,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="sweep folder (default ./sweep): a run per candidate, sweep.json, best-config.json")
     p.add_argument("--overwrite", action="store_true")
     p.add_argument("--trust-pickle", action="store_true")
+    remote_code.add_argument(p)
     p.set_defaults(func=cmd_plan)
 
     p = sub.add_parser("presets", help="list the built-in presets")
@@ -245,7 +249,8 @@ def main(argv=None) -> int:
     warnings.filterwarnings("ignore", category=FutureWarning)  # library deprecation notices are not for users
     args = parser().parse_args(argv)
     try:
-        return args.func(args)
+        with remote_code.allowed(getattr(args, "trust_remote_code", False)):  # this command only, never saved
+            return args.func(args)
     except Interrupted as e:
         print(f"loraclf: {e}", file=sys.stderr)
         return 130

@@ -67,14 +67,8 @@ def read_meta(export_dir) -> dict:
     return meta
 
 
-def _check_run(run_dir: Path) -> None:
-    if not run_dir.is_dir():
-        raise UserError(f"run directory {run_dir} does not exist", "give the --out folder of a `loraclf train` run")
-    if not (run_dir / "config.json").is_file() or is_export(run_dir):
-        raise UserError(f"{run_dir} is not a loraclf run directory (no loraclf config.json)",
-                        "give the --out folder of a `loraclf train` run")
-    if not (run_dir / "adapter").is_dir():
-        raise UserError(f"{run_dir} has no trained adapter yet", "wait for training to finish, or resume it with --resume")
+def _check_run(run_dir) -> "rundir.RunDir":
+    return run_dir if isinstance(run_dir, rundir.RunDir) else rundir.RunDir.open(run_dir)
 
 
 def _check_out(out: Path, overwrite: bool) -> None:
@@ -89,11 +83,11 @@ def _max_length(cfg) -> int:
     return cfg.data.max_length_infer or cfg.data.max_length
 
 
-def merged_model(run_dir: Path):
+def merged_model(run_dir):
     """The run's model with its adapter merged into the base weights, in fp32, in eval mode.
     Returns (merged, unmerged_or_None, cfg, label_names); unmerged is the peft model (for checking)."""
     from .model import load_run_model
-    model, cfg, label_names = load_run_model(run_dir, merged=False)
+    model, cfg, label_names = load_run_model(_check_run(run_dir), merged=False)
     model = model.float()
     if not hasattr(model, "merge_and_unload"):  # adapter.method == "none": a full model already
         return model.eval(), None, cfg, label_names
@@ -190,18 +184,21 @@ def _torch_logits(model, tokenizer, texts: list[str], max_length: int, batch_siz
 
 
 def _tokenizer(path: Path):
+    """An export's tokenizer, from its folder only."""
     from transformers import AutoTokenizer
-    return AutoTokenizer.from_pretrained(str(path))
+    from . import remote_code
+    remote_code.check_folder(path)
+    return AutoTokenizer.from_pretrained(str(path), local_files_only=True, **remote_code.kwargs())
 
 
 # ------------------------------------------------------------------------------------------ merged
 
 def export_merged(run_dir, out, overwrite: bool = False, check_texts: list[str] | None = None, _loaded=None) -> Path:
     """A plain Hugging Face folder: AutoModelForSequenceClassification.from_pretrained(out) needs no peft."""
-    run_dir = Path(run_dir)
-    _check_run(run_dir)
-    merged, unmerged, cfg, label_names = _loaded or merged_model(run_dir)
-    tokenizer = _tokenizer(run_dir / "tokenizer")
+    run = _check_run(run_dir)
+    run_dir = run.path
+    merged, unmerged, cfg, label_names = _loaded or merged_model(run)
+    tokenizer = run.tokenizer()
     texts = list(check_texts or CHECK_TEXTS)
     reference = _torch_logits(unmerged if unmerged is not None else merged, tokenizer, texts, _max_length(cfg))
 
@@ -213,7 +210,9 @@ def export_merged(run_dir, out, overwrite: bool = False, check_texts: list[str] 
             f.unlink()
         meta = _meta("merged", run_dir, cfg, label_names, {"weights": "model.safetensors", "dtype": "float32"})
         _write_common(tmp, run_dir, meta, None)
-        reloaded = AutoModelForSequenceClassification.from_pretrained(str(tmp), attn_implementation="eager").eval()
+        from . import remote_code
+        reloaded = AutoModelForSequenceClassification.from_pretrained(str(tmp), attn_implementation="eager",
+                                                                      use_safetensors=True, **remote_code.kwargs()).eval()
         diff = float(np.abs(_torch_logits(reloaded, tokenizer, texts, _max_length(cfg)) - reference).max())
         if not diff <= MERGED_ATOL:
             raise UserError(f"the merged model's logits differ from the run's by {diff:.2e} (limit {MERGED_ATOL:g})",
@@ -279,10 +278,10 @@ def export_onnx(run_dir, out, overwrite: bool = False, opset: int = 18, exporter
                 check_texts: list[str] | None = None, _loaded=None) -> Path:
     """ONNX graph of the merged fp32 model; checked against PyTorch with onnxruntime before it is kept."""
     _require_onnxruntime()
-    run_dir = Path(run_dir)
-    _check_run(run_dir)
-    merged, _, cfg, label_names = _loaded or merged_model(run_dir)
-    tokenizer = _tokenizer(run_dir / "tokenizer")
+    run = _check_run(run_dir)
+    run_dir = run.path
+    merged, _, cfg, label_names = _loaded or merged_model(run)
+    tokenizer = run.tokenizer()
     texts = list(check_texts or CHECK_TEXTS)
 
     def fill(tmp: Path) -> None:
@@ -494,19 +493,18 @@ def model_card(meta: dict) -> str:
 def cmd_export(args) -> int:
     if not args.merged and not args.onnx:
         raise UserError("nothing to export", "give --merged DIR and/or --onnx DIR")
-    run_dir = Path(args.run)
-    _check_run(run_dir)
+    run = _check_run(Path(args.run))
     for d in (args.merged, args.onnx):
         if d:
             _check_out(Path(d), args.overwrite)
     if args.onnx:
         _require_onnxruntime()
-    loaded = merged_model(run_dir)
+    loaded = merged_model(run)
     if args.merged:
-        out = export_merged(run_dir, args.merged, args.overwrite, _loaded=loaded)
+        out = export_merged(run, args.merged, args.overwrite, _loaded=loaded)
         print(f"wrote merged model to {out} (loads with AutoModelForSequenceClassification.from_pretrained)")
     if args.onnx:
-        out = export_onnx(run_dir, args.onnx, args.overwrite, args.opset, args.onnx_exporter, _loaded=loaded)
+        out = export_onnx(run, args.onnx, args.overwrite, args.opset, args.onnx_exporter, _loaded=loaded)
         print(f"wrote ONNX model to {out / 'model.onnx'} (use: loraclf predict {out} INPUT --backend onnx)")
     return 0
 
@@ -520,4 +518,6 @@ def add_commands(sub) -> None:
     p.add_argument("--opset", type=int, default=18, help="ONNX opset (default 18)")
     p.add_argument("--onnx-exporter", default="auto", choices=["auto", "dynamo", "legacy"],
                    help="torch.onnx exporter: dynamo (torch.export), legacy (TorchScript), auto = dynamo then legacy")
+    from . import remote_code
+    remote_code.add_argument(p)
     p.set_defaults(func=cmd_export)

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import contextlib
 import importlib
-import json
 import re
 from pathlib import Path
 
@@ -34,12 +33,16 @@ def resolve_model_path(name: str) -> str:
 
 def _auto_config(cfg: Config, label_names: list[str]):
     from transformers import AutoConfig
+    from . import remote_code
     path = resolve_model_path(cfg.model.name)
+    remote_code.check_folder(path)
     try:
         config = AutoConfig.from_pretrained(path, num_labels=len(label_names),
                                             id2label=dict(enumerate(label_names)),
-                                            label2id={n: i for i, n in enumerate(label_names)})
+                                            label2id={n: i for i, n in enumerate(label_names)}, **remote_code.kwargs())
     except (OSError, ValueError) as e:
+        if remote_code.is_refusal(e):
+            raise remote_code.refusal(cfg.model.name) from None
         raise UserError(f"cannot load model config {cfg.model.name!r} ({str(e).splitlines()[0][:160]})",
                         "give a local model folder, or a Hub name with network access") from None
     check_lengths(cfg, config)
@@ -86,8 +89,9 @@ DROPOUT_KEYS = ("hidden_dropout_prob", "attention_probs_dropout_prob", "classifi
 def load_base(cfg: Config, label_names: list[str], meta: bool = False):
     """The encoder with a fresh `num_labels` head. meta=True allocates nothing (for counting)."""
     from transformers import AutoModelForSequenceClassification
+    from . import remote_code
     config = _auto_config(cfg, label_names)
-    kw = {"attn_implementation": attention_for(cfg.model.attn_implementation)}
+    kw = {"attn_implementation": attention_for(cfg.model.attn_implementation)} | remote_code.kwargs()
     if meta:
         from accelerate import init_empty_weights
         with init_empty_weights():
@@ -281,32 +285,56 @@ def _restore_head_dense(base, adapter_dir: Path) -> None:
         base.get_submodule(head_parts(base)[0]).load_state_dict(load_file(str(file)))
 
 
-def load_run_model(run_dir: Path, merged: bool = False):
-    """Rebuild a run's model: base (as it was built) + the saved adapter and head."""
+def _does_not_fit(run_dir: Path, cfg: Config, detail: str) -> UserError:
+    return UserError(f"the weights in {run_dir / 'adapter'} do not fit the base model {cfg.model.name!r} named in its "
+                     f"config.json ({detail[:160]})",
+                     "config.json must name the model the run was trained on; restore it or retrain the run")
+
+
+def load_run_model(run_dir, merged: bool = False):
+    """Rebuild a run's model: base (as it was built) + the saved adapter and head. `run_dir`: a path or an
+    opened rundir.RunDir. Weights that do not fit the base model (another model named in config.json, another
+    number of classes) are one UserError, never a half-loaded model."""
+    import warnings
+
     from peft import PeftModel
-    from . import config as config_mod
-    run_dir = Path(run_dir)
-    cfg_file = run_dir / "config.json"
-    if not cfg_file.is_file():
-        raise UserError(f"{run_dir} is not a loraclf run directory (no config.json)", "give the --out folder of a train run")
-    cfg = config_mod.from_dict(json.loads(cfg_file.read_text()))
-    label_names = json.loads((run_dir / "labels.json").read_text())
-    adapter = run_dir / "adapter"
-    if not adapter.is_dir():
-        raise UserError(f"{run_dir} has no trained adapter yet", "wait for training to finish, or resume it with --resume")
-    if cfg.adapter.method == "none":
-        from transformers import AutoModelForSequenceClassification
-        model = AutoModelForSequenceClassification.from_pretrained(str(adapter))
-    elif cfg.adapter.init == "pissa":
-        model = _load_pissa(cfg, label_names, adapter)
-        if merged:
-            model = model.merge_and_unload()
-    else:
-        base = load_base(cfg, label_names)
-        _restore_head_dense(base, adapter)
-        model = PeftModel.from_pretrained(base, str(adapter))
-        if merged:
-            model = model.merge_and_unload()
+    from transformers.utils import logging as hf_logging
+
+    from . import remote_code
+    from .rundir import RunDir
+    run = run_dir if isinstance(run_dir, RunDir) else RunDir.open(run_dir)
+    cfg, label_names, adapter = run.config, run.labels, run.adapter_dir
+    bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()  # stderr stays for the one line a refusal prints
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            if cfg.adapter.method == "none":
+                from transformers import AutoModelForSequenceClassification
+                model = AutoModelForSequenceClassification.from_pretrained(str(adapter), use_safetensors=True,
+                                                                           local_files_only=True, **remote_code.kwargs())
+            elif cfg.adapter.init == "pissa":
+                model = _load_pissa(cfg, label_names, adapter)
+                if merged:
+                    model = model.merge_and_unload()
+            else:
+                base = load_base(cfg, label_names)
+                _restore_head_dense(base, adapter)
+                model = PeftModel.from_pretrained(base, str(adapter))
+                if merged:
+                    model = model.merge_and_unload()
+    except (RuntimeError, ValueError, KeyError, AttributeError) as e:
+        if isinstance(e, RuntimeError) and not any(m in str(e) for m in ("size mismatch", "state_dict", "does not fit")):
+            raise  # not a weights/model mismatch (e.g. out of memory)
+        raise _does_not_fit(run.path, cfg, str(e).splitlines()[0] if str(e) else type(e).__name__) from None
+    finally:
+        if bars:
+            hf_logging.enable_progress_bar()
+    missing = [str(w.message) for w in caught if "missing adapter keys" in str(w.message)]
+    if missing:
+        raise _does_not_fit(run.path, cfg, "the adapter's layers are not in this model")
+    if cfg.adapter.method == "none" and model.config.num_labels != len(label_names):
+        raise _does_not_fit(run.path, cfg, f"{model.config.num_labels} classes, labels.json has {len(label_names)}")
     model.eval()
     return model, cfg, label_names
 

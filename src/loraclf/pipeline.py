@@ -17,6 +17,7 @@ from . import layercache
 from . import metrics as metrics_mod
 from . import model as model_mod
 from . import predict as predict_mod
+from . import remote_code
 from . import rundir
 from . import train as train_mod
 from .config import Config
@@ -108,12 +109,14 @@ def _train(cfg: Config, data: list[str], out: Path, test_data, predict_data, res
     from transformers import AutoTokenizer
 
     if resume:  # the run goes on exactly as it started: same config, same data
-        saved = out / "config.json"
-        if not saved.is_file():
+        if not (out / "config.json").is_file():
             raise UserError(f"nothing to resume in {out} (no config.json)", "start the run without --resume")
-        from . import config as config_mod
-        cfg = config_mod.from_dict(rundir.read_json(saved))
-        inputs = rundir.read_json(out / "inputs.json")
+        run = rundir.RunDir.open(out, model=False)
+        cfg = run.config
+        inputs = run.optional_json("inputs.json")
+        if not isinstance(inputs, dict) or not all(k in inputs for k in ("data", "test_data", "predict_data")):
+            raise UserError(f"{out} has no readable inputs.json (the data the run was started on)",
+                            "start the run again without --resume")
         data, test_data, predict_data = inputs["data"], inputs["test_data"], inputs["predict_data"]
     if cfg.cpu.threads:
         torch.set_num_threads(cfg.cpu.threads)
@@ -141,7 +144,9 @@ def _train(cfg: Config, data: list[str], out: Path, test_data, predict_data, res
     log(f"budget ({cfg.budget.max_trainable:,}):\n{expected.table()}")
 
     # 2. tokens and model
-    tokenizer = AutoTokenizer.from_pretrained(model_mod.resolve_model_path(cfg.model.name))
+    tokenizer_path = model_mod.resolve_model_path(cfg.model.name)
+    remote_code.check_folder(tokenizer_path)
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_path, **remote_code.kwargs())
     infer_len = cfg.data.max_length_infer or cfg.data.max_length
     train_enc = data_mod.encode(tokenizer, train_ex, cfg.data.max_length)
     val_enc = data_mod.encode(tokenizer, val_ex, infer_len) if val_ex else None
@@ -235,14 +240,11 @@ def _abs(source: str) -> str:
 def evaluate(run_dir: Path, sources: list[str], trust_pickle: bool = False, batch_size: int = 64, name: str = "",
              max_tokens: int = -1) -> dict:
     """Score a finished run on labelled data; saves eval-<name>.json in the run directory."""
-    run_dir = Path(run_dir)
-    if not (run_dir / "config.json").is_file():
-        raise UserError(f"{run_dir} is not a loraclf run directory (no config.json)", "give the --out folder of a train run")
-    from . import config as config_mod
+    run = rundir.RunDir.open(run_dir)
+    run_dir = run.path
     # the data first, as predict does: its mistakes show before a model is loaded
-    ex = load_eval_data(config_mod.from_dict(rundir.read_json(run_dir / "config.json")), list(sources),
-                        rundir.read_json(run_dir / "labels.json"), trust_pickle)
-    model, tokenizer, cfg, label_names = predict_mod.load_for_inference(run_dir)
+    ex = load_eval_data(run.config, list(sources), run.labels, trust_pickle)
+    model, tokenizer, cfg, label_names = predict_mod.load_for_inference(run)
     logits = predict_mod.logits_for(model, tokenizer, ex.texts, cfg.data.max_length_infer or cfg.data.max_length, batch_size,
                                     max_tokens=max_tokens, full_cast=cfg.scoring.bf16_full_cast,
                                     cls_only=cfg.scoring.cls_only_last_layer, tune_malloc=cfg.cpu.tune_malloc)

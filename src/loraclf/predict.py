@@ -125,11 +125,12 @@ def predictions_csv(examples, logits: np.ndarray, label_names: list[str]) -> str
     return buf.getvalue()
 
 
-def load_for_inference(run_dir: Path):
-    from transformers import AutoTokenizer
+def load_for_inference(run_dir):
+    """(merged model, tokenizer, config, class names) of a run; `run_dir` a path or an opened rundir.RunDir."""
     from .model import load_run_model
-    model, cfg, label_names = load_run_model(run_dir, merged=True)
-    tokenizer = AutoTokenizer.from_pretrained(str(Path(run_dir) / "tokenizer"))
+    run = run_dir if isinstance(run_dir, rundir.RunDir) else rundir.RunDir.open(run_dir)
+    tokenizer = run.tokenizer()
+    model, cfg, label_names = load_run_model(run, merged=True)
     return model, tokenizer, cfg, label_names
 
 
@@ -141,17 +142,13 @@ def run(run_dir: Path, source: str, out: Path, names: bool = False, probs: bool 
     if backend not in ("torch", "openvino"):
         raise UserError(f"unknown backend {backend!r} for a run directory", "use torch or openvino "
                         "(onnx takes a folder from `loraclf export RUN --onnx DIR`)")
-    run_dir = Path(run_dir)
     rundir.check_output_file(Path(out), "-o")
-    from . import config as config_mod
-    if not (run_dir / "config.json").is_file():
-        raise UserError(f"{run_dir} is not a loraclf run directory (no config.json)", "give the --out folder of a train run")
-    cfg = config_mod.from_dict(rundir.read_json(run_dir / "config.json"))
-    label_names = rundir.read_json(run_dir / "labels.json")
+    run = rundir.RunDir.open(run_dir)
+    cfg, label_names = run.config, run.labels
     examples = data_mod.load(source, text_column=text_column or cfg.data.text_column, label_column=cfg.data.label_column,
                              label_names=label_names, split="test", labelled=False, encoding=cfg.data.encoding,
                              trust_pickle=trust_pickle)
-    model, tokenizer, cfg, label_names = load_for_inference(run_dir)
+    model, tokenizer, cfg, label_names = load_for_inference(run)
     max_len = cfg.data.max_length_infer or cfg.data.max_length
     if backend == "openvino":
         check_batching(batch_size, max_tokens)

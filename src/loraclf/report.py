@@ -19,13 +19,10 @@ TOP_PAIRS, TOP_EXAMPLES, MAX_TEXT = 8, 4, 400
 
 # ---------------------------------------------------------------- reading
 def load(run_dir) -> dict:
-    run = Path(run_dir)
-    if not run.exists():
-        raise UserError(f"run directory {run} does not exist", "give the --out folder of a `loraclf train` run")
-    if not (run / "config.json").is_file():
-        raise UserError(f"{run} is not a run directory (no config.json)", "give the --out folder of a `loraclf train` run")
-    d = {"dir": run, "name": run.resolve().name, "config": _json(run / "config.json", {}),
-         "labels": _json(run / "labels.json", None), "budget": _json(run / "budget.json", None),
+    opened = rundir.RunDir.open(run_dir, model=False)
+    run = opened.path
+    d = {"dir": run, "name": run.resolve().name, "config": opened.config_dict,
+         "labels": opened.labels, "budget": _json(run / "budget.json", None),
          "records": _jsonl(run / "metrics.jsonl"), "metrics": _json(run / "metrics.json", {}) or {}}
     d["budget"] = d["budget"] or d["metrics"].get("budget")
     d["splits"] = {k: d["metrics"][k] for k in ("val", "test") if isinstance(d["metrics"].get(k), dict)}

@@ -28,6 +28,10 @@ from pathlib import Path
 from .errors import UserError
 
 FORMAT_VERSION = 1
+EXPORT_MARKER = "loraclf.json"  # export.META: a folder written by `loraclf export`, not a run
+# weights loraclf reads are safetensors only: these formats are pickles, which can run code when loaded
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
 
 
 def write_bytes(path: Path, data: bytes) -> None:
@@ -142,6 +146,130 @@ def prepare(out: Path, resume: bool, overwrite: bool) -> Path:
         raise UserError(f"cannot write to run directory {out} ({e.strerror})",
                         "choose a writable --out with free disk space") from None
     return out
+
+
+# ------------------------------------------------------------------------------- reading a run
+
+def _refuse(path: Path, what: str) -> UserError:
+    return UserError(f"{path} {what}", "give the --out folder of a finished `loraclf train` run "
+                     "(or restore the run directory from a copy)")
+
+
+def _checked_json(file: Path, kind: type, missing: str):
+    if not file.is_file():
+        raise _refuse(file.parent, missing)
+    try:
+        data = json.loads(file.read_text(encoding="utf-8"))
+    except (OSError, ValueError, RecursionError) as e:
+        reason = getattr(e, "strerror", None) or type(e).__name__
+        raise _refuse(file.parent, f"has an unreadable {file.name} ({reason}: not valid JSON)") from None
+    if not isinstance(data, kind):
+        raise _refuse(file.parent, f"has a {file.name} that is not a JSON {'object' if kind is dict else 'list'}")
+    return data
+
+
+def check_safetensors(file: Path) -> None:
+    """A complete safetensors file: its header parses and its tensors cover the file exactly (a truncated
+    or overwritten file fails here, before any model is built)."""
+    from safetensors import SafetensorError, safe_open
+    try:
+        with safe_open(str(file), framework="pt") as f:
+            f.keys()
+    except (SafetensorError, OSError) as e:
+        reason = str(e).splitlines()[0][:120] if str(e) else type(e).__name__
+        raise UserError(f"{file} is damaged ({reason})",
+                        "the file is truncated or not safetensors; retrain the run or restore the file") from None
+
+
+class RunDir:
+    """A run directory checked once, for every command that opens one (evaluate, predict, export, serve, report,
+    train --resume): a readable config.json object, at least two class names in labels.json and, when the model
+    is needed, the adapter as complete safetensors files only and the run's own tokenizer (never the Hub's).
+    `RunDir.open` raises a one-line UserError for anything else."""
+
+    def __init__(self, path: Path, config_dict: dict, config, labels: list[str]):
+        self.path, self.config_dict, self.config, self.labels = Path(path), config_dict, config, labels
+
+    @property
+    def adapter_dir(self) -> Path:
+        return self.path / "adapter"
+
+    @property
+    def tokenizer_dir(self) -> Path:
+        return self.path / "tokenizer"
+
+    @property
+    def checkpoint_dir(self) -> Path:
+        return self.path / "checkpoint"
+
+    @property
+    def adapter_weights(self) -> Path:
+        """adapter_model.safetensors (peft), or model.safetensors for a full fine-tune (adapter.method=none)."""
+        name = "model.safetensors" if self.config.adapter.method == "none" else "adapter_model.safetensors"
+        return self.adapter_dir / name
+
+    @classmethod
+    def open(cls, path, model: bool = True) -> "RunDir":
+        """The run at `path`, checked; `model=False` for commands that read only its records (report, resume)."""
+        from . import config as config_mod
+        path = Path(path)
+        if not path.is_dir():
+            raise _refuse(path, "does not exist or is not a folder")
+        if (path / EXPORT_MARKER).is_file():
+            raise UserError(f"{path} is a `loraclf export` folder, not a run directory",
+                            "give the run directory it was exported from (serve and predict --backend onnx take exports)")
+        config_dict = _checked_json(path / "config.json", dict, "is not a run directory (no config.json)")
+        try:
+            config = config_mod.from_dict(config_dict)
+        except UserError as e:
+            raise UserError(f"{path / 'config.json'}: {e.what}", e.fix) from None
+        except (TypeError, ValueError, KeyError, AttributeError, RecursionError) as e:
+            raise _refuse(path, f"has a config.json that is not a loraclf config ({type(e).__name__})") from None
+        labels = _checked_json(path / "labels.json", list, "has no labels.json (the class names)")
+        if len(labels) < 2 or not all(isinstance(n, str) and n for n in labels) or len(set(labels)) != len(labels):
+            raise _refuse(path, f"has a labels.json that is not two or more distinct class names ({len(labels)} entries)")
+        run = cls(path, config_dict, config, labels)
+        if model:
+            run._check_model_files()
+        return run
+
+    def _check_model_files(self) -> None:
+        from . import remote_code
+        if not self.adapter_dir.is_dir():
+            raise UserError(f"{self.path} has no trained adapter yet", "wait for training to finish, or resume it with --resume")
+        pickles = sorted(f.name for f in self.adapter_dir.iterdir() if f.suffix.lower() in PICKLE_SUFFIXES)
+        if pickles:
+            raise UserError(f"{self.adapter_dir} holds pickle-format weights ({', '.join(pickles)})",
+                            "loraclf loads safetensors only (a pickle can run code when loaded); "
+                            "remove those files or retrain the run")
+        if not self.adapter_weights.is_file():
+            raise _refuse(self.adapter_dir, f"has no {self.adapter_weights.name}")
+        for f in sorted(self.adapter_dir.glob("*.safetensors")):
+            check_safetensors(f)
+        if not any((self.tokenizer_dir / name).is_file() for name in TOKENIZER_FILES):
+            raise _refuse(self.path, "has no tokenizer (tokenizer/ with tokenizer.json or tokenizer_config.json)")
+        remote_code.check_folder(self.tokenizer_dir)
+        if self.config.adapter.method == "none":
+            remote_code.check_folder(self.adapter_dir)
+
+    def tokenizer(self):
+        """The run's own tokenizer, from its folder only."""
+        from transformers import AutoTokenizer
+        from . import remote_code
+        try:
+            return AutoTokenizer.from_pretrained(str(self.tokenizer_dir), local_files_only=True, **remote_code.kwargs())
+        except (OSError, ValueError, TypeError) as e:
+            if remote_code.is_refusal(e):
+                raise remote_code.refusal(self.tokenizer_dir) from None
+            raise UserError(f"cannot load the tokenizer in {self.tokenizer_dir} ({str(e).splitlines()[0][:160]})",
+                            "restore the run's tokenizer/ folder or retrain the run") from None
+
+    def optional_json(self, name: str, default=None):
+        """A record the run may lack or that may be unreadable (budget.json, metrics.json, inputs.json)."""
+        try:
+            return json.loads((self.path / name).read_text(encoding="utf-8"))
+        except (OSError, ValueError, RecursionError):
+            return default
 
 
 def _jsonable(o):

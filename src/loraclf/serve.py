@@ -41,13 +41,6 @@ class Predictor:
         self.logits, self.labels, self.info = logits_fn, list(labels), info
 
 
-def _read_json(path: Path, default=None):
-    try:
-        return json.loads(Path(path).read_text())
-    except (OSError, ValueError):
-        return default
-
-
 def load_predictor(path, batch_size: int = 64, precision: str = "auto", threads: int = 0) -> Predictor:
     """A run directory (adapter merged on load), a --merged export (transformers alone) or an --onnx export."""
     from . import export
@@ -67,17 +60,20 @@ def load_predictor(path, batch_size: int = 64, precision: str = "auto", threads:
             return Predictor(lambda texts: clf.logits(texts, batch_size=batch_size), meta["labels"],
                              info | {"backend": "onnxruntime"})
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
+        from . import remote_code
         from .model import attention_for
-        model = AutoModelForSequenceClassification.from_pretrained(str(path), attn_implementation=attention_for("auto")).eval()
-        tokenizer = AutoTokenizer.from_pretrained(str(path))
+        remote_code.check_folder(path)
+        model = AutoModelForSequenceClassification.from_pretrained(str(path), attn_implementation=attention_for("auto"),
+                                                                   use_safetensors=True, local_files_only=True,
+                                                                   **remote_code.kwargs()).eval()
+        tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True, **remote_code.kwargs())
         return _torch_predictor(model, tokenizer, int(meta["max_length"]), meta["labels"], info, batch_size, precision)
-    if not (path / "config.json").is_file():
-        raise UserError(f"{path} is neither a loraclf run directory nor an export (no config.json, no loraclf.json)",
-                        "give the --out folder of `loraclf train`, or a folder from `loraclf export`")
     from .predict import load_for_inference
-    model, tokenizer, cfg, labels = load_for_inference(path)
+    from .rundir import RunDir
+    run = RunDir.open(path)
+    model, tokenizer, cfg, labels = load_for_inference(run)
     info = {"model": cfg.model.name, "source": str(path), "kind": "run", "labels": labels,
-            "budget": _read_json(path / "budget.json"), "budget_limit": cfg.budget.max_trainable,
+            "budget": run.optional_json("budget.json"), "budget_limit": cfg.budget.max_trainable,
             "adapter": {"method": cfg.adapter.method, "r": cfg.adapter.r, "alpha": cfg.adapter.alpha,
                         "target_modules": list(cfg.adapter.target_modules)},
             "metrics": export._metrics_summary(path), "max_length": cfg.data.max_length_infer or cfg.data.max_length}
@@ -392,6 +388,8 @@ def add_commands(sub) -> None:
                    help="CPU threads per forward pass (default 0: torch's/onnxruntime's default; 1 is often fastest "
                         "for small models and busy machines)")
     p.add_argument("--access-log", action="store_true", help="log every request")
+    from . import remote_code
+    remote_code.add_argument(p)
     p.set_defaults(func=cmd_serve)
 
 
@@ -402,8 +400,10 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="loraclf")
     add_commands(ap.add_subparsers(dest="command", required=True))
     args = ap.parse_args(["serve", *(sys.argv[1:] if argv is None else argv)])
+    from . import remote_code
     try:
-        return args.func(args)
+        with remote_code.allowed(args.trust_remote_code):
+            return args.func(args)
     except UserError as e:
         print(f"loraclf: error: {e}", file=sys.stderr)
         return 2

@@ -23,9 +23,7 @@ ARTIFACTS = ("report.html", "report.md", "metrics.json", "metrics.jsonl", "confi
 
 def log_run(run_dir, backend: str, tracking_uri: str | None = None, experiment: str = "loraclf") -> str:
     """Log a run directory; returns the MLflow run id, or the TensorBoard log folder."""
-    run = Path(run_dir)
-    if not (run / "config.json").is_file():
-        raise UserError(f"{run} is not a run directory (no config.json)", "give the --out folder of a `loraclf train` run")
+    run = rundir.RunDir.open(run_dir, model=False).path
     if backend == "mlflow":
         return _mlflow(run, tracking_uri or DEFAULT_URI, experiment)
     if backend == "tensorboard":
