@@ -16,8 +16,10 @@ from . import data as data_mod
 from . import layercache
 from . import metrics as metrics_mod
 from . import model as model_mod
+from . import precision as precision_mod
 from . import predict as predict_mod
 from . import rundir
+from . import scoring
 from . import train as train_mod
 from .config import Config
 from .errors import UserError
@@ -48,7 +50,7 @@ def environment(device) -> dict:
             "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
 
 
-def train(cfg: Config, data: list[str], out: Path, test_data: list[str] = (), predict_data: str | None = None,
+def train_run(cfg: Config, data: list[str], out: Path, test_data: list[str] = (), predict_data: str | None = None,
           resume: bool = False, overwrite: bool = False, trust_pickle: bool = False, log=print) -> dict:
     from transformers import AutoTokenizer
 
@@ -65,7 +67,7 @@ def train(cfg: Config, data: list[str], out: Path, test_data: list[str] = (), pr
         torch.set_num_threads(cfg.train.threads)
     train_mod.seed_everything(cfg.train.seed)
     device_type = "cuda" if torch.cuda.is_available() else "cpu"
-    precision = model_mod.resolve_precision(cfg.train.precision, torch.device(device_type))
+    precision = precision_mod.resolve(cfg.train.precision, device_type)
     accelerator = train_mod.make_accelerator(precision, device_type)
     main = accelerator.is_main_process
     log = log if main else (lambda *a, **k: None)
@@ -88,7 +90,7 @@ def train(cfg: Config, data: list[str], out: Path, test_data: list[str] = (), pr
 
     # 2. tokens and model
     tokenizer = AutoTokenizer.from_pretrained(model_mod.resolve_model_path(cfg.model.name))
-    infer_len = cfg.data.max_length_infer or cfg.data.max_length
+    infer_len = scoring.infer_length(cfg)
     train_enc = data_mod.encode(tokenizer, train_ex, cfg.data.max_length)
     val_enc = data_mod.encode(tokenizer, val_ex, infer_len) if val_ex else None
     model = model_mod.build(cfg, label_names)
@@ -125,17 +127,17 @@ def train(cfg: Config, data: list[str], out: Path, test_data: list[str] = (), pr
                         "processes": accelerator.num_processes},
               "environment": environment(device)}
     if val_enc is not None:
-        val = train_mod.evaluate(model, val_enc, cfg, label_names, pad, device, precision, accelerator)
+        val = scoring.evaluate_encoded(model, val_enc, cfg, label_names, pad, device, precision, accelerator)
         result["val"] = {k: v for k, v in val.items() if k != "logits"}
     if test_ex is not None:
         t0 = time.perf_counter()
-        test = train_mod.evaluate(model, data_mod.encode(tokenizer, test_ex, infer_len), cfg, label_names, pad,
+        test = scoring.evaluate_encoded(model, data_mod.encode(tokenizer, test_ex, infer_len), cfg, label_names, pad,
                                   device, precision, accelerator)
         result["test"] = {k: v for k, v in test.items() if k != "logits"}
         result["test"]["seconds"] = round(time.perf_counter() - t0, 2)
         test_logits = test["logits"]
     if pred_ex is not None:
-        pred_logits = train_mod.predict_logits(model, data_mod.encode(tokenizer, pred_ex, infer_len),
+        pred_logits = scoring.predict_logits(model, data_mod.encode(tokenizer, pred_ex, infer_len),
                                                cfg.train.eval_batch_size, pad, device, precision, accelerator,
                                                cfg.train.eval_max_tokens, cfg.train.bf16_full_eval,
                                                cfg.train.cls_only_last_layer)
@@ -145,17 +147,15 @@ def train(cfg: Config, data: list[str], out: Path, test_data: list[str] = (), pr
         rundir.replace_dir(tmp, out / "adapter")
         rundir.write_json(out / "metrics.json", result)
         if pred_ex is not None:
-            ids = pred_ex.ids if pred_ex.ids is not None else list(range(len(pred_ex)))
-            rundir.write_text(out / "submission.csv", predict_mod.submission_csv(ids, pred_logits, label_names))
+            rundir.write_text(out / "submission.csv", predict_mod.submission_csv(scoring.row_ids(pred_ex), pred_logits, label_names))
         elif test_ex is not None:
-            ids = test_ex.ids if test_ex.ids is not None else list(range(len(test_ex)))
-            rundir.write_text(out / "submission.csv", predict_mod.submission_csv(ids, test_logits, label_names))
+            rundir.write_text(out / "submission.csv", predict_mod.submission_csv(scoring.row_ids(test_ex), test_logits, label_names))
         if test_ex is not None:
             rundir.write_text(out / "predictions.csv", predict_mod.predictions_csv(test_ex, test_logits, label_names))
         if "test" in result:
-            log(metrics_mod.table(result["test"], "test"))
+            log(metrics_mod.metrics_table(result["test"], "test"))
         elif "val" in result:
-            log(metrics_mod.table(result["val"], "validation (best weights)"))
+            log(metrics_mod.metrics_table(result["val"], "validation (best weights)"))
     accelerator.wait_for_everyone()
     return result
 
@@ -166,15 +166,14 @@ def _abs(source: str) -> str:
     return str(p.resolve()) if p.exists() else str(source)
 
 
-def evaluate(run_dir: Path, sources: list[str], trust_pickle: bool = False, batch_size: int = 64, name: str = "",
+def evaluate_run(run_dir: Path, sources: list[str], trust_pickle: bool = False, batch_size: int = 64, name: str = "",
              max_tokens: int = -1) -> dict:
     """Score a finished run on labelled data; saves eval-<name>.json in the run directory."""
     run_dir = Path(run_dir)
-    model, tokenizer, cfg, label_names = predict_mod.load_for_inference(run_dir)
+    model, tokenizer, cfg, label_names = scoring.load_for_inference(run_dir)
     ex = load_eval_data(cfg, list(sources), label_names, trust_pickle)
-    logits = predict_mod.logits_for(model, tokenizer, ex.texts, cfg.data.max_length_infer or cfg.data.max_length, batch_size,
-                                    max_tokens=max_tokens, full_cast=cfg.train.bf16_full_eval,
-                                    cls_only=cfg.train.cls_only_last_layer, tune_malloc=cfg.train.tune_malloc)
+    logits = scoring.logits_for(model, tokenizer, ex.texts, scoring.infer_length(cfg), batch_size, max_tokens=max_tokens,
+                                **scoring.scoring_options(cfg))
     m = metrics_mod.classification(logits, ex.labels, label_names)
     m["data"] = list(sources)
     name = name or Path(sources[0]).stem
