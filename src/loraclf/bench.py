@@ -4,8 +4,8 @@ Contenders (roberta-base architecture with random weights, its real tokenizer, r
 preset A's LoRA config: r=6, alpha 24 on query/key/value, batch 16):
 
 - ``loraclf``: the real code paths: ``train.fit`` (length-grouped batches, per-batch padding, the
-  precision ``auto`` resolves to) and, for inference, a saved run reloaded by ``predict.load_for_inference``
-  (merged LoRA weights) scored by ``predict.logits_for``.
+  precision ``auto`` resolves to) and, for inference, a saved run reloaded by ``scoring.load_for_inference``
+  (merged LoRA weights) scored by ``scoring.logits_for``.
 - ``report_a``: a faithful re-implementation of report A's loop: every text padded to 256, fp32, batch 16,
   shuffled DataLoader, plain PyTorch step (forward with labels, backward, clip, AdamW, linear schedule);
   its eval loop pads to 256 too, batch 16, unmerged peft model under ``torch.no_grad``.

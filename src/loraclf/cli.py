@@ -166,6 +166,12 @@ def _add_common_config(p) -> None:
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override any setting, e.g. --set adapter.r=8")
 
 
+def _add_scoring_batch_args(p) -> None:
+    p.add_argument("--batch-size", type=int, default=64, help="rows per forward batch, at most")
+    p.add_argument("--max-tokens", type=int, default=-1,
+                   help="padded tokens per forward batch, at most (-1: auto, 2048 on CPU and no cap on GPU; 0: no cap)")
+
+
 def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="loraclf", description="LoRA text classification under a trainable-parameter budget")
     sub = ap.add_subparsers(dest="command", required=True)
@@ -192,9 +198,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("run")
     p.add_argument("--data", action="append", required=True)
     p.add_argument("--name", default="", help="suffix of the saved eval-<name>.json (default: the data file's stem)")
-    p.add_argument("--batch-size", type=int, default=64, help="rows per forward batch, at most")
-    p.add_argument("--max-tokens", type=int, default=-1,
-                   help="padded tokens per forward batch, at most (-1: auto, 2048 on CPU and no cap on GPU; 0: no cap)")
+    _add_scoring_batch_args(p)
     p.add_argument("--trust-pickle", action="store_true")
     p.add_argument("--no-report", action="store_true")
     report_cli.add_track_args(p)
@@ -206,9 +210,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", default="submission.csv")
     p.add_argument("--label-names", action="store_true", help="write class names instead of ids")
     p.add_argument("--probs", action="store_true", help="add one probability column per class")
-    p.add_argument("--batch-size", type=int, default=64, help="rows per forward batch, at most")
-    p.add_argument("--max-tokens", type=int, default=-1,
-                   help="padded tokens per forward batch, at most (-1: auto, 2048 on CPU and no cap on GPU; 0: no cap)")
+    _add_scoring_batch_args(p)
     p.add_argument("--precision", default="auto", choices=precision.CHOICES)
     p.add_argument("--text-column", help="text column of the input (default: the run's)")
     p.add_argument("--backend", default="torch", choices=PREDICT_BACKENDS,

@@ -12,8 +12,6 @@ request with its own rows. Limits: more than --max-texts texts, a text over --ma
 JSON {"error": "..."}. A failing forward pass answers 500 to the requests of that batch only; the server goes on.
 SIGTERM (or Ctrl+C): stop accepting connections, finish the requests in flight, exit 0.
 """
-from __future__ import annotations
-
 import asyncio
 import concurrent.futures
 import json
@@ -30,13 +28,14 @@ from .errors import UserError
 
 if TYPE_CHECKING:
     from .scoring import Predictor
+# no `from __future__ import annotations` here: FastAPI reads the endpoints' annotations (Request) at runtime
 
 DEFAULTS = dict(max_texts=64, max_chars=10_000, max_batch=64, max_wait_ms=2.0)
 
 
 # ------------------------------------------------------------------------------------------ models
 
-def load_predictor(path, batch_size: int = 64, precision: str = "auto", threads: int = 0) -> Predictor:
+def load_predictor(path, batch_size: int = 64, precision: str = "auto", threads: int = 0) -> "Predictor":
     """A run directory (adapter merged on load), a --merged export (transformers alone) or an --onnx export, each
     on its own backend (scoring.load_predictor), loaded now so a broken model fails before the server starts."""
     from . import scoring
@@ -174,7 +173,7 @@ def _json_type(v) -> str:
             float: "a number", type(None): "null"}.get(type(v), type(v).__name__)
 
 
-def create_app(predictor: Predictor, max_texts: int = DEFAULTS["max_texts"], max_chars: int = DEFAULTS["max_chars"],
+def create_app(predictor: "Predictor", max_texts: int = DEFAULTS["max_texts"], max_chars: int = DEFAULTS["max_chars"],
                max_batch: int = DEFAULTS["max_batch"], max_wait_ms: float = DEFAULTS["max_wait_ms"],
                max_body_bytes: int | None = None):
     from contextlib import asynccontextmanager
