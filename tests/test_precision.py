@@ -69,12 +69,12 @@ def test_openvino_refuses_fp16():
 
 
 def test_every_choice_list_is_the_policys():
-    assert config.CHOICES["train.precision"] is precision.CHOICES
+    assert config.CHOICES["train.precision"] is precision.PRECISION_CHOICES
     parser = cli.parser()
     subs = [a for a in parser._actions if a.dest == "command"][0].choices
     for command in ("predict", "serve"):
         (opt,) = [a for a in subs[command]._actions if a.dest == "precision"]
-        assert tuple(opt.choices) == precision.CHOICES and opt.default == "auto"
+        assert tuple(opt.choices) == precision.PRECISION_CHOICES and opt.default == "auto"
 
 
 def test_no_other_module_decides_precision():

@@ -78,7 +78,7 @@ def test_scoring_switches_come_from_the_run_config(tmp_path, tiny_run, monkeypat
     glibc's malloc thresholds fixed on CPU unless train.tune_malloc is."""
     import json
     import shutil
-    from loraclf import pipeline, serve
+    from loraclf import pipeline
     seen = []
     real = scoring.logits_for
     monkeypatch.setattr(scoring, "logits_for",
@@ -96,7 +96,7 @@ def test_scoring_switches_come_from_the_run_config(tmp_path, tiny_run, monkeypat
         seen.clear()
         predict.write_predictions(run, str(src), tmp_path / "out.csv")
         pipeline.evaluate_run(run, [str(src)])
-        serve.load_predictor(run).logits(["a text"])
+        scoring.load_predictor(run).logits(["a text"])
         assert seen and set(seen) == {(flag, not flag, flag)}
 
 

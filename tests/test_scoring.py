@@ -181,8 +181,10 @@ def test_predict_evaluate_and_serve_all_go_through_scoring(tmp_path, monkeypatch
     out = tmp_path / "sub.csv"
     r = predict.write_predictions(run, str(src), out, backend="torch")
     assert r["rows"] == 2 and out.read_text().splitlines() == ["ID,Label", "0,0", "1,0"]
-    assert serve.load_predictor(run)._fn is not None and fake_torch["loads"] == 2
-    assert asked == ["torch", "auto"]
+    monkeypatch.setattr(serve, "create_app", lambda predictor, *a, **k: asked.append(predictor._fn is not None) or 1 / 0)
+    with pytest.raises(ZeroDivisionError):
+        serve.serve(run, port=0)
+    assert asked == ["torch", "auto", True] and fake_torch["loads"] == 2
     m = pipeline.evaluate_run(run, [str(src)])
     assert m["n"] == 2 and len(fake_torch["logits_for"]) == 2
 
@@ -207,3 +209,10 @@ def test_predictor_gives_logits_fors_numbers(tiny_run):
     want = scoring.logits_for(model, tok, texts, scoring.infer_length(cfg), precision="fp32", **scoring.scoring_options(cfg))
     got = scoring.load_predictor(tiny_run, "torch", precision="fp32").logits(texts)
     np.testing.assert_allclose(got, want, atol=1e-6)
+
+
+def test_the_command_line_offers_the_dispatchs_backends():
+    from loraclf import cli
+    subs = [a for a in cli.parser()._actions if a.dest == "command"][0].choices
+    (opt,) = [a for a in subs["predict"]._actions if a.dest == "backend"]
+    assert tuple(opt.choices) == cli.PREDICT_BACKENDS == scoring.PREDICT_BACKENDS

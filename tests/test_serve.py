@@ -322,9 +322,9 @@ def test_sigterm_drains_in_flight_request_then_exits_0(tiny_run, tmp_path):
 def test_serve_errors(tmp_path, tiny_run):
     from loraclf.errors import UserError
     with pytest.raises(UserError, match="does not exist"):
-        serve.load_predictor(tmp_path / "missing")
+        scoring.load_predictor(tmp_path / "missing")
     with pytest.raises(UserError, match="not a loraclf run directory .* nor an export"):
-        serve.load_predictor(tmp_path)
+        scoring.load_predictor(tmp_path)
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         s.listen()

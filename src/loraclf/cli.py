@@ -12,7 +12,7 @@ from pathlib import Path
 from . import precision, report_cli
 from .errors import Interrupted, UserError
 
-# the predictor backends (scoring.BACKENDS), named here so that parsing the command line loads no torch
+# scoring.PREDICT_BACKENDS, named here too so that parsing the command line loads no torch
 PREDICT_BACKENDS = ("torch", "openvino", "onnx")
 
 
@@ -211,7 +211,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--label-names", action="store_true", help="write class names instead of ids")
     p.add_argument("--probs", action="store_true", help="add one probability column per class")
     _add_scoring_batch_args(p)
-    p.add_argument("--precision", default="auto", choices=precision.CHOICES)
+    p.add_argument("--precision", default="auto", choices=precision.PRECISION_CHOICES)
     p.add_argument("--text-column", help="text column of the input (default: the run's)")
     p.add_argument("--backend", default="torch", choices=PREDICT_BACKENDS,
                    help="openvino: the run's merged model converted in-process and scored on OpenVINO's CPU runtime "
@@ -286,7 +286,7 @@ def _add_serve_command(sub) -> None:
     p.add_argument("--max-wait-ms", type=float, default=DEFAULTS["max_wait_ms"],
                    help="how long a micro-batch waits for more requests (default 2)")
     p.add_argument("--batch-size", type=int, default=64, help="forward-pass batch size inside a micro-batch")
-    p.add_argument("--precision", default="auto", choices=precision.CHOICES)
+    p.add_argument("--precision", default="auto", choices=precision.PRECISION_CHOICES)
     p.add_argument("--drain-timeout", type=float, default=30, help="seconds to finish in-flight requests on SIGTERM")
     p.add_argument("--threads", type=int, default=0,
                    help="CPU threads per forward pass (default 0: torch's/onnxruntime's default; 1 is often fastest "

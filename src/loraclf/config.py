@@ -78,7 +78,7 @@ class TrainConfig:
     save_every: int = 0                 # optimizer steps; 0: no intermediate checkpoints
     patience: int = 0                   # evaluations without improvement before stopping; 0: never
     monitor: str = "val_loss"           # "val_loss" | "val_accuracy" | "val_macro_f1"
-    precision: str = "auto"             # precision.CHOICES: "auto" | "fp32" | "bf16" | "fp16"
+    precision: str = "auto"             # precision.PRECISION_CHOICES: "auto" | "fp32" | "bf16" | "fp16"
     gradient_checkpointing: bool = False
     fast_dropout: bool = True           # CPU: dropout masks from 16-bit random thresholds (fastpath.py); false: torch's
     share_dropout_masks: bool = False   # with fast_dropout: LoRA modules reading the same input (q, k, v) share one mask
@@ -248,7 +248,7 @@ CHOICES = {
     "train.scheduler": ("linear", "cosine", "constant"),
     "train.monitor": ("val_loss", "val_accuracy", "val_macro_f1"),
     "train.class_weight": ("none", "balanced"),
-    "train.precision": precision.CHOICES,
+    "train.precision": precision.PRECISION_CHOICES,
     "train.cache_frozen_layers": ("auto", "on", "off"),
 }
 

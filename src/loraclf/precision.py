@@ -1,7 +1,7 @@
 """The precision policy: what each precision choice means on this device, asked by training, scoring, export
 backends and the benchmark alike.
 
-Choices are CHOICES. `auto` is bf16 on CUDA that supports it (else fp16), and on CPU bf16 only with native bf16
+Choices are PRECISION_CHOICES. `auto` is bf16 on CUDA that supports it (else fp16), and on CPU bf16 only with native bf16
 units (AMX or AVX512-BF16), since emulated bf16 is slower than fp32 there; fp16 on CPU falls back to fp32.
 Under bf16/fp16 matmuls run in autocast (`autocast_dtype`), frozen Linear weights are held in that dtype, and
 bf16 scoring may cast the whole model (`casts_whole_model`). OpenVINO scores in fp32 or bf16 (`openvino_hint`).
@@ -17,8 +17,8 @@ from .errors import UserError
 if TYPE_CHECKING:
     import torch
 
-# torch is imported where it is used: the command line reads CHOICES before anything heavy is loaded
-CHOICES = ("auto", "fp32", "bf16", "fp16")
+# torch is imported where it is used: the command line reads the choices before anything heavy is loaded
+PRECISION_CHOICES = ("auto", "fp32", "bf16", "fp16")
 OPENVINO_CHOICES = ("auto", "fp32", "bf16")
 
 
@@ -31,9 +31,10 @@ def cpu_has_native_bf16() -> bool:
 
 
 def resolve(precision: str, device) -> str:
-    """A choice from CHOICES resolved for `device` to the precision that runs: "fp32", "bf16" or "fp16"."""
-    if precision not in CHOICES:
-        raise UserError(f"precision {precision!r} is not one of {', '.join(CHOICES)}", f"use one of: {', '.join(CHOICES)}")
+    """A choice from PRECISION_CHOICES resolved for `device` to the precision that runs: "fp32", "bf16" or "fp16"."""
+    if precision not in PRECISION_CHOICES:
+        raise UserError(f"precision {precision!r} is not one of {', '.join(PRECISION_CHOICES)}",
+                        f"use one of: {', '.join(PRECISION_CHOICES)}")
     import torch
     if torch.device(device).type == "cuda":
         if precision in ("auto", "bf16"):

@@ -25,7 +25,7 @@ from . import rundir
 from .errors import UserError
 
 CPU_SCORING_TOKENS = 2048  # `loraclf bench --levers`, "scoring batches": the fastest cap measured on CPU
-BACKENDS = ("torch", "openvino", "onnx")
+PREDICT_BACKENDS = ("torch", "openvino", "onnx")
 
 
 # ------------------------------------------------------------------------------------------ small rules
@@ -127,7 +127,7 @@ def logits_for(model, tokenizer, texts: list[str], max_length: int, batch_size: 
                precision: str = "auto", device: torch.device | None = None, max_tokens: int = -1,
                full_cast: bool = True, cls_only: bool = True, tune_malloc: bool = True) -> np.ndarray:
     """Logits in input order; batches of at most `batch_size` rows and `max_tokens` padded tokens (-1: auto,
-    scoring_tokens). `precision`: a choice from precision.CHOICES. In bf16 the whole model is cast unless
+    scoring_tokens). `precision`: a choice from precision.PRECISION_CHOICES. In bf16 the whole model is cast unless
     `full_cast` is False (train.bf16_full_eval); the last layer computes only the head's row unless `cls_only`
     is False (train.cls_only_last_layer). On CPU, `tune_malloc` (train.tune_malloc) fixes glibc's malloc
     thresholds for the process, as fit does."""
@@ -224,8 +224,8 @@ def load_predictor(path, backend: str = "auto", batch_size: int = 64, precision:
     torch or openvino on a run directory or a --merged export, onnx on an --onnx export, auto the folder's own
     (onnx for an --onnx export, else torch). Nothing heavy is loaded until the predictor is first used."""
     from . import export
-    if backend != "auto" and backend not in BACKENDS:
-        raise UserError(f"unknown backend {backend!r}", f"use one of: {', '.join(BACKENDS)}")
+    if backend != "auto" and backend not in PREDICT_BACKENDS:
+        raise UserError(f"unknown backend {backend!r}", f"use one of: {', '.join(PREDICT_BACKENDS)}")
     check_batching(batch_size, max_tokens)
     path = Path(path)
     if threads:

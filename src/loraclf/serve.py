@@ -35,13 +35,6 @@ DEFAULTS = dict(max_texts=64, max_chars=10_000, max_batch=64, max_wait_ms=2.0)
 
 # ------------------------------------------------------------------------------------------ models
 
-def load_predictor(path, batch_size: int = 64, precision: str = "auto", threads: int = 0) -> "Predictor":
-    """A run directory (adapter merged on load), a --merged export (transformers alone) or an --onnx export, each
-    on its own backend (scoring.load_predictor), loaded now so a broken model fails before the server starts."""
-    from . import scoring
-    return scoring.load_predictor(path, "auto", batch_size, precision, threads).load()
-
-
 # ------------------------------------------------------------------------------------------ batching
 
 @dataclass
@@ -274,7 +267,10 @@ def serve(path, host: str = "127.0.0.1", port: int = 8000, max_texts: int = DEFA
     _check_port(host, port)
     if threads < 0:
         raise UserError(f"--threads must be 0 (the library default) or more, not {threads}", "give --threads 1 or more")
-    predictor = load_predictor(path, batch_size, precision, threads)
+    from . import scoring
+    # a run directory (adapter merged on load), a --merged export or an --onnx export, each on its own backend,
+    # loaded now so that a broken model fails before the server listens
+    predictor = scoring.load_predictor(path, "auto", batch_size, precision, threads).load()
     app = create_app(predictor, max_texts, max_chars, max_batch, max_wait_ms, max_body_bytes)
     config = uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=access_log,
                             timeout_graceful_shutdown=drain_timeout, lifespan="on")
