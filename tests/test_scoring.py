@@ -181,7 +181,7 @@ def test_predict_evaluate_and_serve_all_go_through_scoring(tmp_path, monkeypatch
     out = tmp_path / "sub.csv"
     r = predict.write_predictions(run, str(src), out, backend="torch")
     assert r["rows"] == 2 and out.read_text().splitlines() == ["ID,Label", "0,0", "1,0"]
-    monkeypatch.setattr(serve, "create_app", lambda predictor, *a, **k: asked.append(predictor._fn is not None) or 1 / 0)
+    monkeypatch.setattr(serve, "create_app", lambda predictor, *a, **k: asked.append(predictor.loaded) or 1 / 0)
     with pytest.raises(ZeroDivisionError):
         serve.serve(run, port=0)
     assert asked == ["torch", "auto", True] and fake_torch["loads"] == 2

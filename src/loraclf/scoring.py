@@ -209,6 +209,10 @@ class Predictor:
     make_logits: Callable[[], Callable[[list[str]], np.ndarray]]
     _fn: Callable | None = field(default=None, repr=False)
 
+    @property
+    def loaded(self) -> bool:
+        return self._fn is not None
+
     def load(self) -> "Predictor":
         if self._fn is None:
             self._fn = self.make_logits()
@@ -233,11 +237,12 @@ def load_predictor(path, backend: str = "auto", batch_size: int = 64, precision:
     if not path.is_dir():
         raise UserError(f"{path} does not exist or is not a folder", "give a run directory or an export folder")
     kind = export.read_meta(path)["kind"] if export.is_export(path) else "run"
-    if backend == "onnx" and kind != "onnx" or backend in ("torch", "openvino") and kind == "onnx":
-        raise UserError(f"{path} is not an ONNX export (no model.onnx and {export.META})" if backend == "onnx" else
-                        f"{path} is an ONNX export: it runs on onnxruntime only",
-                        "export the run first with `loraclf export RUN --onnx DIR`, then give DIR to --backend onnx"
-                        if backend == "onnx" else "use --backend onnx, or give the run directory")
+    if backend == "onnx" and kind != "onnx":
+        raise UserError(f"{path} is not an ONNX export (no model.onnx and {export.META})",
+                        "export the run first with `loraclf export RUN --onnx DIR`, then give DIR to --backend onnx")
+    if backend in ("torch", "openvino") and kind == "onnx":
+        raise UserError(f"{path} is an ONNX export: it runs on onnxruntime only",
+                        "use --backend onnx, or give the run directory")
     backend = backend if backend != "auto" else ("onnx" if kind == "onnx" else "torch")
     if kind == "run":
         return _run_predictor(path, backend, batch_size, precision, max_tokens)
