@@ -84,7 +84,7 @@ def run_one(args, name: str, seed: int, limit: int) -> dict:
     cfg = make_config(args, name, seed, limit)
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
-        res = pipeline.train(cfg, args.train, Path(tmp) / "run", test_data=[args.test], log=lambda *a, **k: None)
+        res = pipeline.train_run(cfg, args.train, Path(tmp) / "run", test_data=[args.test], log=lambda *a, **k: None)
         wall = time.perf_counter() - t0
     return {"variant": name, "budget": limit if VARIANTS[name][1] else None, "seed": seed, "r": cfg.adapter.r,
             "trainable": res["budget"]["trainable"], "head_params": res["budget"]["groups"].get("head", 0),

@@ -102,5 +102,5 @@ def train_tiny_run(tmp: Path, model_dir: Path, *overrides: str) -> Path:
     train = tmp / "train.csv"
     train.write_text("label,text\n" + "".join(f"{i % 4},{words[i % 4]} {i}\n" for i in range(48)))
     out = tmp / "run"
-    pipeline.train(tiny_config(model_dir, "train.epochs=2", *overrides), [str(train)], out, log=lambda *a, **k: None)
+    pipeline.train_run(tiny_config(model_dir, "train.epochs=2", *overrides), [str(train)], out, log=lambda *a, **k: None)
     return out

@@ -111,7 +111,7 @@ def test_levers_measure_every_lever(tiny_dir, agnews_dir, tmp_path):
             "encoder dropout (train step)", "adapted layers (train step)", "threads (train step)"} <= levers
     assert all(r["seconds"] > 0 for r in rows)
     assert {r["variant"] for r in rows if r["lever"] == "adapted layers (train step)"} == {"all 2", "top 1 only"}
-    from loraclf.model import cpu_has_native_bf16
+    from loraclf.precision import cpu_has_native_bf16
     n_precisions = 2 if cpu_has_native_bf16() else 1                 # bf16 where it is native, and fp32
     assert len([r for r in rows if r["lever"].startswith("scoring batches")]) == 4 * n_precisions
     assert len([r for r in rows if r["lever"].startswith("dropout apply")]) == 2
@@ -218,7 +218,7 @@ def test_cuda_train_step_and_predict(tiny_dir, agnews_dir, tmp_path, precision):
     from transformers import AutoTokenizer
     from loraclf import data as data_mod
     from loraclf import model as model_mod
-    from loraclf import predict as predict_mod
+    from loraclf import scoring
     ex = data_mod.load(str(Path(agnews_dir) / "test.csv"), label_names=bench.LABELS).subset(range(32))
     tok = AutoTokenizer.from_pretrained(str(tiny_dir))
     cfg = bench.bench_config(str(tiny_dir), "loraclf", [f"data.max_length={TINY_MAX}", f"train.precision={precision}"])
@@ -228,7 +228,7 @@ def test_cuda_train_step_and_predict(tiny_dir, agnews_dir, tmp_path, precision):
     r = bench.run_loraclf_train(model, cfg, enc, tok.pad_token_id, 0, 1, tmp_path)
     assert r["steps"] == 1 and r["precision"] == precision
     assert next(model.parameters()).device.type == "cuda"
-    logits = predict_mod.logits_for(model, tok, ex.texts[:8], TINY_MAX, 4, precision, torch.device("cuda"))
+    logits = scoring.logits_for(model, tok, ex.texts[:8], TINY_MAX, 4, precision, torch.device("cuda"))
     assert logits.shape == (8, 4) and torch.isfinite(torch.from_numpy(logits)).all()
 
 

@@ -96,7 +96,7 @@ def test_cpu_threads_reach_torch(tmp_path, tiny_bert, monkeypatch):
     train = tmp_path / "train.csv"
     train.write_text("label,text\n" + "".join(f"{i % 4},{words[i % 4]} {i}\n" for i in range(24)))
     from conftest import tiny_config
-    pipeline.train(tiny_config(tiny_bert, "cpu.threads=1", "train.epochs=0.1"), [str(train)], tmp_path / "run",
+    pipeline.train_run(tiny_config(tiny_bert, "cpu.threads=1", "train.epochs=0.1"), [str(train)], tmp_path / "run",
                    log=lambda *a, **k: None)
     assert seen and seen[0] == 1
 
@@ -154,9 +154,9 @@ def test_old_run_directory_predicts_and_evaluates(runs, tmp_path, capsys):
 
 
 def test_old_run_directory_serves(runs, capsys):
-    from loraclf import serve
+    from loraclf import scoring
     _, old = runs
-    predictor = serve.load_predictor(old, precision="fp32")
+    predictor = scoring.load_predictor(old, precision="fp32")
     assert predictor.info["budget_limit"] == 10_000_000 and predictor.info["labels"] == LABELS
 
 

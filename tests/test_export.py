@@ -1,6 +1,5 @@
 """`loraclf export`: the merged Hugging Face folder (no peft needed, same logits as predict within 1e-4), the
 ONNX export (onnxruntime within 1e-3 of PyTorch; predict --backend onnx), model cards, atomic writes."""
-import argparse
 import csv
 import json
 import os
@@ -12,7 +11,7 @@ import numpy as np
 import pytest
 
 from conftest import LABELS, train_tiny_run
-from loraclf import export, predict
+from loraclf import cli, export, predict, scoring
 from loraclf.errors import UserError
 
 OWN_TEXTS = ["football match goal tonight", "stocks market profit fell", "", "x",
@@ -20,15 +19,7 @@ OWN_TEXTS = ["football match goal tonight", "stocks market profit fell", "", "x"
 
 
 def _cli(argv) -> int:
-    """What cli.main does for the export command (parse, run, UserError -> exit 2)."""
-    ap = argparse.ArgumentParser(prog="loraclf")
-    export.add_commands(ap.add_subparsers(dest="command", required=True))
-    args = ap.parse_args(argv)
-    try:
-        return args.func(args)
-    except UserError as e:
-        print(f"loraclf: error: {e}", file=sys.stderr)
-        return 2
+    return cli.main(argv)
 
 
 @pytest.fixture(scope="module")
@@ -53,8 +44,8 @@ def agnews_texts(agnews_dir):
 
 
 def _run_logits(run_dir, texts):
-    model, tok, cfg, _ = predict.load_for_inference(run_dir)
-    return predict.logits_for(model, tok, texts, cfg.data.max_length, precision="fp32")
+    model, tok, cfg, _ = scoring.load_for_inference(run_dir)
+    return scoring.logits_for(model, tok, texts, cfg.data.max_length, precision="fp32")
 
 
 def test_merged_folder_is_plain_hf_and_matches_predict(exports, tiny_run):
@@ -72,7 +63,7 @@ def test_merged_folder_is_plain_hf_and_matches_predict(exports, tiny_run):
     assert json.loads((merged / "labels.json").read_text()) == LABELS
     tok = AutoTokenizer.from_pretrained(str(merged))
     want = _run_logits(tiny_run, OWN_TEXTS)
-    got = predict.logits_for(model, tok, OWN_TEXTS, 32, precision="fp32")
+    got = scoring.logits_for(model, tok, OWN_TEXTS, 32, precision="fp32")
     np.testing.assert_allclose(got, want, atol=1e-4, rtol=0)
     assert (got.argmax(-1) == want.argmax(-1)).all()
 
@@ -81,7 +72,7 @@ def test_merged_matches_predict_on_agnews(exports, tiny_run, agnews_texts):
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
     merged, _ = exports
     model = AutoModelForSequenceClassification.from_pretrained(str(merged)).eval()
-    got = predict.logits_for(model, AutoTokenizer.from_pretrained(str(merged)), agnews_texts, 32, precision="fp32")
+    got = scoring.logits_for(model, AutoTokenizer.from_pretrained(str(merged)), agnews_texts, 32, precision="fp32")
     np.testing.assert_allclose(got, _run_logits(tiny_run, agnews_texts), atol=1e-4, rtol=0)
 
 
@@ -149,12 +140,12 @@ def test_predict_backend_onnx_writes_same_submission(exports, tiny_run, tmp_path
     _, onnx = exports
     src = tmp_path / "in.csv"
     src.write_text("id,text\n" + "".join(f"r{i},\"{t}\"\n" for i, t in enumerate(OWN_TEXTS) if t))
-    a = predict.run(tiny_run, str(src), tmp_path / "torch.csv", names=True, precision="fp32")
-    b = export.predict_run(onnx, str(src), tmp_path / "onnx.csv", names=True)
+    a = predict.write_predictions(tiny_run, str(src), tmp_path / "torch.csv", names=True, precision="fp32")
+    b = predict.write_predictions(onnx, str(src), tmp_path / "onnx.csv", names=True, backend="onnx")
     assert (tmp_path / "torch.csv").read_text() == (tmp_path / "onnx.csv").read_text()
     np.testing.assert_allclose(a["logits"], b["logits"], atol=1e-3, rtol=0)
     with pytest.raises(UserError, match="not an ONNX export"):
-        export.predict_run(tiny_run, str(src), tmp_path / "x.csv")
+        predict.write_predictions(tiny_run, str(src), tmp_path / "x.csv", backend="onnx")
 
 
 def test_model_cards(exports):
@@ -204,5 +195,5 @@ def test_roberta_merged_matches(tiny_roberta, tmp_path, head):
     out = export.export_merged(run, tmp_path / "merged")
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
     model = AutoModelForSequenceClassification.from_pretrained(str(out)).eval()
-    got = predict.logits_for(model, AutoTokenizer.from_pretrained(str(out)), OWN_TEXTS, 32, precision="fp32")
+    got = scoring.logits_for(model, AutoTokenizer.from_pretrained(str(out)), OWN_TEXTS, 32, precision="fp32")
     np.testing.assert_allclose(got, _run_logits(run, OWN_TEXTS), atol=1e-4, rtol=0)

@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from conftest import LABELS, tiny_config
-from loraclf import fastpath, model
+from loraclf import fastpath, model, precision as precision_mod
 
 
 @pytest.mark.parametrize("p", [0.05, 0.1, 0.5])
@@ -87,13 +87,13 @@ def _batch():
 
 def _grads_after_step(m, precision="bf16", cheap=True, attn=None, frozen_dtype="auto", seed=0):
     if frozen_dtype == "auto":
-        frozen_dtype = fastpath.autocast_dtype(precision)
+        frozen_dtype = precision_mod.autocast_dtype(precision)
     ids, mask, y = _batch()
     m.zero_grad(set_to_none=True)
     m.train()
     with fastpath.frozen_weights_as(m, frozen_dtype), fastpath.cpu_dropout(cheap), fastpath.attention(m, attn):
         torch.manual_seed(seed)
-        with model.autocast(torch.device("cpu"), precision):
+        with precision_mod.autocast(torch.device("cpu"), precision):
             logits = m(input_ids=ids, attention_mask=mask).logits
         F.cross_entropy(logits.float(), y).backward()
     return logits.detach().float(), {n: p.grad.clone() for n, p in m.named_parameters() if p.requires_grad}
@@ -245,7 +245,7 @@ def test_fit_and_scoring_run_the_last_layer_for_the_first_token_only(tmp_path, t
                   log=lambda *a, **k: None)
         assert rows and (set(rows) == {1}) == flag                  # training steps and validation scoring alike_frozen_weights_once_with_identical_logits(tiny_bert):
     from loraclf import data as data_mod
-    from loraclf import predict, train
+    from loraclf import scoring
     from transformers import AutoTokenizer
     m = model.build(tiny_config(tiny_bert), LABELS).merge_and_unload().eval()
     m.requires_grad_(False)
@@ -257,10 +257,10 @@ def test_fit_and_scoring_run_the_last_layer_for_the_first_token_only(tmp_path, t
     with torch.inference_mode():
         for index in data_mod.scoring_batches(enc.lengths, 8):
             batch = data_mod.collate(enc, index, tok.pad_token_id)
-            with model.autocast(cpu, "bf16"):
+            with precision_mod.autocast(cpu, "bf16"):
                 per_batch[index] = m(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits.float()
-        assert (train.predict_logits(m, enc, 8, tok.pad_token_id, cpu, "bf16") == per_batch).all()
-    once = predict.logits_for(m, tok, texts, 32, batch_size=8, precision="bf16", device=cpu, full_cast=False)
+        assert (scoring.predict_logits(m, enc, 8, tok.pad_token_id, cpu, "bf16") == per_batch).all()
+    once = scoring.logits_for(m, tok, texts, 32, batch_size=8, precision="bf16", device=cpu, full_cast=False)
     assert (once == per_batch).all()
     assert all(p.dtype == torch.float32 for p in m.parameters())
 
@@ -278,7 +278,7 @@ def test_whole_model_cast_covers_every_frozen_parameter_and_restores(tiny_bert):
 
 
 def test_bf16_full_eval_scores_close_to_fp32_and_only_in_bf16(tiny_bert):
-    from loraclf import predict
+    from loraclf import scoring
     from transformers import AutoTokenizer
     torch.manual_seed(0)
     m = model.build(tiny_config(tiny_bert), LABELS).merge_and_unload().eval()
@@ -287,7 +287,7 @@ def test_bf16_full_eval_scores_close_to_fp32_and_only_in_bf16(tiny_bert):
     cpu = torch.device("cpu")
 
     def score(precision, full_cast):
-        return predict.logits_for(m, tok, texts, 32, batch_size=8, precision=precision, device=cpu, full_cast=full_cast)
+        return scoring.logits_for(m, tok, texts, 32, batch_size=8, precision=precision, device=cpu, full_cast=full_cast)
     fp32, autocast, whole = score("fp32", False), score("bf16", False), score("bf16", True)
     assert (score("fp32", True) == fp32).all()               # the flag changes bf16 scoring only
     assert not (whole == autocast).all()                     # the residual stream really is bf16 now

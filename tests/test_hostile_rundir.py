@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from conftest import train_tiny_run
-from loraclf import cli, serve
+from loraclf import cli, scoring
 from loraclf.errors import UserError
 
 
@@ -136,7 +136,7 @@ def test_damaged_run_is_refused_in_one_line(tmp_path, tiny_run, tiny_roberta, wi
     capsys.readouterr()
     if command == "serve":
         with pytest.raises(UserError) as e:
-            serve.load_predictor(run)
+            scoring.load_predictor(run).load()
         message, code = str(e.value), 2
     else:
         code = cli.main(COMMANDS[command](run, tmp_path))
@@ -169,7 +169,7 @@ def test_missing_tokenizer_never_reaches_the_hub(tmp_path, tiny_run, monkeypatch
     shutil.copytree(tiny_run, run)
     shutil.rmtree(run / "tokenizer")
     with pytest.raises(UserError, match="no tokenizer"):
-        serve.load_predictor(run)
+        scoring.load_predictor(run).load()
     assert calls == []
 
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from conftest import LABELS
-from loraclf import serve
+from loraclf import cli, scoring, serve
 
 MAX_TEXTS, MAX_CHARS, MAX_BODY = 8, 200, 1_000_000  # the body limit leaves room for the deep bodies
 DEEP = b"[" * 100_000 + b"]" * 100_000
@@ -51,7 +51,8 @@ def predictor(tiny_bert):
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
     model = AutoModelForSequenceClassification.from_pretrained(str(tiny_bert), num_labels=len(LABELS)).eval()
     tokenizer = AutoTokenizer.from_pretrained(str(tiny_bert))
-    return serve._torch_predictor(model, tokenizer, 32, LABELS, {"kind": "test", "model": "tiny"}, 8, "fp32")
+    return scoring.Predictor(list(LABELS), {"kind": "test", "model": "tiny", "backend": "torch", "precision": "fp32"}, {},
+                             lambda: lambda texts: scoring.logits_for(model, tokenizer, texts, 32, 8, "fp32"))
 
 
 @pytest.fixture(scope="module")
@@ -108,6 +109,6 @@ def test_odd_but_valid_texts_get_predictions(client, predictor, texts):
     ("--max-body-bytes", "-5", "--max-body-bytes must be at least 1"),
 ])
 def test_serve_flags_are_checked(tmp_path, capsys, flag, value, message):
-    assert serve.main([str(tmp_path), flag, value]) == 2
+    assert cli.main(["serve", str(tmp_path), flag, value]) == 2
     err = capsys.readouterr().err
     assert message in err and err.count("\n") == 1, err

@@ -66,7 +66,7 @@ def test_a_forward_from_the_cache_gives_the_same_logits_and_gradients(tiny_model
     for name, g in plain[1].items():
         assert g.abs().sum() > 0, name
         torch.testing.assert_close(cached[1][name], g, rtol=1e-5, atol=1e-6)
-    base = fastpath._transformers_model(m)
+    base = fastpath.transformers_model(m)
     body = getattr(base, base.base_model_prefix)
     assert all("forward" not in vars(mod) for mod in [body.embeddings, *body.encoder.layer])  # all put back
     # the last layer computes one row where it is cached under cls_only_last_layer: one row kept per text
@@ -76,7 +76,7 @@ def test_a_forward_from_the_cache_gives_the_same_logits_and_gradients(tiny_model
 def test_a_forward_from_the_cache_really_skips_the_lower_layers(tiny_bert):
     m, enc, pad = _model_and_rows(tiny_bert, "adapter.layers=1")
     cache = _kept(m, 1, enc, pad)
-    body = fastpath._transformers_model(m).bert
+    body = fastpath.transformers_model(m).bert
     calls = []
     hooks = [mod.register_forward_pre_hook(lambda mod, args, kwargs: calls.append(mod), with_kwargs=True)
              for mod in (body.embeddings.word_embeddings, body.encoder.layer[0].attention.self.query)]
@@ -164,7 +164,7 @@ def _train(tmp_path, model_dir, name, *overrides):
     lines = []
     cfg = tiny_config(model_dir, "train.epochs=2", "model.encoder_dropout=0", "adapter.layers=1", "train.precision=fp32",
                       *overrides)
-    pipeline.train(cfg, [str(train)], tmp_path / name, log=lambda *a, **k: lines.append(" ".join(map(str, a))))
+    pipeline.train_run(cfg, [str(train)], tmp_path / name, log=lambda *a, **k: lines.append(" ".join(map(str, a))))
     from safetensors.torch import load_file
     return load_file(str(next((tmp_path / name).rglob("adapter_model.safetensors")))), lines
 
@@ -196,7 +196,7 @@ def test_train_refuses_on_where_it_cannot_cache_before_writing_the_run(tmp_path,
     train.write_text("label,text\n" + "".join(f"{i % 4},text number {i}\n" for i in range(24)))
     cfg = tiny_config(tiny_roberta, "model.encoder_dropout=0", "train.cache_frozen_layers=on")   # every layer adapted
     with pytest.raises(UserError, match="adapter.layers"):
-        pipeline.train(cfg, [str(train)], tmp_path / "run", log=lambda *a, **k: None)
+        pipeline.train_run(cfg, [str(train)], tmp_path / "run", log=lambda *a, **k: None)
     assert not (tmp_path / "run" / "config.json").exists()
 
 

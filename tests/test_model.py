@@ -67,7 +67,7 @@ def _trained_run(tmp_path, model_dir, csv, *overrides):
     from loraclf import pipeline
     cfg = tiny_config(model_dir, "train.epochs=2", *overrides)
     out = tmp_path / "run"
-    pipeline.train(cfg, [str(csv)], out, log=lambda *a, **k: None)
+    pipeline.train_run(cfg, [str(csv)], out, log=lambda *a, **k: None)
     return out, cfg
 
 
@@ -127,7 +127,7 @@ def test_variants_reload_with_identical_logits(tmp_path, tiny_bert, small_csv, m
     from loraclf import pipeline
     cfg = tiny_config(tiny_bert, f"adapter.method={method}", "train.epochs=2")
     out = tmp_path / "run"
-    pipeline.train(cfg, [str(small_csv)], out, log=lambda *a, **k: None)
+    pipeline.train_run(cfg, [str(small_csv)], out, log=lambda *a, **k: None)
     ids = torch.randint(5, 1000, (3, 9))
     with torch.no_grad():
         merged, _, _ = model.load_run_model(out, merged=True)

@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from conftest import LABELS, train_tiny_run
-from loraclf import cli, predict
+from loraclf import cli, data, predict, scoring
+from loraclf.errors import UserError
 
 
 @pytest.fixture(scope="module")
@@ -27,21 +28,20 @@ def test_submission_uses_id_column_and_keeps_order(tmp_path, tiny_run):
     assert cli.main(["predict", str(tiny_run), str(src), "-o", str(out)]) == 0
     rows = _read(out)
     assert rows[0] == ["ID", "Label"] and [r[0] for r in rows[1:]] == ["r0", "r1", "r2", "r3"]
-    model, tok, cfg, names = predict.load_for_inference(tiny_run)
-    one_by_one = [int(predict.logits_for(model, tok, [t], 32).argmax()) for t in texts]
+    model, tok, cfg, names = scoring.load_for_inference(tiny_run)
+    one_by_one = [int(scoring.logits_for(model, tok, [t], 32).argmax()) for t in texts]
     assert [int(r[1]) for r in rows[1:]] == one_by_one
 
 
 def test_token_cap_changes_batches_not_predictions(tmp_path, tiny_run, capsys):
     import torch
-    from loraclf import train
     texts = [f"text {'word ' * (i % 13)} number {i}" for i in range(30)]
-    model, tok, cfg, names = predict.load_for_inference(tiny_run)
-    uncapped = predict.logits_for(model, tok, texts, 32, precision="fp32", max_tokens=0)
-    capped = predict.logits_for(model, tok, texts, 32, precision="fp32", max_tokens=24)  # a row or a few a batch
+    model, tok, cfg, names = scoring.load_for_inference(tiny_run)
+    uncapped = scoring.logits_for(model, tok, texts, 32, precision="fp32", max_tokens=0)
+    capped = scoring.logits_for(model, tok, texts, 32, precision="fp32", max_tokens=24)  # a row or a few a batch
     np.testing.assert_allclose(capped, uncapped, atol=1e-5)
-    assert train.scoring_tokens(-1, torch.device("cpu")) == train.CPU_SCORING_TOKENS
-    assert train.scoring_tokens(-1, torch.device("cuda")) == 0 and train.scoring_tokens(512, "cuda") == 512
+    assert scoring.scoring_tokens(-1, torch.device("cpu")) == scoring.CPU_SCORING_TOKENS
+    assert scoring.scoring_tokens(-1, torch.device("cuda")) == 0 and scoring.scoring_tokens(512, "cuda") == 512
     src = tmp_path / "in.csv"
     src.write_text("text\n" + "".join(f"{t}\n" for t in texts))
     out = tmp_path / "sub.csv"
@@ -78,10 +78,10 @@ def test_scoring_switches_come_from_the_run_config(tmp_path, tiny_run, monkeypat
     glibc's malloc thresholds fixed on CPU unless cpu.tune_malloc is."""
     import json
     import shutil
-    from loraclf import pipeline, serve
+    from loraclf import pipeline
     seen = []
-    real = predict.logits_for
-    monkeypatch.setattr(predict, "logits_for",
+    real = scoring.logits_for
+    monkeypatch.setattr(scoring, "logits_for",
                         lambda *a, **k: seen.append((k.get("full_cast"), k.get("cls_only"), k.get("tune_malloc"))) or real(*a, **k))
     src = tmp_path / "in.csv"
     src.write_text("label,text\nWorld,war and peace\nSports,a match\n")
@@ -94,9 +94,9 @@ def test_scoring_switches_come_from_the_run_config(tmp_path, tiny_run, monkeypat
         cfg["train"]["tune_malloc"] = flag
         (run / "config.json").write_text(json.dumps(cfg))
         seen.clear()
-        predict.run(run, str(src), tmp_path / "out.csv")
-        pipeline.evaluate(run, [str(src)])
-        serve.load_predictor(run).logits(["a text"])
+        predict.write_predictions(run, str(src), tmp_path / "out.csv")
+        pipeline.evaluate_run(run, [str(src)])
+        scoring.load_predictor(run).logits(["a text"])
         assert seen and set(seen) == {(flag, not flag, flag)}
 
 
@@ -105,8 +105,8 @@ def test_cpu_scoring_fixes_malloc_thresholds_when_asked(tiny_run, monkeypatch, a
     from loraclf import fastpath
     tuned = []
     monkeypatch.setattr(fastpath, "tune_malloc", lambda: tuned.append(1) or True)
-    model, tok, _, _ = predict.load_for_inference(tiny_run)
-    predict.logits_for(model, tok, ["a text"], 32, device=torch.device("cpu"), tune_malloc=asked)
+    model, tok, _, _ = scoring.load_for_inference(tiny_run)
+    scoring.logits_for(model, tok, ["a text"], 32, device=torch.device("cpu"), tune_malloc=asked)
     assert tuned == ([1] if asked else [])
 
 
@@ -116,12 +116,12 @@ def test_openvino_backend_scores_as_torch_does(tmp_path, tiny_run):
     converted in or not, the same logits."""
     pytest.importorskip("openvino")
     texts = [f"text {'word ' * (i % 13)} number {i}" for i in range(30)] + ["football goal", "a much longer text " * 20]
-    model, tok, cfg, names = predict.load_for_inference(tiny_run)
-    reference = predict.logits_for(model, tok, texts, 32, precision="fp32", cls_only=False)
-    enc = predict.data_mod.encode(tok, predict.data_mod.Examples(texts, None, []), 32)
+    model, tok, cfg, names = scoring.load_for_inference(tiny_run)
+    reference = scoring.logits_for(model, tok, texts, 32, precision="fp32", cls_only=False)
+    enc = data.encode(tok, data.Examples(texts, None, []), 32)
     for cls_only in (True, False):
-        request = predict.openvino_compile(model, "fp32", cls_only=cls_only)
-        logits = predict.openvino_scores(request, enc, tok.pad_token_id, batch_size=8, max_tokens=64)
+        request = scoring.openvino_compile(model, "fp32", cls_only=cls_only)
+        logits = scoring.openvino_scores(request, enc, tok.pad_token_id, batch_size=8, max_tokens=64)
         np.testing.assert_allclose(logits, reference, atol=1e-4)
     src = tmp_path / "in.csv"
     src.write_text("text\n" + "".join(f"{t}\n" for t in texts))
@@ -144,5 +144,5 @@ def test_openvino_backend_says_what_to_do_when_it_cannot_run(tmp_path, tiny_run,
     assert cli.main(["predict", str(tiny_run), str(src), "-o", str(out), "--backend", "openvino"]) == 2
     err = capsys.readouterr().err
     assert "needs the openvino package" in err and ".[openvino]" in err and "Traceback" not in err and not out.exists()
-    with pytest.raises(predict.UserError, match="unknown backend"):
-        predict.run(tiny_run, str(src), out, backend="onnx")
+    with pytest.raises(UserError, match="not an ONNX export"):
+        predict.write_predictions(tiny_run, str(src), out, backend="onnx")

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from conftest import REPO, train_tiny_run
-from loraclf import cli, remote_code, serve
+from loraclf import cli, remote_code, scoring
 from loraclf.errors import UserError
 
 CUSTOM_CODE = '''
@@ -111,7 +111,7 @@ def test_run_that_needs_custom_code_is_refused(tmp_path, tiny_run, evil_model, m
     capsys.readouterr()
     if command == "serve":
         with pytest.raises(UserError, match="--trust-remote-code"):
-            serve.load_predictor(run)
+            scoring.load_predictor(run).load()
     else:
         args = {"predict": ["predict", str(run), str(data), "-o", str(tmp_path / "out.csv")],
                 "evaluate": ["evaluate", str(run), "--data", str(data), "--no-report"],
@@ -128,7 +128,7 @@ def test_merged_export_with_custom_code_is_refused_by_serve(tmp_path, tiny_run, 
     assert cli.main(["export", str(tiny_run), "--merged", str(out)]) == 0
     _add_custom_code(out, marker)
     with pytest.raises(UserError, match="--trust-remote-code"):
-        serve.load_predictor(out)
+        scoring.load_predictor(out).load()
     assert not marker.exists()
 
 

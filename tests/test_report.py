@@ -2,7 +2,6 @@
 classes, no training) and from one real tiny run."""
 from __future__ import annotations
 
-import argparse
 import base64
 import json
 import re
@@ -11,7 +10,7 @@ import shutil
 import pytest
 from conftest_report import AGNEWS, HOSTILE, LONG_NAMES, fake_run, fake_run_20, make_fake_run, real_run  # noqa: F401
 
-from loraclf import plots, report, report_cli
+from loraclf import cli, plots, report
 from loraclf.errors import UserError
 
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -147,9 +146,7 @@ def test_user_errors(tmp_path):
 
 
 def _cli(argv):
-    ap = argparse.ArgumentParser(prog="loraclf")
-    report_cli.add_commands(ap.add_subparsers(dest="command", required=True))
-    args = ap.parse_args(argv)
+    args = cli.parser().parse_args(argv)
     return args.func(args)
 
 

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from conftest import LABELS, train_tiny_run
-from loraclf import export, predict, serve
+from loraclf import cli, export, scoring, serve
 
 LOAD_CLIENTS, LOAD_REQUESTS, LOAD_TIMEOUT_S = 16, 2000, 180
 LOAD_THREADS = os.environ.get("LORACLF_SERVE_THREADS", "1")  # one intra-op thread: fastest for the tiny model
@@ -30,14 +30,14 @@ def _free_port() -> int:
 
 
 class Server:
-    """`python -m loraclf.serve PATH` in a subprocess on a free loopback port."""
+    """`python -m loraclf.cli serve PATH` in a subprocess on a free loopback port."""
 
     def __init__(self, path, *extra, tmp: Path):
         self.port = _free_port()
         self.log_path = tmp / f"server-{self.port}.log"
         self.log = open(self.log_path, "w")
         env = os.environ | {"HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
-        self.proc = subprocess.Popen([sys.executable, "-m", "loraclf.serve", str(path), "--host", "127.0.0.1",
+        self.proc = subprocess.Popen([sys.executable, "-m", "loraclf.cli", "serve", str(path), "--host", "127.0.0.1",
                                       "--port", str(self.port), *extra], stdout=self.log, stderr=subprocess.STDOUT, env=env)
         deadline = time.monotonic() + 120
         while True:
@@ -99,8 +99,8 @@ def run_server(tiny_run, tmp_path_factory):
 
 
 def _expected(run_dir, texts):
-    model, tok, cfg, _ = predict.load_for_inference(run_dir)
-    return predict.softmax(predict.logits_for(model, tok, texts, cfg.data.max_length))
+    model, tok, cfg, _ = scoring.load_for_inference(run_dir)
+    return scoring.softmax(scoring.logits_for(model, tok, texts, cfg.data.max_length))
 
 
 # ------------------------------------------------------------------------------------------ unit
@@ -215,7 +215,7 @@ def _expected_from_export(path, texts):
     model = AutoModelForSequenceClassification.from_pretrained(str(path)).eval()
     # fp32 on both sides: on a CPU with native bf16, precision=auto means bf16, whose rounding differs with
     # each batch's padding by more than the tolerance below
-    return predict.softmax(predict.logits_for(model, AutoTokenizer.from_pretrained(str(path)), texts, 32,
+    return scoring.softmax(scoring.logits_for(model, AutoTokenizer.from_pretrained(str(path)), texts, 32,
                                               precision="fp32"))
 
 
@@ -314,7 +314,7 @@ def test_sigterm_drains_in_flight_request_then_exits_0(tiny_run, tmp_path):
     status, r = box["answer"]
     assert status == 200 and len(r["labels"]) == 2 and box["seconds"] > 2
     np.testing.assert_allclose(np.array(r["probabilities"]),
-                               predict.softmax(export.onnx_logits(onnx, ["football match goal", "stocks"])), atol=1e-6)
+                               scoring.softmax(export.onnx_logits(onnx, ["football match goal", "stocks"])), atol=1e-6)
     assert rc == 0, server.output()
     assert "server stopped" in server.output() or rc == 0
 
@@ -322,11 +322,11 @@ def test_sigterm_drains_in_flight_request_then_exits_0(tiny_run, tmp_path):
 def test_serve_errors(tmp_path, tiny_run):
     from loraclf.errors import UserError
     with pytest.raises(UserError, match="does not exist"):
-        serve.load_predictor(tmp_path / "missing")
+        scoring.load_predictor(tmp_path / "missing")
     with pytest.raises(UserError, match="not a run directory"):
-        serve.load_predictor(tmp_path)
+        scoring.load_predictor(tmp_path)
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         s.listen()
-        assert serve.main([str(tiny_run), "--port", str(s.getsockname()[1])]) == 2  # port in use: one line, exit 2
-    assert serve.main([str(tiny_run), "--max-texts", "0"]) == 2
+        assert cli.main(["serve", str(tiny_run), "--port", str(s.getsockname()[1])]) == 2  # port in use: one line, exit 2
+    assert cli.main(["serve", str(tiny_run), "--max-texts", "0"]) == 2

@@ -16,8 +16,8 @@ from .errors import UserError
 
 def train_run(cfg, data, out, **kw):
     """Train, evaluate and predict into the run directory `out`; returns the final metrics."""
-    from .pipeline import train
-    return train(cfg, list(data), out, **kw)
+    from . import pipeline
+    return pipeline.train_run(cfg, list(data), out, **kw)
 
 
 def count(cfg, label_names):
@@ -28,14 +28,14 @@ def count(cfg, label_names):
 
 def predict_file(run_dir, source, out, **kw):
     """Write ID,Label predictions of a finished run for every row of `source`."""
-    from .predict import run
-    return run(run_dir, source, out, **kw)
+    from .predict import write_predictions
+    return write_predictions(run_dir, source, out, **kw)
 
 
 def evaluate_run(run_dir, data, **kw):
     """Score a finished run on labelled data."""
-    from .pipeline import evaluate
-    return evaluate(run_dir, list(data), **kw)
+    from . import pipeline
+    return pipeline.evaluate_run(run_dir, list(data), **kw)
 
 
 __all__ = ["Config", "UserError", "load_config", "train_run", "count", "predict_file", "evaluate_run", "__version__"]

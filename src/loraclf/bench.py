@@ -4,8 +4,8 @@ Contenders (roberta-base architecture with random weights, its real tokenizer, r
 preset A's LoRA config: r=6, alpha 24 on query/key/value, batch 16):
 
 - ``loraclf``: the real code paths: ``train.fit`` (length-grouped batches, per-batch padding, the
-  precision ``auto`` resolves to) and, for inference, a saved run reloaded by ``predict.load_for_inference``
-  (merged LoRA weights) scored by ``predict.logits_for``.
+  precision ``auto`` resolves to) and, for inference, a saved run reloaded by ``scoring.load_for_inference``
+  (merged LoRA weights) scored by ``scoring.logits_for``.
 - ``report_a``: a faithful re-implementation of report A's loop: every text padded to 256, fp32, batch 16,
   shuffled DataLoader, plain PyTorch step (forward with labels, backward, clip, AdamW, linear schedule);
   its eval loop pads to 256 too, batch 16, unmerged peft model under ``torch.no_grad``.
@@ -187,11 +187,11 @@ def run_loraclf_train(model, cfg, enc, pad_id, warmup_steps: int, steps: int, ru
     """train.fit on warmup_steps batches (not timed), then on `steps` batches: fit's own step timing."""
     import torch
     from . import data as data_mod
-    from . import model as model_mod
+    from . import precision as precision_mod
     from . import train as train_mod
     bs = cfg.train.batch_size
     device_type = "cuda" if torch.cuda.is_available() else "cpu"
-    precision = model_mod.resolve_precision(cfg.train.precision, torch.device(device_type))
+    precision = precision_mod.resolve(cfg.train.precision, device_type)
     accelerator = train_mod.make_accelerator(precision, device_type)
     quiet = lambda *a, **k: None  # noqa: E731
     n = len(enc)
@@ -271,9 +271,9 @@ def run_report_a_train(model, cfg, ids, mask, labels, warmup_steps: int, steps: 
 def _trainer_args(out_dir: Path, cfg, steps: int, eval_batch: int, seed: int):
     import torch
     from transformers import TrainingArguments
-    from .model import cpu_has_native_bf16
+    from . import precision as precision_mod
     cuda = torch.cuda.is_available()
-    bf16 = (cuda and torch.cuda.is_bf16_supported()) or (not cuda and cpu_has_native_bf16())
+    bf16 = precision_mod.auto_is_bf16("cuda" if cuda else "cpu")
     t = cfg.train
     import dataclasses
     fields = {f.name for f in dataclasses.fields(TrainingArguments)}
@@ -349,28 +349,26 @@ def run_trainer_train(model, cfg, tokenizer, texts, labels, warmup_steps: int, s
 # ------------------------------------------------------------------------------------ contenders: inference
 
 def run_loraclf_infer(model, cfg, tokenizer, texts, run_dir: Path) -> dict:
-    """Save the trained run as pipeline.train does, reload it merged, score with predict.logits_for."""
+    """Save the trained run as pipeline.train_run does, reload it merged, score with scoring.logits_for."""
     from . import model as model_mod
-    from . import predict as predict_mod
     from . import rundir
-    from . import train as train_mod
+    from . import scoring
     run_dir.mkdir(parents=True, exist_ok=True)
     rundir.write_json(run_dir / "config.json", cfg.to_dict() | {"format_version": rundir.FORMAT_VERSION})
     rundir.write_json(run_dir / "labels.json", LABELS)
     tokenizer.save_pretrained(str(run_dir / "tokenizer"))
     model_mod.save(model, run_dir / "adapter")
-    inf_model, inf_tok, inf_cfg, _ = predict_mod.load_for_inference(run_dir)
-    max_len = inf_cfg.data.max_length_infer or inf_cfg.data.max_length
+    inf_model, inf_tok, inf_cfg, _ = scoring.load_for_inference(run_dir)
+    max_len = scoring.infer_length(inf_cfg)
     device = _device()
     inf_model.to(device)
     tick = time.perf_counter()
-    logits = predict_mod.logits_for(inf_model, inf_tok, list(texts), max_len, inf_cfg.scoring.batch_size, "auto",
-                                    max_tokens=inf_cfg.scoring.max_tokens, full_cast=inf_cfg.scoring.bf16_full_cast,
-                                    cls_only=inf_cfg.scoring.cls_only_last_layer, tune_malloc=inf_cfg.cpu.tune_malloc)
+    logits = scoring.logits_for(inf_model, inf_tok, list(texts), max_len, inf_cfg.scoring.batch_size, "auto",
+                                max_tokens=inf_cfg.scoring.max_tokens, **scoring.scoring_options(inf_cfg))
     _sync(device)
     seconds = time.perf_counter() - tick
     tokens = sum(len(x) for x in inf_tok(list(texts), truncation=True, max_length=max_len)["input_ids"])
-    cap = train_mod.scoring_tokens(inf_cfg.scoring.max_tokens, device)
+    cap = scoring.scoring_tokens(inf_cfg.scoring.max_tokens, device)
     batch = f"{inf_cfg.scoring.batch_size}" + (f", <= {cap} tokens" if cap else "")
     return {"rows": len(texts), "tokens": tokens, "seconds": seconds, "batch_size": batch,
             "merged": True, "logits_shape": list(logits.shape)}
@@ -378,10 +376,10 @@ def run_loraclf_infer(model, cfg, tokenizer, texts, run_dir: Path) -> dict:
 
 def run_onnx_infer(run_dir: Path, tokenizer, texts, out: Path, cfg) -> dict:
     """`loraclf export --onnx` of the same trained run, then onnxruntime over the same texts (export untimed)."""
-    from . import export
+    from . import export, scoring
     export.export_onnx(run_dir, out)
     r = export.onnx_throughput(out, list(texts), batch_size=cfg.scoring.batch_size)
-    max_len = cfg.data.max_length_infer or cfg.data.max_length
+    max_len = scoring.infer_length(cfg)
     tokens = sum(len(x) for x in tokenizer(list(texts), truncation=True, max_length=max_len)["input_ids"])
     return {"rows": len(texts), "tokens": tokens, "seconds": r["seconds"], "batch_size": cfg.scoring.batch_size}
 
@@ -390,18 +388,17 @@ def run_openvino_infer(run_dir: Path, texts) -> dict:
     """`loraclf predict RUN --backend openvino` on the same saved run and texts: the conversion and compilation
     timed apart (`setup_seconds`), then the scoring (tokenizing included, as for loraclf's own row)."""
     from . import data as data_mod
-    from . import predict as predict_mod
-    from . import train as train_mod
-    model, tok, cfg, _ = predict_mod.load_for_inference(run_dir)
+    from . import scoring
+    model, tok, cfg, _ = scoring.load_for_inference(run_dir)
     tick = time.perf_counter()
-    request = predict_mod.openvino_compile(model, "auto", cfg.scoring.cls_only_last_layer)
+    request = scoring.openvino_compile(model, "auto", cfg.scoring.cls_only_last_layer)
     setup = time.perf_counter() - tick
-    max_len = cfg.data.max_length_infer or cfg.data.max_length
+    max_len = scoring.infer_length(cfg)
     tick = time.perf_counter()
     enc = data_mod.encode(tok, data_mod.Examples(list(texts), None, []), max_len)
-    predict_mod.openvino_scores(request, enc, tok.pad_token_id, cfg.scoring.batch_size, cfg.scoring.max_tokens)
+    scoring.openvino_scores(request, enc, tok.pad_token_id, cfg.scoring.batch_size, cfg.scoring.max_tokens)
     seconds = time.perf_counter() - tick
-    cap = train_mod.scoring_tokens(cfg.scoring.max_tokens, "cpu")
+    cap = scoring.scoring_tokens(cfg.scoring.max_tokens, "cpu")
     return {"rows": len(texts), "tokens": int(enc.lengths.sum()), "seconds": seconds, "setup_seconds": setup,
             "batch_size": f"{cfg.scoring.batch_size}" + (f", <= {cap} tokens" if cap else "")}
 
@@ -529,6 +526,8 @@ def accuracy_guard(agnews_dir: Path, train_rows: int, test_rows: int, epochs: fl
     from . import data as data_mod
     from . import metrics as metrics_mod
     from . import model as model_mod
+    from . import precision as precision_mod
+    from . import scoring
     from . import train as train_mod
     from .model import resolve_model_path
     try:
@@ -553,14 +552,14 @@ def accuracy_guard(agnews_dir: Path, train_rows: int, test_rows: int, epochs: fl
 
     def score(model, precision="fp32", full_cast=False, cls_only=False) -> float:
         """Plain fp32 scoring unless asked: the whole model in every layer, autocast's numbers if any."""
-        logits = train_mod.predict_logits(model, test_enc, 128, tokenizer.pad_token_id, device, precision,
-                                          full_cast=full_cast, cls_only=cls_only)
+        logits = scoring.predict_logits(model, test_enc, 128, tokenizer.pad_token_id, device, precision,
+                                        full_cast=full_cast, cls_only=cls_only)
         return metrics_mod.classification(logits, test_ex.labels, LABELS)["accuracy"]
 
     # loraclf's fast path (its defaults: precision auto, length-grouped batches)
     cfg = config_mod.load(PRESET, None, common + ["train.precision=auto"])
     train_mod.seed_everything(seed)
-    precision = model_mod.resolve_precision(cfg.train.precision, device)
+    precision = precision_mod.resolve(cfg.train.precision, device)
     acc = train_mod.make_accelerator(precision, device.type)
     model = model_mod.build(cfg, LABELS)
     enc = data_mod.encode(tokenizer, train_ex, cfg.data.max_length)
@@ -572,13 +571,12 @@ def accuracy_guard(agnews_dir: Path, train_rows: int, test_rows: int, epochs: fl
     out["loraclf"] = {"accuracy": score(model), "train_seconds": seconds, "steps": prog.step, "precision": precision,
                       "accuracy_as_predicted": score(model, precision, cfg.scoring.bf16_full_cast,
                                                      cfg.scoring.cls_only_last_layer),
-                      "predict_precision": precision + (" (whole model)" if train_mod.casts_whole_model(
+                      "predict_precision": precision + (" (whole model)" if precision_mod.casts_whole_model(
                           precision, cfg.scoring.bf16_full_cast) else "")}
     if importlib.util.find_spec("openvino") is not None and device.type == "cpu":  # predict --backend openvino
-        from . import predict as predict_mod
         merged = copy.deepcopy(model).merge_and_unload()
-        request = predict_mod.openvino_compile(merged, "auto", cfg.scoring.cls_only_last_layer)
-        ov_logits = predict_mod.openvino_scores(request, test_enc, tokenizer.pad_token_id, 128)
+        request = scoring.openvino_compile(merged, "auto", cfg.scoring.cls_only_last_layer)
+        ov_logits = scoring.openvino_scores(request, test_enc, tokenizer.pad_token_id, 128)
         out["loraclf"]["accuracy_openvino"] = metrics_mod.classification(ov_logits, test_ex.labels, LABELS)["accuracy"]
         del merged, request
     log(f"  guard: loraclf {100 * out['loraclf']['accuracy']:.2f}% scored in fp32, "
@@ -612,7 +610,7 @@ def machine() -> dict:
     import peft
     import torch
     import transformers
-    from .model import cpu_has_native_bf16
+    from .precision import cpu_has_native_bf16
     cpu = platform.processor() or platform.machine()
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -884,7 +882,8 @@ def levers(opts, log=None, malloc_probe: str | None = None) -> list[dict]:
     from . import data as data_mod
     from . import fastpath
     from . import model as model_mod
-    from . import train as train_mod
+    from . import precision as precision_mod
+    from . import scoring
     log = log or (lambda *a, **k: print(*a, file=sys.stderr, flush=True))
     reps = opts.repeats or 3
     if opts.threads:
@@ -912,13 +911,13 @@ def levers(opts, log=None, malloc_probe: str | None = None) -> list[dict]:
         opt = torch.optim.AdamW(params, lr=cfg.train.lr, foreach=True)
         dev = torch.device("cpu")
         model.train()
-        frozen_dtype = fastpath.autocast_dtype(precision) if cast_once else None
+        frozen_dtype = precision_mod.autocast_dtype(precision) if cast_once else None
 
         def step():
             batch = data_mod.collate(enc, index or train_index, tok.pad_token_id, multiple)
             with fastpath.frozen_weights_as(model, frozen_dtype), fastpath.cpu_dropout(cheap_dropout, share), \
                     fastpath.cls_only_last_layer(model, cls_only), fastpath.attention(model, attn):
-                with model_mod.autocast(dev, precision):
+                with precision_mod.autocast(dev, precision):
                     logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
                 loss = F.cross_entropy(logits.float(), batch["labels"])
                 loss.backward()
@@ -937,13 +936,13 @@ def levers(opts, log=None, malloc_probe: str | None = None) -> list[dict]:
         whole model cast (scoring.bf16_full_cast) and the first-token last layer (cls_only) only where asked."""
         def go():
             with torch.inference_mode():
-                train_mod.predict_logits(model, encoded or enc, batch_size, tok.pad_token_id, torch.device("cpu"),
-                                         precision, max_tokens=max_tokens, full_cast=full_cast, cls_only=cls_only,
-                                         pad_to_multiple=multiple)
+                scoring.predict_logits(model, encoded or enc, batch_size, tok.pad_token_id, torch.device("cpu"),
+                                       precision, max_tokens=max_tokens, full_cast=full_cast, cls_only=cls_only,
+                                       pad_to_multiple=multiple)
         return go
 
     bs = 16
-    fast = "bf16" if model_mod.cpu_has_native_bf16() else "fp32"  # what precision=auto picks here
+    fast = precision_mod.resolve("auto", "cpu")
     long_index = [int(i) for i in order[-bs:]]  # the longest texts: attention's share grows with length
     many_ex = ex.subset(sample_rows(len(ex), 4 * len(enc), seed=3))
     many = data_mod.encode(tok, many_ex, 256)  # scoring's rows
@@ -954,7 +953,7 @@ def levers(opts, log=None, malloc_probe: str | None = None) -> list[dict]:
         model, cfg = build()
         if malloc_probe.endswith("-scoring"):
             merged = model.merge_and_unload().eval()
-            go = infer_fn(merged, 64, fast, train_mod.CPU_SCORING_TOKENS, many, full_cast=True, cls_only=True)
+            go = infer_fn(merged, 64, fast, scoring.CPU_SCORING_TOKENS, many, full_cast=True, cls_only=True)
             record(f"glibc malloc thresholds ({fast} inference, merged)", malloc_probe.removesuffix("-scoring"),
                    _timed(go, max(1, reps - 1)), len(many), "rows")
             return results
@@ -994,7 +993,7 @@ def levers(opts, log=None, malloc_probe: str | None = None) -> list[dict]:
         steps = [train_step_fn(model, cfg, fast, cheap_dropout=True, cast_once=True, attn=fastpath.TRAIN_ATTENTION,
                                index=ix, cls_only=True) for ix in groups]
         tokens = int(sum(enc.lengths[i] for ix in groups for i in ix))
-        scorer = lambda m: infer_fn(m, 64, fast, train_mod.CPU_SCORING_TOKENS, many, full_cast=True,  # noqa: E731
+        scorer = lambda m: infer_fn(m, 64, fast, scoring.CPU_SCORING_TOKENS, many, full_cast=True,  # noqa: E731
                                     cls_only=True)
         trainer_cfg = bench_config(str(model_dir), "trainer", list(opts.set or []))
         ceiling_lever(model, steps, tokens, many, scorer, (tok, many_ex.texts, trainer_cfg), fast, opts.peak_size or 2048,
@@ -1006,7 +1005,7 @@ def levers(opts, log=None, malloc_probe: str | None = None) -> list[dict]:
         if only == "tokenize":
             return results
     if only in ("all", "frozen-cache"):
-        frozen_cache_lever(build, many, tok.pad_token_id, record, fastpath._transformers_model(model).config.num_hidden_layers)
+        frozen_cache_lever(build, many, tok.pad_token_id, record, fastpath.transformers_model(model).config.num_hidden_layers)
         if only == "frozen-cache":
             return results
     # the last layer for the first token only (scoring.cls_only_last_layer), on fit's whole fast step and on
@@ -1068,7 +1067,7 @@ def levers(opts, log=None, malloc_probe: str | None = None) -> list[dict]:
                 record(f"LoRA dropout masks ({fast} fast train, {label})", variant,
                        _timed(train_step_fn(model, cfg, fast, **step_kw, share=share), reps), bs, "samples")
     # dropout's apply step alone (mask drawn beforehand), forward and backward, on one median-batch activation
-    dtype = fastpath.autocast_dtype(fast) or torch.float32
+    dtype = precision_mod.autocast_dtype(fast) or torch.float32
     x, g = torch.randn(bs, 56, 768, dtype=dtype), torch.randn(bs, 56, 768, dtype=dtype)
     keep, scale = fastpath.dropout_mask(x.shape, 0.1)
     drop = ~keep
@@ -1179,9 +1178,9 @@ def ceiling_lever(model, steps, tokens: int, many, scorer, trainer_side, fast: s
     import shutil
     import torch
     from . import ceiling
-    from . import train as train_mod
-    from . import fastpath
-    dtype = fastpath.autocast_dtype(fast) or torch.float32
+    from . import precision as precision_mod
+    from . import scoring
+    dtype = precision_mod.autocast_dtype(fast) or torch.float32
     peak = matmul_peak("bf16" if fast == "bf16" else "fp32", peak_size)
     n = non_embedding_params(model)
     samples = 16 * len(steps)
@@ -1213,14 +1212,14 @@ def ceiling_lever(model, steps, tokens: int, many, scorer, trainer_side, fast: s
     merged = model.merge_and_unload().eval()
     go = scorer(merged)
     scoring_calls = ceiling.frozen_linear_calls(merged, go)
-    ov_score, setup = ceiling.openvino_scorer(merged, many, pad_id, fast, 64, train_mod.CPU_SCORING_TOKENS)
+    ov_score, setup = ceiling.openvino_scorer(merged, many, pad_id, fast, 64, scoring.CPU_SCORING_TOKENS)
     lever = f"ceiling ({fast} scoring, merged, {len(many)} rows)"
     if ov_score is None:
         log('  OpenVINO: not installed (pip install -e ".[openvino]"), its scoring row skipped')
     else:  # loraclf's logits only to compare OpenVINO's with
         with torch.inference_mode():
-            reference = train_mod.predict_logits(merged, many, 64, pad_id, torch.device("cpu"), fast,
-                                                 max_tokens=train_mod.CPU_SCORING_TOKENS, full_cast=True)
+            reference = scoring.predict_logits(merged, many, 64, pad_id, torch.device("cpu"), fast,
+                                               max_tokens=scoring.CPU_SCORING_TOKENS, full_cast=True)
         ov_logits = ov_score()
         log(f"  OpenVINO: converted and compiled in {setup:.1f} s; its predictions agree with loraclf's on "
             f"{ceiling.agreement(ov_logits, reference):.2%} of the rows; logits differ by at most "

@@ -93,13 +93,13 @@ def openvino_scorer(merged_model, encoded, pad_id: int, precision: str, max_rows
     """A function scoring `encoded` as `loraclf predict --backend openvino` does (logits in input order), and the
     seconds the conversion and compilation took; (None, 0) where openvino is not installed."""
     import importlib.util
-    from . import predict
+    from . import scoring
     if importlib.util.find_spec("openvino") is None:
         return None, 0.0
     tick = time.perf_counter()
-    request = predict.openvino_compile(merged_model, precision)
+    request = scoring.openvino_compile(merged_model, precision)
     setup = time.perf_counter() - tick
-    return (lambda: predict.openvino_scores(request, encoded, pad_id, max_rows, max_tokens)), setup
+    return (lambda: scoring.openvino_scores(request, encoded, pad_id, max_rows, max_tokens)), setup
 
 
 def agreement(a: np.ndarray, b: np.ndarray) -> float:

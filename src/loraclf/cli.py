@@ -9,8 +9,11 @@ import sys
 import time
 from pathlib import Path
 
-from . import remote_code, report_cli
+from . import precision, remote_code, report_cli
 from .errors import Interrupted, UserError
+
+# scoring.PREDICT_BACKENDS, named here too so that parsing the command line loads no torch
+PREDICT_BACKENDS = ("torch", "openvino", "onnx")
 
 
 def _config(args):
@@ -31,7 +34,7 @@ def cmd_train(args) -> int:
     out = Path(args.out or f"runs/{cfg.preset or 'run'}-{time.strftime('%Y%m%d-%H%M%S')}")
     if not args.data and not args.resume:
         raise UserError("no training data", "give --data FILE_OR_FOLDER (repeat it for several files)")
-    result = pipeline.train(cfg, args.data or [], out, args.test_data or [], args.predict_data, resume=args.resume,
+    result = pipeline.train_run(cfg, args.data or [], out, args.test_data or [], args.predict_data, resume=args.resume,
                             overwrite=args.overwrite, trust_pickle=args.trust_pickle)
     if not _is_main_process():
         return 0
@@ -59,9 +62,9 @@ def _maybe_report(run_dir: Path, args) -> None:
 
 def cmd_evaluate(args) -> int:
     from . import metrics, pipeline
-    m = pipeline.evaluate(Path(args.run), args.data, trust_pickle=args.trust_pickle, batch_size=args.batch_size,
+    m = pipeline.evaluate_run(Path(args.run), args.data, trust_pickle=args.trust_pickle, batch_size=args.batch_size,
                           name=args.name, max_tokens=args.max_tokens)
-    print(metrics.table(m, f"{args.run} on {', '.join(args.data)}"))
+    print(metrics.metrics_table(m, f"{args.run} on {', '.join(args.data)}"))
     _maybe_report(Path(args.run), args)
     report_cli.maybe_track(Path(args.run), args)
     return 0
@@ -69,14 +72,10 @@ def cmd_evaluate(args) -> int:
 
 def cmd_predict(args) -> int:
     from . import predict
-    if args.backend == "onnx":
-        from . import export
-        r = export.predict_run(Path(args.run), args.input, Path(args.output), names=args.label_names, probs=args.probs,
-                               batch_size=args.batch_size, trust_pickle=args.trust_pickle, text_column=args.text_column)
-    else:
-        r = predict.run(Path(args.run), args.input, Path(args.output), names=args.label_names, probs=args.probs,
-                        batch_size=args.batch_size, precision=args.precision, trust_pickle=args.trust_pickle,
-                        text_column=args.text_column, max_tokens=args.max_tokens, backend=args.backend)
+    r = predict.write_predictions(Path(args.run), args.input, Path(args.output), names=args.label_names,
+                                  probs=args.probs, batch_size=args.batch_size, precision=args.precision,
+                                  trust_pickle=args.trust_pickle, text_column=args.text_column,
+                                  max_tokens=args.max_tokens, backend=args.backend)
     print(f"wrote {r['rows']} predictions to {r['out']}")
     return 0
 
@@ -145,6 +144,40 @@ def cmd_presets(args) -> int:
     return 0
 
 
+def cmd_report(args) -> int:
+    from . import report
+    report_cli.check_track_args(args)
+    path = report.write(Path(args.run))
+    print(f"wrote {path} and {path.with_name('report.md')} (plots in {path.parent / 'plots'})")
+    report_cli.maybe_track(args.run, args)
+    return 0
+
+
+def cmd_compare(args) -> int:
+    from . import report
+    md, md_path, html_path = report.write_compare(args.runs, args.sort, Path(args.out))
+    print(md, end="")
+    print(f"\nwrote {md_path} and {html_path}")
+    return 0
+
+
+def cmd_export(args) -> int:
+    from . import export
+    written = export.export_run(Path(args.run), args.merged, args.onnx, args.overwrite, args.opset, args.onnx_exporter)
+    if "merged" in written:
+        print(f"wrote merged model to {written['merged']} (loads with AutoModelForSequenceClassification.from_pretrained)")
+    if "onnx" in written:
+        print(f"wrote ONNX model to {written['onnx'] / 'model.onnx'} (use: loraclf predict {written['onnx']} INPUT --backend onnx)")
+    return 0
+
+
+def cmd_serve(args) -> int:
+    from . import serve
+    return serve.serve(args.path, args.host, args.port, args.max_texts, args.max_chars, args.max_batch,
+                       args.max_wait_ms, args.max_body_bytes, args.batch_size, args.precision, args.drain_timeout,
+                       args.access_log, args.threads)
+
+
 def _add_common_config(p) -> None:
     p.add_argument("--preset", help="a preset name (see `loraclf presets`)")
     p.add_argument("--config", help="a TOML (or JSON) file of settings, applied over the preset")
@@ -157,6 +190,12 @@ class _Parser(argparse.ArgumentParser):
     def error(self, message: str):
         message = message if len(message) <= 300 else message[:300] + "..."
         self.exit(2, f"loraclf: error: {message} (see {self.prog} --help)\n")
+
+
+def _add_scoring_batch_args(p) -> None:
+    p.add_argument("--batch-size", type=int, default=64, help="rows per forward batch, at most")
+    p.add_argument("--max-tokens", type=int, default=-1,
+                   help="padded tokens per forward batch, at most (-1: auto, 2048 on CPU and no cap on GPU; 0: no cap)")
 
 
 def parser() -> argparse.ArgumentParser:
@@ -187,9 +226,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("run")
     p.add_argument("--data", action="append", required=True)
     p.add_argument("--name", default="", help="suffix of the saved eval-<name>.json (default: the data file's stem)")
-    p.add_argument("--batch-size", type=int, default=64, help="rows per forward batch, at most")
-    p.add_argument("--max-tokens", type=int, default=-1,
-                   help="padded tokens per forward batch, at most (-1: auto, 2048 on CPU and no cap on GPU; 0: no cap)")
+    _add_scoring_batch_args(p)
     p.add_argument("--trust-pickle", action="store_true")
     p.add_argument("--no-report", action="store_true")
     report_cli.add_track_args(p)
@@ -202,12 +239,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", default="submission.csv")
     p.add_argument("--label-names", action="store_true", help="write class names instead of ids")
     p.add_argument("--probs", action="store_true", help="add one probability column per class")
-    p.add_argument("--batch-size", type=int, default=64, help="rows per forward batch, at most")
-    p.add_argument("--max-tokens", type=int, default=-1,
-                   help="padded tokens per forward batch, at most (-1: auto, 2048 on CPU and no cap on GPU; 0: no cap)")
-    p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"])
+    _add_scoring_batch_args(p)
+    p.add_argument("--precision", default="auto", choices=precision.PRECISION_CHOICES)
     p.add_argument("--text-column", help="text column of the input (default: the run's)")
-    p.add_argument("--backend", default="torch", choices=["torch", "openvino", "onnx"],
+    p.add_argument("--backend", default="torch", choices=PREDICT_BACKENDS,
                    help="openvino: the run's merged model converted in-process and scored on OpenVINO's CPU runtime "
                    "(pip install -e \".[openvino]\"); onnx: RUN is a folder from `loraclf export RUN --onnx DIR`, "
                    "run with onnxruntime")
@@ -235,12 +270,62 @@ def parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("presets", help="list the built-in presets")
     p.set_defaults(func=cmd_presets)
-    report_cli.add_commands(sub)
-    from . import bench, export, serve
-    export.add_commands(sub)
-    serve.add_commands(sub)
+    _add_report_commands(sub)
+    _add_export_command(sub)
+    _add_serve_command(sub)
+    from . import bench
     bench.add_command(sub)
     return ap
+
+
+def _add_report_commands(sub) -> None:
+    from .report import SORT_KEYS
+    p = sub.add_parser("report", help="plots, report.html and report.md in a run directory")
+    p.add_argument("run", help="run directory")
+    report_cli.add_track_args(p)
+    p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("compare", help="leaderboard of several runs (prints it, writes compare.md and compare.html)")
+    p.add_argument("runs", nargs="+", metavar="RUN", help="run directories")
+    p.add_argument("--sort", default="test_accuracy", choices=list(SORT_KEYS), help="ranking metric (default test_accuracy)")
+    p.add_argument("--out", default=".", help="folder for compare.md and compare.html (default: current folder)")
+    p.set_defaults(func=cmd_compare)
+
+
+def _add_export_command(sub) -> None:
+    p = sub.add_parser("export", help="merge the adapter into the base model: Hugging Face folder and/or ONNX")
+    p.add_argument("run", help="run directory")
+    p.add_argument("--merged", metavar="DIR", help="write a plain Hugging Face model folder (no peft needed)")
+    p.add_argument("--onnx", metavar="DIR", help="write an ONNX export (model.onnx + tokenizer)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing export folder")
+    p.add_argument("--opset", type=int, default=18, help="ONNX opset (default 18)")
+    p.add_argument("--onnx-exporter", default="auto", choices=["auto", "dynamo", "legacy"],
+                   help="torch.onnx exporter: dynamo (torch.export), legacy (TorchScript), auto = dynamo then legacy")
+    remote_code.add_argument(p)
+    p.set_defaults(func=cmd_export)
+
+
+def _add_serve_command(sub) -> None:
+    from .serve import DEFAULTS
+    p = sub.add_parser("serve", help="HTTP JSON API: POST /predict, GET /health, GET /info")
+    p.add_argument("path", metavar="RUN_OR_EXPORT", help="run directory, or a folder from `loraclf export`")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--max-texts", type=int, default=DEFAULTS["max_texts"], help="texts per request (more: 413)")
+    p.add_argument("--max-chars", type=int, default=DEFAULTS["max_chars"], help="characters per text (more: 413)")
+    p.add_argument("--max-body-bytes", type=int, help="request body size (more: 413; default from the two above)")
+    p.add_argument("--max-batch", type=int, default=DEFAULTS["max_batch"], help="texts per micro-batch")
+    p.add_argument("--max-wait-ms", type=float, default=DEFAULTS["max_wait_ms"],
+                   help="how long a micro-batch waits for more requests (default 2)")
+    p.add_argument("--batch-size", type=int, default=64, help="forward-pass batch size inside a micro-batch")
+    p.add_argument("--precision", default="auto", choices=precision.PRECISION_CHOICES)
+    p.add_argument("--drain-timeout", type=float, default=30, help="seconds to finish in-flight requests on SIGTERM")
+    p.add_argument("--threads", type=int, default=0,
+                   help="CPU threads per forward pass (default 0: torch's/onnxruntime's default; 1 is often fastest "
+                        "for small models and busy machines)")
+    p.add_argument("--access-log", action="store_true", help="log every request")
+    remote_code.add_argument(p)
+    p.set_defaults(func=cmd_serve)
 
 
 def main(argv=None) -> int:

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
+from . import precision
 from .errors import UserError
 
 
@@ -75,7 +76,7 @@ class TrainConfig:
     save_every: int = 0                 # optimizer steps; 0: no intermediate checkpoints
     patience: int = 0                   # evaluations without improvement before stopping; 0: never
     monitor: str = "val_loss"           # "val_loss" | "val_accuracy" | "val_macro_f1"
-    precision: str = "auto"             # "auto" | "fp32" | "bf16" | "fp16"
+    precision: str = "auto"             # precision.PRECISION_CHOICES: "auto" | "fp32" | "bf16" | "fp16"
     gradient_checkpointing: bool = False
     # "auto": with adapters on upper layers only, compute the frozen lower layers' outputs once, not every epoch,
     # where that changes nothing but rounding (no dropout there; layercache.py) | "on": also without their dropout | "off"
@@ -375,7 +376,7 @@ CHOICES = {
     "train.scheduler": ("linear", "cosine", "constant"),
     "train.monitor": ("val_loss", "val_accuracy", "val_macro_f1"),
     "train.class_weight": ("none", "balanced"),
-    "train.precision": ("auto", "fp32", "bf16", "fp16"),
+    "train.precision": precision.PRECISION_CHOICES,
     "train.cache_frozen_layers": ("auto", "on", "off"),
 }
 

@@ -17,7 +17,6 @@ transformers must give the unmerged peft model's logits within 1e-4, and onnxrun
 """
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import time
@@ -26,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from . import rundir
+from . import scoring
 from .errors import UserError
 
 META = "loraclf.json"
@@ -47,20 +47,13 @@ CHECK_TEXTS = [
 
 # ------------------------------------------------------------------------------------------ helpers
 
-def _read_json(path: Path, default=None):
-    try:
-        return json.loads(Path(path).read_text())
-    except (OSError, ValueError):
-        return default
-
-
 def is_export(path) -> bool:
     return (Path(path) / META).is_file()
 
 
 def read_meta(export_dir) -> dict:
     export_dir = Path(export_dir)
-    meta = _read_json(export_dir / META)
+    meta = rundir.read_json_or(export_dir / META)
     if not isinstance(meta, dict) or meta.get("format") != EXPORT_FORMAT:
         raise UserError(f"{export_dir} is not a loraclf export (no valid {META})",
                         "give a folder written by `loraclf export RUN --merged DIR` or `--onnx DIR`")
@@ -77,10 +70,6 @@ def _check_out(out: Path, overwrite: bool) -> None:
     if out.is_dir() and any(out.iterdir()) and not overwrite:
         raise UserError(f"export folder {out} already exists and is not empty",
                         "pass --overwrite to replace it, or choose another folder")
-
-
-def _max_length(cfg) -> int:
-    return cfg.data.max_length_infer or cfg.data.max_length
 
 
 def merged_model(run_dir):
@@ -121,15 +110,15 @@ def _copy_tokenizer(run_dir: Path, out: Path) -> None:
             shutil.copy2(f, out / f.name)
 
 
-def _metrics_summary(run_dir: Path) -> dict:
-    m = _read_json(run_dir / "metrics.json", {}) or {}
+def metrics_summary(run_dir: Path) -> dict:
+    m = rundir.read_json_or(run_dir / "metrics.json", {}) or {}
     out = {}
     for split in ("val", "test"):
         s = m.get(split)
         if isinstance(s, dict) and "accuracy" in s:
             out[split] = {k: s[k] for k in ("n", "accuracy", "macro_f1", "loss") if k in s}
     for p in sorted(run_dir.glob("eval-*.json")):
-        s = _read_json(p)
+        s = rundir.read_json_or(p)
         if isinstance(s, dict) and "accuracy" in s:
             out[p.stem] = {k: s[k] for k in ("n", "accuracy", "macro_f1", "loss") if k in s}
     return out
@@ -137,15 +126,15 @@ def _metrics_summary(run_dir: Path) -> dict:
 
 def _meta(kind: str, run_dir: Path, cfg, label_names: list[str], extra: dict | None = None) -> dict:
     from dataclasses import asdict
-    budget = _read_json(run_dir / "budget.json") or (_read_json(run_dir / "metrics.json", {}) or {}).get("budget")
-    cfg_dict = _read_json(run_dir / "config.json") or asdict(cfg)
+    budget = rundir.read_json_or(run_dir / "budget.json") or (rundir.read_json_or(run_dir / "metrics.json", {}) or {}).get("budget")
+    cfg_dict = rundir.read_json_or(run_dir / "config.json") or asdict(cfg)
     return {"format": EXPORT_FORMAT, "version": 1, "kind": kind, "source_run": str(run_dir.resolve()),
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "base_model": cfg.model.name,
             "adapter": {"method": cfg.adapter.method, "r": cfg.adapter.r, "alpha": cfg.adapter.alpha,
                         "target_modules": list(cfg.adapter.target_modules)},
-            "max_length": _max_length(cfg), "labels": list(label_names), "budget": budget,
-            "budget_limit": cfg.budget.max_trainable, "metrics": _metrics_summary(run_dir),
-            "inputs": _read_json(run_dir / "inputs.json"), "run_config": cfg_dict} | (extra or {})
+            "max_length": scoring.infer_length(cfg), "labels": list(label_names), "budget": budget,
+            "budget_limit": cfg.budget.max_trainable, "metrics": metrics_summary(run_dir),
+            "inputs": rundir.read_json_or(run_dir / "inputs.json"), "run_config": cfg_dict} | (extra or {})
 
 
 def _write_common(out: Path, run_dir: Path, meta: dict, model_config) -> None:
@@ -164,7 +153,7 @@ def _build(out: Path, overwrite: bool, fill) -> Path:
     tmp = rundir.temp_dir(out)
     try:
         fill(tmp)
-        mode = 0o666 & ~rundir._umask()
+        mode = 0o666 & ~rundir.umask()
         for f in tmp.iterdir():  # some writers (safetensors) make 0600 files
             if f.is_file():
                 os.chmod(f, mode)
@@ -179,8 +168,7 @@ def _build(out: Path, overwrite: bool, fill) -> Path:
 
 def _torch_logits(model, tokenizer, texts: list[str], max_length: int, batch_size: int = 64) -> np.ndarray:
     import torch
-    from .predict import logits_for
-    return logits_for(model, tokenizer, texts, max_length, batch_size, precision="fp32", device=torch.device("cpu"))
+    return scoring.logits_for(model, tokenizer, texts, max_length, batch_size, precision="fp32", device=torch.device("cpu"))
 
 
 def _tokenizer(path: Path):
@@ -200,7 +188,7 @@ def export_merged(run_dir, out, overwrite: bool = False, check_texts: list[str] 
     merged, unmerged, cfg, label_names = _loaded or merged_model(run)
     tokenizer = run.tokenizer()
     texts = list(check_texts or CHECK_TEXTS)
-    reference = _torch_logits(unmerged if unmerged is not None else merged, tokenizer, texts, _max_length(cfg))
+    reference = _torch_logits(unmerged if unmerged is not None else merged, tokenizer, texts, scoring.infer_length(cfg))
 
     def fill(tmp: Path) -> None:
         from transformers import AutoModelForSequenceClassification
@@ -213,7 +201,7 @@ def export_merged(run_dir, out, overwrite: bool = False, check_texts: list[str] 
         from . import remote_code
         reloaded = AutoModelForSequenceClassification.from_pretrained(str(tmp), attn_implementation="eager",
                                                                       use_safetensors=True, **remote_code.kwargs()).eval()
-        diff = float(np.abs(_torch_logits(reloaded, tokenizer, texts, _max_length(cfg)) - reference).max())
+        diff = float(np.abs(_torch_logits(reloaded, tokenizer, texts, scoring.infer_length(cfg)) - reference).max())
         if not diff <= MERGED_ATOL:
             raise UserError(f"the merged model's logits differ from the run's by {diff:.2e} (limit {MERGED_ATOL:g})",
                             "this adapter cannot be merged exactly; serve or predict from the run directory instead")
@@ -297,7 +285,7 @@ def export_onnx(run_dir, out, overwrite: bool = False, opset: int = 18, exporter
             used = _onnx_export(model, tmp / "model.onnx", opset, exporter)
         meta = _meta("onnx", run_dir, cfg, label_names, {"onnx": "model.onnx", "opset": opset, "exporter": used})
         _write_common(tmp, run_dir, meta, model.config)
-        reference = _torch_logits(model, tokenizer, texts, _max_length(cfg))
+        reference = _torch_logits(model, tokenizer, texts, scoring.infer_length(cfg))
         got = OnnxClassifier(tmp).logits(texts)
         diff = float(np.abs(got - reference).max())
         if not diff <= ONNX_ATOL:
@@ -376,28 +364,6 @@ def onnx_throughput(export_dir, texts: list[str], batch_size: int = 64, repeats:
     secs = time.perf_counter() - t
     return {"backend": "onnxruntime", "texts": len(texts) * repeats, "seconds": secs,
             "samples_per_s": len(texts) * repeats / secs if secs > 0 else float("inf")}
-
-
-def predict_run(export_dir, source: str, out, names: bool = False, probs: bool = False, batch_size: int = 64,
-                trust_pickle: bool = False, text_column: str | None = None) -> dict:
-    """`loraclf predict EXPORT_DIR INPUT --backend onnx`: like predict.run, with onnxruntime on an ONNX export."""
-    from . import data as data_mod
-    from .predict import submission_csv
-    export_dir = Path(export_dir)
-    rundir.check_output_file(Path(out), "-o")
-    if not is_export(export_dir) or not (export_dir / "model.onnx").is_file():
-        raise UserError(f"{export_dir} is not an ONNX export (no model.onnx and {META})",
-                        "export the run first with `loraclf export RUN --onnx DIR`, then give DIR to predict --backend onnx")
-    meta = read_meta(export_dir)
-    dcfg = (meta.get("run_config") or {}).get("data", {})
-    label_names = meta["labels"]
-    examples = data_mod.load(source, text_column=text_column or dcfg.get("text_column", "text"),
-                             label_column=dcfg.get("label_column", "label"), label_names=label_names, split="test",
-                             labelled=False, encoding=dcfg.get("encoding", "utf-8"), trust_pickle=trust_pickle)
-    logits = onnx_logits(export_dir, examples.texts, int(meta["max_length"]), batch_size)
-    ids = examples.ids if examples.ids is not None else list(range(len(examples)))
-    rundir.write_text(Path(out), submission_csv(ids, logits, label_names, names, probs))
-    return {"rows": len(ids), "out": str(out), "logits": logits, "labels": examples.labels}
 
 
 # ------------------------------------------------------------------------------------------ model card
@@ -488,36 +454,25 @@ def model_card(meta: dict) -> str:
     return "\n".join(lines)
 
 
-# ------------------------------------------------------------------------------------------ CLI
+# ------------------------------------------------------------------------------------------ both
 
-def cmd_export(args) -> int:
-    if not args.merged and not args.onnx:
+def export_run(run_dir, merged_dir=None, onnx_dir=None, overwrite: bool = False, opset: int = 18,
+               exporter: str = "auto") -> dict:
+    """`loraclf export`: the run merged once, written as a --merged folder and/or an --onnx one; every output
+    folder and onnxruntime are checked before the merge starts. Returns {"merged": path, "onnx": path} of what
+    was written."""
+    if not merged_dir and not onnx_dir:
         raise UserError("nothing to export", "give --merged DIR and/or --onnx DIR")
-    run = _check_run(Path(args.run))
-    for d in (args.merged, args.onnx):
+    run = _check_run(Path(run_dir))
+    for d in (merged_dir, onnx_dir):
         if d:
-            _check_out(Path(d), args.overwrite)
-    if args.onnx:
+            _check_out(Path(d), overwrite)
+    if onnx_dir:
         _require_onnxruntime()
     loaded = merged_model(run)
-    if args.merged:
-        out = export_merged(run, args.merged, args.overwrite, _loaded=loaded)
-        print(f"wrote merged model to {out} (loads with AutoModelForSequenceClassification.from_pretrained)")
-    if args.onnx:
-        out = export_onnx(run, args.onnx, args.overwrite, args.opset, args.onnx_exporter, _loaded=loaded)
-        print(f"wrote ONNX model to {out / 'model.onnx'} (use: loraclf predict {out} INPUT --backend onnx)")
-    return 0
-
-
-def add_commands(sub) -> None:
-    p = sub.add_parser("export", help="merge the adapter into the base model: Hugging Face folder and/or ONNX")
-    p.add_argument("run", help="run directory")
-    p.add_argument("--merged", metavar="DIR", help="write a plain Hugging Face model folder (no peft needed)")
-    p.add_argument("--onnx", metavar="DIR", help="write an ONNX export (model.onnx + tokenizer)")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing export folder")
-    p.add_argument("--opset", type=int, default=18, help="ONNX opset (default 18)")
-    p.add_argument("--onnx-exporter", default="auto", choices=["auto", "dynamo", "legacy"],
-                   help="torch.onnx exporter: dynamo (torch.export), legacy (TorchScript), auto = dynamo then legacy")
-    from . import remote_code
-    remote_code.add_argument(p)
-    p.set_defaults(func=cmd_export)
+    written = {}
+    if merged_dir:
+        written["merged"] = export_merged(run, merged_dir, overwrite, _loaded=loaded)
+    if onnx_dir:
+        written["onnx"] = export_onnx(run, onnx_dir, overwrite, opset, exporter, _loaded=loaded)
+    return written

@@ -169,14 +169,14 @@ def _register_train_attention() -> bool:
     return True
 
 
-def _transformers_model(model):
+def transformers_model(model):
     return model.get_base_model() if hasattr(model, "get_base_model") else model
 
 
 @contextlib.contextmanager
 def attention(model, impl: str | None):
     """Switch a transformers model's attention implementation inside the block (None: leave it)."""
-    base = _transformers_model(model)
+    base = transformers_model(model)
     before = getattr(base.config, "_attn_implementation", None)
     if impl is None or before is None or impl == before or not hasattr(base, "set_attn_implementation"):
         yield
@@ -194,7 +194,7 @@ def training_attention(choice: str, device: torch.device, model) -> str | None:
     """auto on CPU: TRAIN_ATTENTION for the training forwards (None: keep the loaded one). Without attention
     dropout too: SDPA's CPU backward made `make demo` (no dropout) train 1.29x slower than eager did.
     Models that do not dispatch through transformers' AttentionInterface get plain eager."""
-    base = _transformers_model(model)
+    base = transformers_model(model)
     if choice != "auto" or device.type != "cpu":
         return None
     supported = getattr(base, "_supports_attention_backend", False) and _register_train_attention()
@@ -213,7 +213,7 @@ def bert_family_layers(model):
     """(the encoder body, its layers) of a FIRST_TOKEN_CLASSIFIERS encoder on transformers 5, whose layers take and
     return the hidden states as one tensor; else None. What cls_only_last_layer and layercache build on."""
     import transformers
-    base = _transformers_model(model)
+    base = transformers_model(model)
     if type(base).__name__ not in FIRST_TOKEN_CLASSIFIERS or int(transformers.__version__.split(".")[0]) < 5:
         return None  # transformers 4's layers return tuples and take other arguments
     if base.config.is_decoder:
@@ -226,7 +226,7 @@ def bert_family_layers(model):
 def _last_layer_if_supported(model):
     """The last encoder layer where cls_only_last_layer applies, else None."""
     found = bert_family_layers(model)
-    if found is None or getattr(_transformers_model(model).config, "_attn_implementation", None) not in FIRST_TOKEN_ATTENTION:
+    if found is None or getattr(transformers_model(model).config, "_attn_implementation", None) not in FIRST_TOKEN_ATTENTION:
         return None
     layer = found[1][-1]
     attn = getattr(layer, "attention", None)
@@ -296,6 +296,3 @@ def tune_malloc() -> bool:
         return False
     return bool(libc.mallopt(M_MMAP_THRESHOLD, 32 << 20)) and bool(libc.mallopt(M_TRIM_THRESHOLD, 1 << 30))
 
-
-def autocast_dtype(precision: str) -> torch.dtype | None:
-    return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)

@@ -98,7 +98,7 @@ def plan(model, choice: str, n_tokens: int, world: int = 1, log=print) -> int:
         log(f"note: frozen layers 0-{k - 1} are recomputed every epoch because they have dropout (p={p:g}); "
             "train.cache_frozen_layers=on caches their outputs and runs them without it")
         return 0
-    hidden = fastpath._transformers_model(model).config.hidden_size
+    hidden = fastpath.transformers_model(model).config.hidden_size
     need, (total, available) = n_tokens * hidden * 4, memory_bytes()
     if total is not None:
         limit = OF_AVAILABLE * available if on else min(AUTO_OF_TOTAL * total, OF_AVAILABLE * available)

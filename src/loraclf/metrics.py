@@ -31,7 +31,8 @@ def classification(logits: np.ndarray, labels, label_names: list[str]) -> dict:
     }
 
 
-def table(m: dict, title: str = "") -> str:
+def metrics_table(m: dict, title: str = "") -> str:
+    """Accuracy, macro-F1, per-class precision/recall/F1 and the confusion matrix, as text."""
     names = m["label_names"]
     w = max(10, *(len(n) for n in names))
     out = [title] if title else []

@@ -5,7 +5,6 @@ head strategy, and making gradient checkpointing safe for LoRA (non-reentrant, a
 """
 from __future__ import annotations
 
-import contextlib
 import importlib
 import re
 from pathlib import Path
@@ -354,34 +353,3 @@ def _load_pissa(cfg: Config, label_names: list[str], adapter: Path):
     if missing or result.unexpected_keys:
         raise RuntimeError(f"PiSSA adapter does not fit its model: missing {missing[:3]}, unexpected {result.unexpected_keys[:3]}")
     return model
-
-
-@contextlib.contextmanager
-def autocast(device: torch.device, precision: str):
-    """bf16/fp16 autocast where asked for; a no-op for fp32."""
-    if precision in ("bf16", "fp16"):
-        dtype = torch.bfloat16 if precision == "bf16" else torch.float16
-        with torch.autocast(device_type=device.type, dtype=dtype):
-            yield
-    else:
-        yield
-
-
-def resolve_precision(precision: str, device: torch.device) -> str:
-    """auto: bf16 on CUDA that supports it (else fp16); on CPU bf16 only with native bf16 units (AMX or
-    AVX512-BF16), since emulated bf16 is slower than fp32. fp16 on CPU falls back to fp32."""
-    if device.type == "cuda":
-        if precision in ("auto", "bf16"):
-            return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-        return precision
-    if precision == "auto":
-        return "bf16" if cpu_has_native_bf16() else "fp32"
-    return "fp32" if precision == "fp16" else precision
-
-
-def cpu_has_native_bf16() -> bool:
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "amx_bf16" in flags or "avx512_bf16" in flags

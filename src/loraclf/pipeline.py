@@ -16,9 +16,11 @@ from . import data as data_mod
 from . import layercache
 from . import metrics as metrics_mod
 from . import model as model_mod
+from . import precision as precision_mod
 from . import predict as predict_mod
 from . import remote_code
 from . import rundir
+from . import scoring
 from . import train as train_mod
 from .config import Config
 from .errors import Interrupted, UserError
@@ -59,7 +61,7 @@ def environment(device) -> dict:
             "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
 
 
-def train(cfg: Config, data: list[str], out: Path, test_data: list[str] = (), predict_data: str | None = None,
+def train_run(cfg: Config, data: list[str], out: Path, test_data: list[str] = (), predict_data: str | None = None,
           resume: bool = False, overwrite: bool = False, trust_pickle: bool = False, log=print) -> dict:
     """Train one run into `out`. A UserError before the run is complete leaves no half-written run directory: one
     this call created is deleted unless it holds a resumable checkpoint, which is kept, and the error says so."""
@@ -122,7 +124,7 @@ def _train(cfg: Config, data: list[str], out: Path, test_data, predict_data, res
         torch.set_num_threads(cfg.cpu.threads)
     train_mod.seed_everything(cfg.train.seed)
     device_type = "cuda" if torch.cuda.is_available() else "cpu"
-    precision = model_mod.resolve_precision(cfg.train.precision, torch.device(device_type))
+    precision = precision_mod.resolve(cfg.train.precision, device_type)
     accelerator = train_mod.make_accelerator(precision, device_type)
     main = accelerator.is_main_process
     log = log if main else (lambda *a, **k: None)
@@ -147,7 +149,7 @@ def _train(cfg: Config, data: list[str], out: Path, test_data, predict_data, res
     tokenizer_path = model_mod.resolve_model_path(cfg.model.name)
     remote_code.check_folder(tokenizer_path)
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_path, **remote_code.kwargs())
-    infer_len = cfg.data.max_length_infer or cfg.data.max_length
+    infer_len = scoring.infer_length(cfg)
     train_enc = data_mod.encode(tokenizer, train_ex, cfg.data.max_length)
     val_enc = data_mod.encode(tokenizer, val_ex, infer_len) if val_ex else None
     model = model_mod.build(cfg, label_names)
@@ -184,35 +186,33 @@ def _train(cfg: Config, data: list[str], out: Path, test_data, predict_data, res
                         "processes": accelerator.num_processes},
               "environment": environment(device)}
     if val_enc is not None:
-        val = train_mod.evaluate(model, val_enc, cfg, label_names, pad, device, precision, accelerator)
+        val = scoring.evaluate_encoded(model, val_enc, cfg, label_names, pad, device, precision, accelerator)
         result["val"] = {k: v for k, v in val.items() if k != "logits"}
     if test_ex is not None:
         t0 = time.perf_counter()
-        test = train_mod.evaluate(model, data_mod.encode(tokenizer, test_ex, infer_len), cfg, label_names, pad,
+        test = scoring.evaluate_encoded(model, data_mod.encode(tokenizer, test_ex, infer_len), cfg, label_names, pad,
                                   device, precision, accelerator)
         result["test"] = {k: v for k, v in test.items() if k != "logits"}
         result["test"]["seconds"] = round(time.perf_counter() - t0, 2)
         test_logits = test["logits"]
     if pred_ex is not None:
-        pred_logits = train_mod.predict_logits(model, data_mod.encode(tokenizer, pred_ex, infer_len),
-                                               cfg.scoring.batch_size, pad, device, precision, accelerator,
-                                               cfg.scoring.max_tokens, cfg.scoring.bf16_full_cast,
-                                               cfg.scoring.cls_only_last_layer)
+        pred_logits = scoring.predict_logits(model, data_mod.encode(tokenizer, pred_ex, infer_len),
+                                             cfg.scoring.batch_size, pad, device, precision, accelerator,
+                                             cfg.scoring.max_tokens, cfg.scoring.bf16_full_cast,
+                                             cfg.scoring.cls_only_last_layer)
     if main:
         save_folder(out / "adapter", lambda tmp: model_mod.save(model, tmp))
         rundir.write_json(out / "metrics.json", result)
         if pred_ex is not None:
-            ids = pred_ex.ids if pred_ex.ids is not None else list(range(len(pred_ex)))
-            rundir.write_text(out / "submission.csv", predict_mod.submission_csv(ids, pred_logits, label_names))
+            rundir.write_text(out / "submission.csv", predict_mod.submission_csv(scoring.row_ids(pred_ex), pred_logits, label_names))
         elif test_ex is not None:
-            ids = test_ex.ids if test_ex.ids is not None else list(range(len(test_ex)))
-            rundir.write_text(out / "submission.csv", predict_mod.submission_csv(ids, test_logits, label_names))
+            rundir.write_text(out / "submission.csv", predict_mod.submission_csv(scoring.row_ids(test_ex), test_logits, label_names))
         if test_ex is not None:
             rundir.write_text(out / "predictions.csv", predict_mod.predictions_csv(test_ex, test_logits, label_names))
         if "test" in result:
-            log(metrics_mod.table(result["test"], "test"))
+            log(metrics_mod.metrics_table(result["test"], "test"))
         elif "val" in result:
-            log(metrics_mod.table(result["val"], "validation (best weights)"))
+            log(metrics_mod.metrics_table(result["val"], "validation (best weights)"))
     accelerator.wait_for_everyone()
     return result
 
@@ -237,17 +237,16 @@ def _abs(source: str) -> str:
     return str(p.resolve()) if p.exists() else str(source)
 
 
-def evaluate(run_dir: Path, sources: list[str], trust_pickle: bool = False, batch_size: int = 64, name: str = "",
+def evaluate_run(run_dir: Path, sources: list[str], trust_pickle: bool = False, batch_size: int = 64, name: str = "",
              max_tokens: int = -1) -> dict:
     """Score a finished run on labelled data; saves eval-<name>.json in the run directory."""
     run = rundir.RunDir.open(run_dir)
     run_dir = run.path
     # the data first, as predict does: its mistakes show before a model is loaded
     ex = load_eval_data(run.config, list(sources), run.labels, trust_pickle)
-    model, tokenizer, cfg, label_names = predict_mod.load_for_inference(run)
-    logits = predict_mod.logits_for(model, tokenizer, ex.texts, cfg.data.max_length_infer or cfg.data.max_length, batch_size,
-                                    max_tokens=max_tokens, full_cast=cfg.scoring.bf16_full_cast,
-                                    cls_only=cfg.scoring.cls_only_last_layer, tune_malloc=cfg.cpu.tune_malloc)
+    model, tokenizer, cfg, label_names = scoring.load_for_inference(run)
+    logits = scoring.logits_for(model, tokenizer, ex.texts, scoring.infer_length(cfg), batch_size, max_tokens=max_tokens,
+                                **scoring.scoring_options(cfg))
     m = metrics_mod.classification(logits, ex.labels, label_names)
     m["data"] = list(sources)
     name = name or Path(sources[0]).stem

@@ -1,7 +1,6 @@
-"""The `report` and `compare` subcommands, and the `--track`/`--tracking-uri` options, for cli.py to register:
+"""The `--track`/`--tracking-uri` options of the train, evaluate and report commands, for cli.py:
 
-    report_cli.add_commands(sub)        # in cli.parser(), after the other subcommands
-    report_cli.add_track_args(p)        # on the train and evaluate parsers
+    report_cli.add_track_args(p)        # on the train, evaluate and report parsers
     report_cli.maybe_track(out, args)   # in cmd_train / cmd_evaluate, after the report is written
 (and, optionally, report_cli.check_track_args(args) at the start of cmd_train to fail before training)
 """
@@ -36,34 +35,3 @@ def maybe_track(run_dir, args) -> None:
         print(f"logged to MLflow ({args.tracking_uri or track.DEFAULT_URI}), run id {where}")
     else:
         print(f"TensorBoard events in {where} (tensorboard --logdir {where})")
-
-
-def cmd_report(args) -> int:
-    from . import report
-    check_track_args(args)
-    path = report.write(Path(args.run))
-    print(f"wrote {path} and {path.with_name('report.md')} (plots in {path.parent / 'plots'})")
-    maybe_track(args.run, args)
-    return 0
-
-
-def cmd_compare(args) -> int:
-    from . import report
-    md, md_path, html_path = report.write_compare(args.runs, args.sort, Path(args.out))
-    print(md, end="")
-    print(f"\nwrote {md_path} and {html_path}")
-    return 0
-
-
-def add_commands(sub) -> None:
-    from .report import SORT_KEYS
-    p = sub.add_parser("report", help="plots, report.html and report.md in a run directory")
-    p.add_argument("run", help="run directory")
-    add_track_args(p)
-    p.set_defaults(func=cmd_report)
-
-    p = sub.add_parser("compare", help="leaderboard of several runs (prints it, writes compare.md and compare.html)")
-    p.add_argument("runs", nargs="+", metavar="RUN", help="run directories")
-    p.add_argument("--sort", default="test_accuracy", choices=list(SORT_KEYS), help="ranking metric (default test_accuracy)")
-    p.add_argument("--out", default=".", help="folder for compare.md and compare.html (default: current folder)")
-    p.set_defaults(func=cmd_compare)

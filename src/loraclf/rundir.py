@@ -47,7 +47,7 @@ def write_bytes(path: Path, data: bytes) -> None:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; artifacts get the usual mode
+        os.chmod(tmp, 0o666 & ~umask())  # mkstemp makes 0600; artifacts get the usual mode
         os.replace(tmp, path)
     except BaseException as e:
         if tmp is not None:
@@ -74,7 +74,8 @@ def check_output_file(path: Path, flag: str = "") -> None:
                         "another file name")
 
 
-def _umask() -> int:
+def umask() -> int:
+    """The process's file-creation mask (read without changing it)."""
     mask = os.umask(0)
     os.umask(mask)
     return mask
@@ -94,6 +95,14 @@ def write_jsonl(path: Path, records: list[dict]) -> None:
 
 def read_json(path: Path):
     return json.loads(Path(path).read_text())
+
+
+def read_json_or(path: Path, default=None):
+    """A JSON file's content, or `default` where it is missing or not valid JSON (for optional extras)."""
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return default
 
 
 def read_jsonl(path: Path) -> list[dict]:
@@ -118,7 +127,7 @@ def temp_dir(final: Path) -> Path:
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.", suffix=".tmp"))
-    os.chmod(tmp, 0o777 & ~_umask())
+    os.chmod(tmp, 0o777 & ~umask())
     return tmp
 
 

@@ -75,7 +75,7 @@ def sweep(cfg: Config, sources: list[str], n: int, rows: int, out: Path, val_row
         scores = []
         for name, c in alive:
             c = _no_val(c)
-            res = pipeline.train(c, [str(train_file)], out / f"round-{k}" / name, test_data=[str(out / "held_out.csv")],
+            res = pipeline.train_run(c, [str(train_file)], out / f"round-{k}" / name, test_data=[str(out / "held_out.csv")],
                                  overwrite=overwrite, log=lambda *a, **kw: None)
             t = res["test"]
             scores.append({"name": name, "accuracy": t["accuracy"], "macro_f1": t["macro_f1"],

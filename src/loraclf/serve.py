@@ -13,83 +13,28 @@ too deeply, an integer over 4,300 digits, a repeated key or a text with a lone s
 JSON {"error": "..."}. A failing forward pass answers 500 to the requests of that batch only; the server goes on.
 SIGTERM (or Ctrl+C): stop accepting connections, finish the requests in flight, exit 0.
 """
-
 import asyncio
 import concurrent.futures
-import json
 import queue
 import signal
 import threading
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from . import untrusted
 from .errors import UserError
 
+if TYPE_CHECKING:
+    from .scoring import Predictor
+# no `from __future__ import annotations` here: FastAPI reads the endpoints' annotations (Request) at runtime
+
 DEFAULTS = dict(max_texts=64, max_chars=10_000, max_batch=64, max_wait_ms=2.0)
 
 
 # ------------------------------------------------------------------------------------------ models
-
-class Predictor:
-    """Logits for a list of texts, plus what /info shows. Built from a run directory or an export."""
-
-    def __init__(self, logits_fn, labels: list[str], info: dict):
-        self.logits, self.labels, self.info = logits_fn, list(labels), info
-
-
-def load_predictor(path, batch_size: int = 64, precision: str = "auto", threads: int = 0) -> Predictor:
-    """A run directory (adapter merged on load), a --merged export (transformers alone) or an --onnx export."""
-    from . import export
-    path = Path(path)
-    if threads:
-        import torch
-        torch.set_num_threads(threads)
-    if not path.is_dir():
-        raise UserError(f"{path} does not exist or is not a folder", "give a run directory or an export folder")
-    if export.is_export(path):
-        meta = export.read_meta(path)
-        info = {"model": meta.get("base_model"), "source": str(path), "kind": meta["kind"], "labels": meta["labels"],
-                "budget": meta.get("budget"), "budget_limit": meta.get("budget_limit"), "adapter": meta.get("adapter"),
-                "metrics": meta.get("metrics"), "max_length": meta["max_length"]}
-        if meta["kind"] == "onnx":
-            clf = export.OnnxClassifier(path, threads=threads)
-            return Predictor(lambda texts: clf.logits(texts, batch_size=batch_size), meta["labels"],
-                             info | {"backend": "onnxruntime"})
-        from transformers import AutoModelForSequenceClassification, AutoTokenizer
-        from . import remote_code
-        from .model import attention_for
-        remote_code.check_folder(path)
-        model = AutoModelForSequenceClassification.from_pretrained(str(path), attn_implementation=attention_for("auto"),
-                                                                   use_safetensors=True, local_files_only=True,
-                                                                   **remote_code.kwargs()).eval()
-        tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True, **remote_code.kwargs())
-        return _torch_predictor(model, tokenizer, int(meta["max_length"]), meta["labels"], info, batch_size, precision)
-    from .predict import load_for_inference
-    from .rundir import RunDir
-    run = RunDir.open(path)
-    model, tokenizer, cfg, labels = load_for_inference(run)
-    info = {"model": cfg.model.name, "source": str(path), "kind": "run", "labels": labels,
-            "budget": run.optional_json("budget.json"), "budget_limit": cfg.budget.max_trainable,
-            "adapter": {"method": cfg.adapter.method, "r": cfg.adapter.r, "alpha": cfg.adapter.alpha,
-                        "target_modules": list(cfg.adapter.target_modules)},
-            "metrics": export._metrics_summary(path), "max_length": cfg.data.max_length_infer or cfg.data.max_length}
-    return _torch_predictor(model, tokenizer, info["max_length"], labels, info, batch_size, precision,
-                            cfg.scoring.bf16_full_cast, cfg.scoring.cls_only_last_layer, cfg.cpu.tune_malloc)
-
-
-def _torch_predictor(model, tokenizer, max_length, labels, info, batch_size, precision, full_cast=True,
-                     cls_only=True, tune_malloc=True) -> Predictor:
-    from .predict import logits_for
-
-    def fn(texts):
-        return logits_for(model, tokenizer, texts, max_length, batch_size, precision, full_cast=full_cast,
-                          cls_only=cls_only, tune_malloc=tune_malloc)
-    return Predictor(fn, labels, info | {"backend": "torch", "precision": precision})
-
 
 # ------------------------------------------------------------------------------------------ batching
 
@@ -221,7 +166,7 @@ def _json_type(v) -> str:
             float: "a number", type(None): "null"}.get(type(v), type(v).__name__)
 
 
-def create_app(predictor: Predictor, max_texts: int = DEFAULTS["max_texts"], max_chars: int = DEFAULTS["max_chars"],
+def create_app(predictor: "Predictor", max_texts: int = DEFAULTS["max_texts"], max_chars: int = DEFAULTS["max_chars"],
                max_batch: int = DEFAULTS["max_batch"], max_wait_ms: float = DEFAULTS["max_wait_ms"],
                max_body_bytes: int | None = None):
     from contextlib import asynccontextmanager
@@ -230,6 +175,8 @@ def create_app(predictor: Predictor, max_texts: int = DEFAULTS["max_texts"], max
     from fastapi.exceptions import RequestValidationError
     from fastapi.responses import JSONResponse
     from starlette.exceptions import HTTPException as StarletteHTTPException
+
+    from .scoring import softmax
 
     # JSON escapes cost up to 6 bytes a character (12 for a surrogate pair); leave room for that and the wrapper
     max_body = max_body_bytes or max_texts * (max_chars * 6 + 16) + 4096
@@ -292,8 +239,7 @@ def create_app(predictor: Predictor, max_texts: int = DEFAULTS["max_texts"], max
             logits = await asyncio.wrap_future(state["batcher"].submit(texts))
         except Exception as e:  # noqa: BLE001 - a failed forward pass answers 500, the server goes on
             return error(500, f"prediction failed: {type(e).__name__}: {str(e)[:200]}")
-        z = np.exp(logits - logits.max(-1, keepdims=True))
-        probs = z / z.sum(-1, keepdims=True)
+        probs = softmax(logits)
         ids = logits.argmax(-1).tolist()
         return {"labels": ids, "names": [predictor.labels[i] for i in ids],
                 "probabilities": probs.astype(float).tolist()}
@@ -325,7 +271,10 @@ def serve(path, host: str = "127.0.0.1", port: int = 8000, max_texts: int = DEFA
     _check_port(host, port)
     if threads < 0:
         raise UserError(f"--threads must be 0 (the library default) or more, not {threads}", "give --threads 1 or more")
-    predictor = load_predictor(path, batch_size, precision, threads)
+    from . import scoring
+    # a run directory (adapter merged on load), a --merged export or an --onnx export, each on its own backend,
+    # loaded now so that a broken model fails before the server listens
+    predictor = scoring.load_predictor(path, "auto", batch_size, precision, threads).load()
     app = create_app(predictor, max_texts, max_chars, max_batch, max_wait_ms, max_body_bytes)
     config = uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=access_log,
                             timeout_graceful_shutdown=drain_timeout, lifespan="on")
@@ -363,51 +312,3 @@ def _check_port(host: str, port: int) -> None:
         except OSError as e:
             raise UserError(f"cannot listen on {host}:{port} ({e.strerror})",
                             "the port is in use or not allowed: choose another --port") from None
-
-
-def cmd_serve(args) -> int:
-    return serve(args.path, args.host, args.port, args.max_texts, args.max_chars, args.max_batch, args.max_wait_ms,
-                 args.max_body_bytes, args.batch_size, args.precision, args.drain_timeout, args.access_log, args.threads)
-
-
-def add_commands(sub) -> None:
-    p = sub.add_parser("serve", help="HTTP JSON API: POST /predict, GET /health, GET /info")
-    p.add_argument("path", metavar="RUN_OR_EXPORT", help="run directory, or a folder from `loraclf export`")
-    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
-    p.add_argument("--port", type=int, default=8000)
-    p.add_argument("--max-texts", type=int, default=DEFAULTS["max_texts"], help="texts per request (more: 413)")
-    p.add_argument("--max-chars", type=int, default=DEFAULTS["max_chars"], help="characters per text (more: 413)")
-    p.add_argument("--max-body-bytes", type=int, help="request body size (more: 413; default from the two above)")
-    p.add_argument("--max-batch", type=int, default=DEFAULTS["max_batch"], help="texts per micro-batch")
-    p.add_argument("--max-wait-ms", type=float, default=DEFAULTS["max_wait_ms"],
-                   help="how long a micro-batch waits for more requests (default 2)")
-    p.add_argument("--batch-size", type=int, default=64, help="forward-pass batch size inside a micro-batch")
-    p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"])
-    p.add_argument("--drain-timeout", type=float, default=30, help="seconds to finish in-flight requests on SIGTERM")
-    p.add_argument("--threads", type=int, default=0,
-                   help="CPU threads per forward pass (default 0: torch's/onnxruntime's default; 1 is often fastest "
-                        "for small models and busy machines)")
-    p.add_argument("--access-log", action="store_true", help="log every request")
-    from . import remote_code
-    remote_code.add_argument(p)
-    p.set_defaults(func=cmd_serve)
-
-
-def main(argv=None) -> int:
-    """`python -m loraclf.serve RUN_OR_EXPORT ...`: the serve command on its own (same options, same errors)."""
-    import argparse
-    import sys
-    ap = argparse.ArgumentParser(prog="loraclf")
-    add_commands(ap.add_subparsers(dest="command", required=True))
-    args = ap.parse_args(["serve", *(sys.argv[1:] if argv is None else argv)])
-    from . import remote_code
-    try:
-        with remote_code.allowed(args.trust_remote_code):
-            return args.func(args)
-    except UserError as e:
-        print(f"loraclf: error: {e}", file=sys.stderr)
-        return 2
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -22,8 +22,9 @@ from . import checkpoint
 from . import data as data_mod
 from . import fastpath
 from . import layercache
-from . import metrics as metrics_mod
+from . import precision as precision_mod
 from . import rundir
+from . import scoring
 from .config import Config
 from .errors import Interrupted, UserError
 
@@ -104,72 +105,6 @@ def better(monitor: str, value: float, best: float | None) -> bool:
     return value < best if monitor == "val_loss" else value > best
 
 
-CPU_SCORING_TOKENS = 2048  # `loraclf bench --levers`, "scoring batches": the fastest cap measured on CPU
-
-
-def scoring_tokens(max_tokens: int, device) -> int:
-    """scoring.max_tokens resolved: -1 (auto) caps CPU batches at CPU_SCORING_TOKENS padded tokens (smaller
-    activations measured faster there than 64 long rows at once) and leaves GPU batches uncapped; 0: no cap."""
-    if max_tokens < 0:
-        return CPU_SCORING_TOKENS if torch.device(device).type == "cpu" else 0
-    return max_tokens
-
-
-def casts_whole_model(precision: str, full_cast: bool) -> bool:
-    """scoring.bf16_full_cast applies to bf16 scoring only (fp16's range is too small for a residual stream)."""
-    return full_cast and precision == "bf16"
-
-
-@torch.no_grad()
-def predict_logits(model, encoded: data_mod.Encoded, batch_size: int, pad_id: int, device, precision: str,
-                   accelerator=None, max_tokens: int = -1, full_cast: bool = False, cls_only: bool = True,
-                   pad_to_multiple: int = data_mod.PAD_MULTIPLE) -> np.ndarray:
-    """Logits in input order. Batches are length-sorted, at most `batch_size` rows and (see scoring_tokens)
-    `max_tokens` padded tokens; with several processes each takes a share. Under bf16/fp16 the frozen
-    weights are cast once per call rather than by autocast on every batch (the same numbers; inside fit
-    they already are), so one model must not score two precisions at once. `full_cast` (bf16 only,
-    scoring.bf16_full_cast): the whole frozen model in bf16 for the call, residual stream and LayerNorms too.
-    `cls_only` (scoring.cls_only_last_layer): the last layer computes only the row the head reads.
-    `pad_to_multiple`: what batch widths are rounded up to (`--levers` measures the choice)."""
-    from .model import autocast
-    model.eval()
-    batches = data_mod.scoring_batches(encoded.lengths, batch_size, scoring_tokens(max_tokens, device), pad_to_multiple)
-    rank, world = (accelerator.process_index, accelerator.num_processes) if accelerator else (0, 1)
-    mine = batches[rank::world]
-    out_idx, out = [], []
-    with fastpath.frozen_weights_as(model, fastpath.autocast_dtype(precision), casts_whole_model(precision, full_cast)), \
-            fastpath.cls_only_last_layer(model, cls_only):
-        for index in mine:
-            batch = data_mod.collate(encoded, index, pad_id, pad_to_multiple)
-            with autocast(device, precision):
-                logits = model(input_ids=batch["input_ids"].to(device),
-                               attention_mask=batch["attention_mask"].to(device)).logits
-            out.append(logits.float().cpu().numpy())
-            out_idx += index
-    if world > 1:
-        from accelerate.utils import gather_object
-        parts = gather_object([(out_idx, np.concatenate(out) if out else np.zeros((0, 0), np.float32))])
-        out_idx = [i for idx, _ in parts for i in idx]
-        out = [a for _, a in parts if len(a)]
-    return in_input_order(out_idx, out)
-
-
-def in_input_order(index: list[int], parts: list[np.ndarray]) -> np.ndarray:
-    """The rows of `parts` (concatenated; row k belongs to input `index[k]`) put back in input order."""
-    logits = np.concatenate(parts)
-    result = np.empty_like(logits)
-    result[np.asarray(index)] = logits
-    return result
-
-
-def evaluate(model, encoded, cfg: Config, label_names, pad_id, device, precision, accelerator=None) -> dict:
-    if accelerator is not None:  # DDP's forward is a collective; ranks score different batch counts
-        model = accelerator.unwrap_model(model)
-    logits = predict_logits(model, encoded, cfg.scoring.batch_size, pad_id, device, precision, accelerator,
-                            cfg.scoring.max_tokens, cfg.scoring.bf16_full_cast, cfg.scoring.cls_only_last_layer)
-    return metrics_mod.classification(logits, encoded.labels, label_names) | {"logits": logits}
-
-
 def make_accelerator(precision: str, device_type: str):
     """Accelerate's Accelerator for `precision` ("fp32" | "bf16" | "fp16"). Accelerate keeps one mixed-precision
     setting per process and refuses another, so a second run in the same process (the Python API, the benchmark)
@@ -178,7 +113,7 @@ def make_accelerator(precision: str, device_type: str):
     import os
     from accelerate import Accelerator
     from accelerate.state import AcceleratorState
-    mixed = {"fp32": "no"}.get(precision, precision)
+    mixed = precision_mod.to_accelerate(precision)
     state = AcceleratorState._shared_state
     if state and state.get("_mixed_precision", mixed) != mixed and int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         AcceleratorState._reset_state(reset_partial_state=True)
@@ -200,7 +135,7 @@ def fit(model, cfg: Config, train_enc: data_mod.Encoded, val_enc: data_mod.Encod
         pad_id: int, run_dir: Path, accelerator, resume: bool = False, log=print) -> Progress:
     t = cfg.train
     device = accelerator.device
-    precision = accelerator.mixed_precision if accelerator.mixed_precision != "no" else "fp32"
+    precision = precision_mod.from_accelerate(accelerator.mixed_precision)
     rank, world = accelerator.process_index, accelerator.num_processes
     main = accelerator.is_main_process
 
@@ -244,7 +179,7 @@ def fit(model, cfg: Config, train_enc: data_mod.Encoded, val_enc: data_mod.Encod
     if device.type == "cpu" and cfg.cpu.tune_malloc:
         fastpath.tune_malloc()
     # frozen weights held in the autocast dtype for the whole loop: the same numbers, no per-step casts
-    frozen = fastpath.frozen_weights_as(unwrapped, fastpath.autocast_dtype(precision))
+    frozen = fastpath.frozen_weights_as(unwrapped, precision_mod.autocast_dtype(precision))
     from tqdm.auto import tqdm
     bar = tqdm(total=total_steps, initial=prog.step, disable=not main or None, desc="train", unit="step", leave=False)
     try:
@@ -367,7 +302,7 @@ def _eval_step(model, cfg, val_enc, label_names, pad_id, device, precision, acce
                steps_per_epoch, log, bar):
     if val_enc is None:
         return best_state
-    m = evaluate(model, val_enc, cfg, label_names, pad_id, device, precision, accelerator)
+    m = scoring.evaluate_encoded(model, val_enc, cfg, label_names, pad_id, device, precision, accelerator)
     rec = {"step": prog.step, "epoch": round(prog.step / steps_per_epoch, 4), "val_loss": m["loss"],
            "val_accuracy": m["accuracy"], "val_macro_f1": m["macro_f1"]}
     prog.history.append(rec)

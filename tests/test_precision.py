@@ -1,0 +1,84 @@
+"""The precision policy (precision.py): what each choice resolves to per device kind, and that the other modules
+take their choices and decisions from it."""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+import torch
+
+from loraclf import cli, config, precision
+from loraclf.errors import UserError
+
+SRC = Path(precision.__file__).parent
+
+
+@pytest.mark.parametrize("choice, device, cuda_bf16, native_bf16, expected", [
+    ("auto", "cuda", True, False, "bf16"),
+    ("auto", "cuda", False, True, "fp16"),
+    ("bf16", "cuda", False, False, "fp16"),
+    ("fp16", "cuda", True, False, "fp16"),
+    ("fp32", "cuda", True, True, "fp32"),
+    ("auto", "cpu", True, True, "bf16"),
+    ("auto", "cpu", True, False, "fp32"),
+    ("bf16", "cpu", False, False, "bf16"),
+    ("fp16", "cpu", True, True, "fp32"),
+    ("fp32", "cpu", True, True, "fp32"),
+])
+def test_resolution_table(monkeypatch, choice, device, cuda_bf16, native_bf16, expected):
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: cuda_bf16)
+    monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda: native_bf16)
+    assert precision.resolve(choice, device) == expected
+    assert precision.resolve(choice, torch.device(device)) == expected
+    assert precision.auto_is_bf16(device) == (precision.resolve("auto", device) == "bf16")
+
+
+def test_unknown_choice_is_a_user_error():
+    with pytest.raises(UserError, match="not one of auto, fp32, bf16, fp16"):
+        precision.resolve("int8", "cpu")
+
+
+@pytest.mark.parametrize("resolved, dtype, whole_if_asked, mixed", [
+    ("fp32", None, False, "no"), ("bf16", torch.bfloat16, True, "bf16"), ("fp16", torch.float16, False, "fp16")])
+def test_dtypes_whole_model_cast_and_accelerate(resolved, dtype, whole_if_asked, mixed):
+    assert precision.autocast_dtype(resolved) is dtype
+    assert precision.casts_whole_model(resolved, True) is whole_if_asked
+    assert precision.casts_whole_model(resolved, False) is False
+    assert precision.to_accelerate(resolved) == mixed and precision.from_accelerate(mixed) == resolved
+
+
+@pytest.mark.parametrize("resolved", ["fp32", "bf16"])
+def test_autocast_runs_matmuls_in_the_precisions_dtype(resolved):
+    a = torch.randn(4, 8)
+    with precision.autocast("cpu", resolved):
+        out = torch.nn.functional.linear(a, torch.randn(3, 8))
+    assert out.dtype == (precision.autocast_dtype(resolved) or torch.float32)
+
+
+@pytest.mark.parametrize("choice, native_bf16, hint", [
+    ("auto", True, "bf16"), ("auto", False, "f32"), ("bf16", False, "bf16"), ("fp32", True, "f32")])
+def test_openvino_hint(monkeypatch, choice, native_bf16, hint):
+    monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda: native_bf16)
+    assert precision.openvino_hint(choice) == hint
+
+
+def test_openvino_refuses_fp16():
+    with pytest.raises(UserError, match="fp32 or bf16, not fp16"):
+        precision.openvino_hint("fp16")
+
+
+def test_every_choice_list_is_the_policys():
+    assert config.CHOICES["train.precision"] is precision.PRECISION_CHOICES
+    parser = cli.parser()
+    subs = [a for a in parser._actions if a.dest == "command"][0].choices
+    for command in ("predict", "serve"):
+        (opt,) = [a for a in subs[command]._actions if a.dest == "precision"]
+        assert tuple(opt.choices) == precision.PRECISION_CHOICES and opt.default == "auto"
+
+
+def test_no_other_module_decides_precision():
+    """What `auto` means (native bf16 flags, CUDA's bf16 support) and the autocast dtypes are read only here."""
+    decisions = re.compile(r"amx_bf16|avx512_bf16|is_bf16_supported|torch\.autocast\(device_type=[^,]+, dtype=")
+    offenders = [p.name for p in SRC.glob("*.py") if p.name != "precision.py" and decisions.search(p.read_text())]
+    assert offenders == []
