@@ -205,10 +205,9 @@ def parser() -> argparse.ArgumentParser:
     p = sub.add_parser("presets", help="list the built-in presets")
     p.set_defaults(func=cmd_presets)
     report_cli.add_commands(sub)
-    from . import bench, export, serve
+    from . import export, serve
     export.add_commands(sub)
     serve.add_commands(sub)
-    bench.add_command(sub)
     return ap
 
 
