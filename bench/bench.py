@@ -168,7 +168,7 @@ def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--in-process", action="store_true", help="no subprocess per contender (peak RSS is then shared)")
     p.add_argument("--levers", action="store_true", help="measure each speed lever in isolation instead (docs/performance.md)")
     p.add_argument("--lever", choices=["all", "last-layer", "pad-multiple", "malloc", "frozen-cache", "tokenize", "ceiling"],
-                   default="all", help="with --levers: every lever, or one of the latest (train.cls_only_last_layer, "
+                   default="all", help="with --levers: every lever, or only one of (train.cls_only_last_layer, "
                    "data.PAD_MULTIPLE, train.tune_malloc in fresh processes, train.cache_frozen_layers, pre-tokenized "
                    "data, what the kernels allow: bench/ceiling.py)")
     p.add_argument("--malloc-probe", choices=["glibc", "tuned", "glibc-scoring", "tuned-scoring"], help=argparse.SUPPRESS)  # --levers' fresh processes
