@@ -1,4 +1,5 @@
-# loraclf: `make demo` trains, evaluates and predicts offline; `make test` runs the test suite.
+# loraclf: `make demo` trains, evaluates and predicts offline; `make test` runs the test suite;
+# `make bench` / `make bench-quick` run the benchmark harness in bench/.
 PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -33,11 +34,12 @@ demo: install
 test: install-test
 	AGNEWS_DIR=$(abspath $(AGNEWS_DIR)) ROBERTA_DIR=$(abspath $(ROBERTA_DIR)) $(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
+# the benchmark harness (bench/, outside the package): docs/performance.md
 bench: install
-	$(BIN)/loraclf bench --agnews-dir $(AGNEWS_DIR) --roberta-dir $(ROBERTA_DIR)
+	$(BIN)/python bench/bench.py --agnews-dir $(AGNEWS_DIR) --roberta-dir $(ROBERTA_DIR)
 
 bench-quick: install
-	$(BIN)/loraclf bench --quick --agnews-dir $(AGNEWS_DIR) --roberta-dir $(ROBERTA_DIR)
+	$(BIN)/python bench/bench.py --quick --agnews-dir $(AGNEWS_DIR) --roberta-dir $(ROBERTA_DIR)
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

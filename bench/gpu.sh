@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The GPU checks and benchmark, as run on a lent GPU machine with no network (bench/NOTES.md, "GPU").
+# The GPU checks and benchmark, as run on a lent GPU machine with no network (docs/performance.md, "Reproducing").
 # Usage: bash bench/gpu.sh ASSETS OUT
 #   ASSETS: data_ag_news/ (the shared AG News csvs), roberta-base/ (tokenizer + config), minilm/ (all-MiniLM-L6-v2,
 #           e.g. saved in fp16 to fit a transfer limit) and whl/ (wheels the machine lacks, installed without deps)
@@ -29,16 +29,16 @@ main() {
     timeout 120 python -m pytest -q -p no:cacheprovider tests/test_bench.py -k cuda 2>&1 | tail -5
 
     echo "== benchmark (2 interleaved repeats)"
-    timeout 300 python -m loraclf.bench --no-onnx --repeats 2 "${common[@]}" --guard-model "$D/minilm" --out-dir "$OUT"
+    timeout 300 python bench/bench.py --no-onnx --repeats 2 "${common[@]}" --guard-model "$D/minilm" --out-dir "$OUT"
     echo "exit $?"
 
     echo "== lever: frozen layers kept across epochs"
-    timeout 150 python -m loraclf.bench --levers --lever frozen-cache --infer-rows 256 --repeats 1 --json "${common[@]}" \
+    timeout 150 python bench/bench.py --levers --lever frozen-cache --infer-rows 256 --repeats 1 --json "${common[@]}" \
         > "$OUT/levers-frozen-cache.json"
     echo "exit $?"
 
     echo "== loraclf and report A with train.precision=fp32"
-    timeout 150 python -m loraclf.bench --no-onnx --no-guard --repeats 2 --contenders loraclf report_a \
+    timeout 150 python bench/bench.py --no-onnx --no-guard --repeats 2 --contenders loraclf report_a \
         --set train.precision=fp32 "${common[@]}" --out-dir "$OUT/fp32"
     echo "exit $?"
 }

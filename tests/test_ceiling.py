@@ -1,4 +1,4 @@
-"""ceiling.py (`loraclf bench --levers --lever ceiling`) on a tiny random RoBERTa: the frozen linear calls a step makes,
+"""bench/ceiling.py (`python bench/bench.py --levers --lever ceiling`) on a tiny random RoBERTa: the frozen linear calls a step makes,
 the matmul pass that replays them, and the lever's rows."""
 from __future__ import annotations
 
@@ -8,16 +8,19 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from loraclf import bench, ceiling  # noqa: E402
 from loraclf import model as model_mod  # noqa: E402
 
-from test_bench import TINY_MAX, _opts, tiny_dir  # noqa: E402,F401  (the tiny model fixture)
+from test_bench import TINY_MAX, _opts, tiny_dir  # noqa: E402,F401  (the tiny model fixture; puts bench/ on sys.path)
+
+import ceiling  # noqa: E402
+import contenders  # noqa: E402
+import levers as bench_levers  # noqa: E402
 
 
 @pytest.fixture
 def tiny_model(tiny_dir):  # noqa: F811
-    cfg = bench.bench_config(str(tiny_dir), "loraclf", [f"data.max_length={TINY_MAX}"])
-    return model_mod.build(cfg, bench.LABELS)
+    cfg = contenders.bench_config(str(tiny_dir), "loraclf", [f"data.max_length={TINY_MAX}"])
+    return model_mod.build(cfg, contenders.LABELS)
 
 
 def _step(model, rows=3, width=10):
@@ -56,7 +59,7 @@ def test_levers_ceiling_alone_bounds_the_step_and_scoring_by_their_matmuls(tiny_
     opts = _opts(tiny_dir, agnews_dir, tmp_path, infer_rows=16, repeats=1)
     opts.lever = "ceiling"
     lines = []
-    rows = bench.levers(opts, log=lambda *a, **k: lines.append(" ".join(map(str, a))))
+    rows = bench_levers.levers(opts, log=lambda *a, **k: lines.append(" ".join(map(str, a))))
     train = [r for r in rows if r["lever"].startswith("ceiling (") and "train" in r["lever"]]
     scoring = [r for r in rows if "scoring" in r["lever"]]
     assert [r["variant"] for r in train] == ["fit's whole step", "its frozen matmuls alone", "the same in row halves"] * 2

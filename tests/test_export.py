@@ -159,11 +159,6 @@ def test_model_cards(exports):
         assert meta["budget"]["trainable"] == sum(meta["budget"]["groups"].values())
 
 
-def test_onnx_throughput_for_benchmark(exports):
-    r = export.onnx_throughput(exports[1], OWN_TEXTS * 4, batch_size=8)
-    assert r["texts"] == len(OWN_TEXTS) * 4 and r["samples_per_s"] > 0
-
-
 def test_errors_are_user_errors_and_leave_nothing(tiny_run, tmp_path, monkeypatch, capsys):
     assert _cli(["export", str(tiny_run)]) == 2
     assert "nothing to export" in capsys.readouterr().err

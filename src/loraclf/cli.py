@@ -273,8 +273,6 @@ def parser() -> argparse.ArgumentParser:
     _add_report_commands(sub)
     _add_export_command(sub)
     _add_serve_command(sub)
-    from . import bench
-    bench.add_command(sub)
     return ap
 
 

@@ -28,7 +28,7 @@ class ModelConfig:
     head: str = "auto"
     encoder_dropout: float = -1.0       # dropout inside the encoder; -1 keeps the pretrained config's value
     # "auto" (sdpa; on CPU the training forwards run fastpath.TRAIN_ATTENTION, eager attention in the
-    # autocast dtype, which measured faster there: bench/NOTES.md) | "sdpa" | "eager"
+    # autocast dtype, which measured faster there: docs/performance.md) | "sdpa" | "eager"
     attn_implementation: str = "auto"
 
 

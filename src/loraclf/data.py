@@ -596,9 +596,9 @@ def length_grouped_batches(lengths, batch_size: int, seed: int, group: int = 50)
 
 
 # Batch widths are rounded up to a multiple of 8: tensor-core-friendly on GPUs, and on CPU it keeps the number of
-# distinct activation sizes small. Without it (`loraclf bench --levers --lever pad-multiple`) short CPU
+# distinct activation sizes small. Without it (`python bench/bench.py --levers --lever pad-multiple`) short CPU
 # measurements were level or slightly faster, but a longer training run was slower with a much higher peak RSS:
-# glibc's heap fragments over the many distinct sizes (bench/NOTES.md).
+# glibc's heap fragments over the many distinct sizes (docs/performance.md).
 PAD_MULTIPLE = 8
 
 

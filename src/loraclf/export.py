@@ -354,16 +354,6 @@ def onnx_logits(export_dir, texts: list[str], max_length: int | None = None, bat
     return _SESSIONS[key].logits(texts, max_length, batch_size)
 
 
-def onnx_throughput(export_dir, texts: list[str], batch_size: int = 64, repeats: int = 1) -> dict:
-    """For the benchmark: texts/s of onnxruntime on an ONNX export (one warm-up pass first)."""
-    clf = OnnxClassifier(export_dir)
-    clf.logits(texts[:batch_size], batch_size=batch_size)
-    t = time.perf_counter()
-    for _ in range(repeats):
-        clf.logits(texts, batch_size=batch_size)
-    secs = time.perf_counter() - t
-    return {"backend": "onnxruntime", "texts": len(texts) * repeats, "seconds": secs,
-            "samples_per_s": len(texts) * repeats / secs if secs > 0 else float("inf")}
 
 
 # ------------------------------------------------------------------------------------------ model card

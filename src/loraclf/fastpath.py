@@ -1,4 +1,4 @@
-"""The training step's fast path: three measured levers (bench/NOTES.md), each a context manager.
+"""The training step's fast path: measured levers (docs/performance.md), each a context manager.
 
 - `cpu_dropout()`: torch's CPU dropout draws one Bernoulli sample per element through a slow scalar
   generator, the largest cost after the matmuls in a profiled bf16 training step. Here the mask comes
@@ -10,7 +10,7 @@
   on every step (85M parameters for roberta-base). Casting once, for the length of training, gives the
   same numbers (autocast's cast is the same rounding) without that traffic. With `whole_model=True` (bf16
   scoring, `scoring.bf16_full_cast`) embeddings and LayerNorms are cast too, so the residual stream is bf16:
-  faster, and no longer autocast's numbers (the accuracy guard in `loraclf bench` checks the result).
+  faster, and no longer autocast's numbers (the benchmark's accuracy guard, `make bench`, checks the result).
 - `attention(model, impl)`: SDPA is the faster attention for inference, but on CPU its training path is
   slower (with attention dropout it falls back to an unfused path whose dropout the lever above cannot
   reach; without, its backward measured slower than eager). So CPU training forwards run TRAIN_ATTENTION:

@@ -45,7 +45,7 @@ def _auto_config(cfg: Config, label_names: list[str]):
         raise UserError(f"cannot load model config {cfg.model.name!r} ({str(e).splitlines()[0][:160]})",
                         "give a local model folder, or a Hub name with network access") from None
     check_lengths(cfg, config)
-    if cfg.model.encoder_dropout >= 0:  # dropout masks cost ~20% of a CPU training step (bench/NOTES.md)
+    if cfg.model.encoder_dropout >= 0:  # dropout masks cost ~20% of a CPU training step (docs/performance.md)
         for key in DROPOUT_KEYS:
             if getattr(config, key, None) is not None:
                 setattr(config, key, cfg.model.encoder_dropout)

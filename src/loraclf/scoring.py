@@ -24,7 +24,7 @@ from . import precision as precision_mod
 from . import rundir
 from .errors import UserError
 
-CPU_SCORING_TOKENS = 2048  # `loraclf bench --levers`, "scoring batches": the fastest cap measured on CPU
+CPU_SCORING_TOKENS = 2048  # `python bench/bench.py --levers`, "scoring batches": the fastest cap measured on CPU
 PREDICT_BACKENDS = ("torch", "openvino", "onnx")
 
 
