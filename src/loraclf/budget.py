@@ -11,6 +11,7 @@ import copy
 from dataclasses import dataclass, field
 
 
+from . import families
 from .config import Config
 from .errors import UserError
 from . import model as model_mod
@@ -41,7 +42,7 @@ class Budget:
 def _group(name: str) -> str:
     parts = name.split(".")
     if ("modules_to_save" in parts or "pooler" in parts or "pre_classifier" in parts
-            or any(h in parts[:3] for h in model_mod.HEAD_NAMES)):
+            or any(h in parts[:3] for h in model_mod.HEAD_NAMES + ("head",))):
         return "head"
     for marker in ("lora_A", "lora_B", "lora_magnitude_vector", "lora_embedding_A", "lora_embedding_B",
                    "vera_lambda_b", "vera_lambda_d", "ia3_l"):
@@ -113,9 +114,11 @@ def plan(cfg: Config, label_names: list[str], budget: int, target_sets=None, hea
     (all_ranks: also every standard rank that fits). Most adapter parameters first."""
     base = model_mod.load_base(cfg, label_names, meta=True)
     linears = model_mod.linear_names(base)
-    target_sets = target_sets or default_target_sets(linears)
-    layer_sets = layer_sets if layer_sets is not None else default_layer_sets(getattr(base.config, "num_hidden_layers", 0))
-    has_dense = model_mod.head_parts(base)[0] is not None
+    family = families.family_of(base)
+    target_sets = target_sets or (default_role_sets() if family else default_target_sets(linears))
+    n_layers = 0 if family and family.shared_layers else getattr(base.config, "num_hidden_layers", 0)
+    layer_sets = layer_sets if layer_sets is not None else default_layer_sets(n_layers)
+    has_dense = model_mod.lora_head_possible(base)
     rows = []
     for head in heads:
         if head == "lora" and (not has_dense or cfg.adapter.method not in model_mod.LORA_FAMILY):
@@ -147,6 +150,18 @@ def _layers_text(layers) -> str:
 def default_layer_sets(n_layers: int) -> list[list[int]]:
     """All layers, and the top half (cheaper: no backward below the lowest adapted layer)."""
     return [[], list(range(n_layers // 2, n_layers))] if n_layers >= 2 else [[]]
+
+
+def default_role_sets() -> list[list[str]]:
+    """For a model in the family table: query and value, all of attention, every linear layer (as roles)."""
+    return [["attention-qv"], ["attention"], ["all-linear"]]
+
+
+def resolved_roles(cfg: Config, label_names: list[str], targets: list[str]) -> dict[str, tuple[str, ...]]:
+    """What each role in `targets` resolves to on cfg's model (module paths inside a layer), for plan's output."""
+    if not any(families.is_role(t) for t in targets):
+        return {}
+    return families.resolve(model_mod.load_base(cfg, label_names, meta=True), targets)
 
 
 def default_target_sets(linears: list[str]) -> list[list[str]]:

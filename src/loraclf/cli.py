@@ -81,7 +81,19 @@ def cmd_predict(args) -> int:
 
 
 def cmd_plan(args) -> int:
-    from . import budget
+    try:
+        return _plan(args)
+    except (ValueError, TypeError, KeyError, AttributeError, RuntimeError, NotImplementedError) as e:
+        # a model loraclf cannot count (a family it has no row for, a peft/transformers refusal): one line, why
+        cfg_name = getattr(args, "model", None) or "this model"
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        raise UserError(f"cannot count {cfg_name}: {type(e).__name__}: {first}",
+                        "name its linear modules in adapter.target_modules, or see docs/families.md for the "
+                        "families loraclf knows") from None
+
+
+def _plan(args) -> int:
+    from . import budget, families
     cfg = _config(args)
     num_labels = _num_labels(args.num_labels)
     names = cfg.data.label_names if cfg.data.label_names and not num_labels else [str(i) for i in range(num_labels or 2)]
@@ -94,6 +106,9 @@ def cmd_plan(args) -> int:
         else:
             print(f"{cfg.model.name} with {cfg.preset or 'this config'} ({cfg.adapter.method} r={cfg.adapter.r} on "
                   f"{','.join(cfg.adapter.target_modules)}), {len(names)} classes:")
+            resolved = budget.resolved_roles(cfg, names, cfg.adapter.target_modules)
+            if resolved:
+                print(f"  targets: {families.describe(resolved)}")
             print(b.table())
             if b.frozen_head_copy:
                 print(f"  (total includes the {b.frozen_head_copy:,} parameters of the original head that peft keeps frozen beside the trained copy)")
@@ -116,6 +131,9 @@ def cmd_plan(args) -> int:
     for r in rows:
         print(f"{r['head']:<7} {r['targets']:<34} {r['layers']:<7} {r['r']:>4} {r['trainable']:>11,} {r['adapter']:>10,} "
               f"{r['head_and_other']:>11,}")
+    roles = list(dict.fromkeys(t for r in rows for t in r["targets"].split(",") if families.is_role(t)))
+    if roles:
+        print(f"targets: {families.describe(budget.resolved_roles(cfg, names, roles))}")
     return 0
 
 

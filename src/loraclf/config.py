@@ -39,7 +39,9 @@ class AdapterConfig:
     alpha: float = 16.0
     dropout: float = 0.1
     bias: str = "none"                  # "none" | "all" | "lora_only"
-    target_modules: list[str] = field(default_factory=lambda: ["query", "value"])
+    # module names, or roles resolved per family (loraclf.families.ROLES: attention-qv, attention,
+    # attention-output, ffn, all-linear); docs/families.md has the table
+    target_modules: list[str] = field(default_factory=lambda: ["attention-qv"])
     layers: list[int] = field(default_factory=list)  # empty: every layer
     rank_pattern: dict[str, int] = field(default_factory=dict)
     lr_ratio_b: float = 1.0             # LoRA+: lr of lora_B = lr * lr_ratio_b

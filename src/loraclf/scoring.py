@@ -41,7 +41,7 @@ def check_batching(batch_size: int, max_tokens: int) -> None:
 
 
 def scoring_tokens(max_tokens: int, device) -> int:
-    """train.eval_max_tokens resolved: -1 (auto) caps CPU batches at CPU_SCORING_TOKENS padded tokens (smaller
+    """scoring.max_tokens resolved: -1 (auto) caps CPU batches at CPU_SCORING_TOKENS padded tokens (smaller
     activations measured faster there than 64 long rows at once) and leaves GPU batches uncapped; 0: no cap."""
     if max_tokens < 0:
         return CPU_SCORING_TOKENS if torch.device(device).type == "cpu" else 0
@@ -87,8 +87,8 @@ def predict_logits(model, encoded: data_mod.Encoded, batch_size: int, pad_id: in
     `max_tokens` padded tokens; with several processes each takes a share. `precision` is a resolved one
     (precision.resolve). Under bf16/fp16 the frozen weights are cast once per call rather than by autocast on
     every batch (the same numbers; inside fit they already are), so one model must not score two precisions at
-    once. `full_cast` (bf16 only, train.bf16_full_eval): the whole frozen model in bf16 for the call, residual
-    stream and LayerNorms too. `cls_only` (train.cls_only_last_layer): the last layer computes only the row the
+    once. `full_cast` (bf16 only, scoring.bf16_full_cast): the whole frozen model in bf16 for the call, residual
+    stream and LayerNorms too. `cls_only` (scoring.cls_only_last_layer): the last layer computes only the row the
     head reads. `pad_to_multiple`: what batch widths are rounded up to (`--levers` measures the choice)."""
     model.eval()
     batches = data_mod.scoring_batches(encoded.lengths, batch_size, scoring_tokens(max_tokens, device), pad_to_multiple)
@@ -115,7 +115,7 @@ def predict_logits(model, encoded: data_mod.Encoded, batch_size: int, pad_id: in
 
 def evaluate_encoded(model, encoded, cfg, label_names, pad_id, device, precision, accelerator=None) -> dict:
     """Metrics (metrics.classification) and logits of `model` on labelled encoded rows, as the run's config
-    says to score (train.eval_batch_size, eval_max_tokens, bf16_full_eval, cls_only_last_layer)."""
+    says to score (scoring.batch_size, max_tokens, bf16_full_cast, cls_only_last_layer)."""
     if accelerator is not None:  # DDP's forward is a collective; ranks score different batch counts
         model = accelerator.unwrap_model(model)
     logits = predict_logits(model, encoded, cfg.scoring.batch_size, pad_id, device, precision, accelerator,
@@ -128,8 +128,8 @@ def logits_for(model, tokenizer, texts: list[str], max_length: int, batch_size: 
                full_cast: bool = True, cls_only: bool = True, tune_malloc: bool = True) -> np.ndarray:
     """Logits in input order; batches of at most `batch_size` rows and `max_tokens` padded tokens (-1: auto,
     scoring_tokens). `precision`: a choice from precision.PRECISION_CHOICES. In bf16 the whole model is cast unless
-    `full_cast` is False (train.bf16_full_eval); the last layer computes only the head's row unless `cls_only`
-    is False (train.cls_only_last_layer). On CPU, `tune_malloc` (train.tune_malloc) fixes glibc's malloc
+    `full_cast` is False (scoring.bf16_full_cast); the last layer computes only the head's row unless `cls_only`
+    is False (scoring.cls_only_last_layer). On CPU, `tune_malloc` (cpu.tune_malloc) fixes glibc's malloc
     thresholds for the process, as fit does."""
     check_batching(batch_size, max_tokens)
     device = device or inference_device()
@@ -149,7 +149,7 @@ def openvino_compile(model, precision: str = "auto", cls_only: bool = True):
     """The merged `model` converted to OpenVINO and compiled for the CPU (a few seconds; nothing is written):
     an infer request. `precision` as predict's on CPU (precision.openvino_hint); OpenVINO runs its own fused
     kernels in that precision. `cls_only`: converted with the last layer computing only the head's row
-    (train.cls_only_last_layer), as the torch backend scores."""
+    (scoring.cls_only_last_layer), as the torch backend scores."""
     try:
         import openvino as ov
     except ImportError:

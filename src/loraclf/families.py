@@ -1,0 +1,194 @@
+"""Encoder families as data: one row per family, consulted by model building, budget counting and the fast paths.
+
+A row says where a family's encoder layers are, which linear modules inside a layer play each role
+(`adapter.target_modules` accepts the role names), which top-level modules make up its classification head
+and where that head's dense layer sits, and which of loraclf's speed levers are exact for it. Attention
+(SDPA or eager) is not in the table: transformers' own model class says whether it supports SDPA.
+A new family is a new row (and a test case in tests/test_families.py).
+"""
+from __future__ import annotations
+
+import re
+import sys
+from dataclasses import dataclass, field
+
+import torch
+
+from .errors import UserError
+
+ROLES = ("attention-qv", "attention", "attention-output", "ffn", "all-linear")
+DEFAULT_ROLE = "attention-qv"  # every family has it (ModernBERT's fused Wqkv serves it)
+
+
+@dataclass(frozen=True)
+class Family:
+    name: str
+    layer: str                      # regex of one encoder layer's module path; group 1 is its index
+    roles: dict[str, tuple[str, ...]]  # role -> module paths relative to a layer
+    head_modules: tuple[str, ...]   # top-level modules that make up the head (head=full trains them all)
+    head_dense: str | None          # the dense layer before the final projection (head=lora adapts it)
+    head_proj: str = "classifier"   # the final projection
+    shared_layers: bool = False     # ALBERT: one layer's weights serve every depth
+    first_token_exact: bool = False  # fastpath.cls_only_last_layer and layercache apply (BERT-style layers)
+    bf16_whole_model: bool = False  # whole-model bf16 scoring (scoring.bf16_full_cast) checked for this family
+    onnx: bool = True               # torch.onnx.export handles it (checked by tests/test_families.py)
+    notes: str = ""
+    model_types: tuple[str, ...] = field(default_factory=tuple)
+
+
+def _bert_like(name, types, head_modules=("classifier",), head_dense="pooler.dense", head_proj="classifier",
+               first_token=True, **kw):
+    return Family(name, r"encoder\.layer\.(\d+)", {
+        "attention": ("attention.self.query", "attention.self.key", "attention.self.value"),
+        "attention-output": ("attention.output.dense",),
+        "ffn": ("intermediate.dense", "output.dense")}, head_modules, head_dense, head_proj,
+        first_token_exact=first_token, bf16_whole_model=first_token, model_types=types, **kw)
+
+
+_ROBERTA_HEAD = dict(head_dense="classifier.dense", head_proj="classifier.out_proj")
+
+FAMILIES: dict[str, Family] = {}
+for _row in (
+    _bert_like("BERT", ("bert",), notes="pooler (pretrained, part of the encoder) frozen under head=full"),
+    _bert_like("RoBERTa", ("roberta", "camembert"), **_ROBERTA_HEAD),
+    _bert_like("XLM-RoBERTa", ("xlm-roberta",), **_ROBERTA_HEAD),
+    _bert_like("ELECTRA", ("electra",), **_ROBERTA_HEAD),
+    Family("ALBERT", r"encoder\.albert_layer_groups\.\d+\.albert_layers\.(\d+)", {
+        "attention": ("attention.query", "attention.key", "attention.value"),
+        "attention-output": ("attention.dense",), "ffn": ("ffn", "ffn_output")},
+        ("classifier",), "pooler", shared_layers=True, model_types=("albert",),
+        notes="one shared layer: adapter.layers does not apply"),
+    Family("DistilBERT", r"transformer\.layer\.(\d+)", {
+        "attention": ("attention.q_lin", "attention.k_lin", "attention.v_lin"),
+        "attention-output": ("attention.out_lin",), "ffn": ("ffn.lin1", "ffn.lin2")},
+        ("pre_classifier", "classifier"), "pre_classifier", model_types=("distilbert",),
+        notes="head=lora is not offered: peft's modules_to_save cannot tell `classifier` from `pre_classifier`"),
+    Family("DeBERTa-v2", r"encoder\.layer\.(\d+)", {
+        "attention": ("attention.self.query_proj", "attention.self.key_proj", "attention.self.value_proj"),
+        "attention-output": ("attention.output.dense",), "ffn": ("intermediate.dense", "output.dense")},
+        ("pooler", "classifier"), "pooler.dense", model_types=("deberta-v2",),
+        notes="eager attention (no SDPA in transformers); the pooler is part of the head"),
+    Family("MPNet", r"encoder\.layer\.(\d+)", {
+        "attention": ("attention.attn.q", "attention.attn.k", "attention.attn.v"),
+        "attention-output": ("attention.attn.o",), "ffn": ("intermediate.dense", "output.dense")},
+        ("classifier",), "classifier.dense", "classifier.out_proj", model_types=("mpnet",),
+        notes="eager attention (no SDPA in transformers)"),
+    Family("ModernBERT", r"layers\.(\d+)", {
+        "attention": ("attn.Wqkv",), "attention-qv": ("attn.Wqkv",),
+        "attention-output": ("attn.Wo",), "ffn": ("mlp.Wi", "mlp.Wo")},
+        ("head", "classifier"), "head.dense", model_types=("modernbert",),
+        notes="query, key and value are one fused Wqkv, so attention-qv adapts all three"),
+):
+    for _t in _row.model_types:
+        FAMILIES[_t] = _row
+
+
+def family_of(model_or_config) -> Family | None:
+    config = getattr(model_or_config, "config", model_or_config)
+    base = model_or_config.get_base_model() if hasattr(model_or_config, "get_base_model") else None
+    config = getattr(base, "config", config)
+    return FAMILIES.get(getattr(config, "model_type", None))
+
+
+def _peft_qv(model_type: str) -> tuple[str, ...] | None:
+    """peft's own default LoRA targets for this model type (its query/value pair), where it has one."""
+    try:
+        from peft.utils.constants import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING as mapping
+    except ImportError:
+        return None
+    names = mapping.get(model_type)
+    return tuple(names) if names else None
+
+
+def role_paths(family: Family, role: str, model_type: str, all_linear: list[str]) -> tuple[str, ...]:
+    """Module paths (relative to a layer) that `role` means for `family`."""
+    if role == "all-linear":
+        return tuple(all_linear)
+    if role == "attention-qv" and "attention-qv" not in family.roles:
+        peft_names = _peft_qv(model_type)
+        attn = family.roles["attention"]
+        if peft_names:  # peft's mapping names the pair by leaf
+            return tuple(p for p in attn if p.split(".")[-1] in peft_names)
+        return (attn[0], attn[-1])  # query and value: the first and last of query, key, value
+    return family.roles.get(role, ())
+
+
+def layer_linears(model, family: Family) -> list[tuple[int, str]]:
+    """(layer index, path inside the layer) of every linear module inside the encoder layers."""
+    pattern = re.compile(rf"(?:.*\.)?{family.layer}\.(.+)")
+    out = []
+    for name, module in model.named_modules():
+        if isinstance(module, torch.nn.Linear):
+            m = pattern.fullmatch(name)
+            if m and not re.search(r"\.(base_layer|lora_[AB]|lora_embedding_[AB])(\.|$)", name):
+                out.append((int(m.group(1)), m.group(2)))
+    return out
+
+
+def is_role(target: str) -> bool:
+    return target in ROLES
+
+
+def resolve(model, targets: list[str]) -> dict[str, tuple[str, ...]]:
+    """Each role in `targets` -> the module paths (inside a layer) it resolves to in this model."""
+    roles = [t for t in targets if is_role(t)]
+    if not roles:
+        return {}
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    family = family_of(base)
+    model_type = getattr(base.config, "model_type", "?")
+    if family is None:
+        raise UserError(f"adapter.target_modules role {roles[0]!r}: loraclf has no family table row for model type "
+                        f"{model_type!r}", "name the linear modules instead (loraclf plan lists them), "
+                        "e.g. --set adapter.target_modules=query,value")
+    linears = layer_linears(base, family)
+    present = list(dict.fromkeys(p for _, p in linears))
+    out = {}
+    for role in roles:
+        paths = tuple(p for p in role_paths(family, role, model_type, present) if p in present)
+        if not paths:
+            raise UserError(f"adapter.target_modules role {role!r} matches no linear module of this {family.name} model",
+                            f"roles are {', '.join(ROLES)}; module paths inside a layer are: {', '.join(present)}")
+        out[role] = paths
+    return out
+
+
+def describe(resolved: dict[str, tuple[str, ...]]) -> str:
+    """'attention-qv = attention.self.query, attention.self.value; ...' for plan's output."""
+    return "; ".join(f"{role} = {', '.join(paths)}" for role, paths in resolved.items())
+
+
+def layers_regex(family: Family, layers: list[int]) -> str:
+    """The family's layer path with its index restricted to `layers` (all when empty)."""
+    index = "|".join(str(i) for i in layers) if layers else r"\d+"
+    return family.layer.replace(r"(\d+)", f"(?:{index})")
+
+
+_SAID: set[str] = set()
+
+
+def note_once(message: str) -> None:
+    """A fallback worth knowing, said once per process (on stderr, so --json output stays clean)."""
+    if message not in _SAID:
+        _SAID.add(message)
+        print(f"note: {message}", file=sys.stderr)
+
+
+def supports_sdpa(config) -> bool:
+    """Whether transformers' sequence-classification class for this config supports SDPA."""
+    from transformers import AutoModelForSequenceClassification
+    try:
+        cls = AutoModelForSequenceClassification._model_mapping[type(config)]
+    except (KeyError, AttributeError):
+        return True  # unknown: let transformers decide (it raises a ValueError we turn into one line)
+    return bool(getattr(cls, "_supports_sdpa", False))
+
+
+def attention_for(choice: str, config) -> str:
+    """model.attn_implementation resolved for this model: auto is SDPA where the family supports it, else eager."""
+    if choice == "auto":
+        return "sdpa" if supports_sdpa(config) else "eager"
+    if choice == "sdpa" and not supports_sdpa(config):
+        raise UserError(f"model.attn_implementation=sdpa: transformers has no SDPA attention for "
+                        f"{getattr(config, 'model_type', 'this model')}", "use model.attn_implementation=auto or eager")
+    return choice
