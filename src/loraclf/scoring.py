@@ -282,11 +282,13 @@ def _export_predictor(path: Path, meta: dict, backend: str, batch_size: int, pre
         return Predictor(meta["labels"], info | {"backend": "onnxruntime"}, settings, make_onnx)
 
     def make():
-        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+        from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
         from . import remote_code
         from .model import attention_for
         remote_code.check_folder(path)
-        model = AutoModelForSequenceClassification.from_pretrained(str(path), attn_implementation=attention_for("auto"),
+        config = AutoConfig.from_pretrained(str(path), local_files_only=True, **remote_code.kwargs())
+        model = AutoModelForSequenceClassification.from_pretrained(str(path), config=config,
+                                                                   attn_implementation=attention_for("auto", config),
                                                                    use_safetensors=True, local_files_only=True,
                                                                    **remote_code.kwargs()).eval()
         tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True, **remote_code.kwargs())
