@@ -82,7 +82,7 @@ def recover(final: Path) -> int | None:
         if final.exists():  # moved aside under a leftover's name, so a crash here still finds `best`
             os.replace(final, final.with_name(f".{final.name}.{uuid.uuid4().hex[:8]}.tmp"))
         os.replace(best, final)
-        _fsync_dir(final.parent)
+        rundir.fsync_dir(final.parent)
     for p in leftovers(final):
         shutil.rmtree(p, ignore_errors=True)
     return step
@@ -97,35 +97,9 @@ def discard(final: Path) -> None:
 
 def swap_in(tmp: Path, final: Path) -> None:
     """Replace `final` by the sealed folder `tmp`."""
-    final = Path(final)
-    old = final.with_name(f".{final.name}.old")
-    if old.exists():
-        shutil.rmtree(old)
-    if final.exists():
-        os.replace(final, old)
-    os.replace(tmp, final)
-    _fsync_dir(final.parent)
-    if old.exists():
-        shutil.rmtree(old)
+    rundir.replace_dir(tmp, final)
 
 
 def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
     with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-def _fsync_dir(path: Path) -> None:
-    """Make the renames durable (a power cut must not undo the swap after training went on)."""
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+        return hashlib.file_digest(f, "sha256").hexdigest()

@@ -98,11 +98,8 @@ def find_pieces(spec: SplitZip) -> list[Path]:
 
 
 def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
     with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def _unzip(archive_path: Path, folder: str, dest_root: Path) -> None:

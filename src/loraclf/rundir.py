@@ -111,7 +111,7 @@ def read_jsonl(path: Path) -> list[dict]:
 
 
 def replace_dir(tmp: Path, final: Path) -> None:
-    """Swap a fully written folder into place (old one removed after the rename)."""
+    """Swap a fully written folder into place (old one removed after the rename, which is made durable first)."""
     final = Path(final)
     old = final.with_name(f".{final.name}.old")
     if old.exists():
@@ -119,8 +119,23 @@ def replace_dir(tmp: Path, final: Path) -> None:
     if final.exists():
         os.replace(final, old)
     os.replace(tmp, final)
+    fsync_dir(final.parent)
     if old.exists():
         shutil.rmtree(old)
+
+
+def fsync_dir(path: Path) -> None:
+    """Make renames in `path` durable (a power cut must not undo a swap that later work relies on)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def temp_dir(final: Path) -> Path:
