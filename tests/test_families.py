@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from conftest import LABELS
-from loraclf import budget, cli, config, families, model, pipeline, predict
+from loraclf import budget, cli, config, families, model, pipeline, predict, scoring
 from loraclf.errors import UserError
 
 FAMILY_CONFIGS = {
@@ -92,7 +92,8 @@ def test_full_head_trains_the_whole_head_and_linear_only_the_projection(family_d
 
 
 def test_plan_cli_shows_roles_and_no_traceback(family_dir, capsys):
-    assert cli.main(["plan", "--model", str(family_dir), "--num-labels", "4", "--set", "adapter.r=4"]) in (0, 1)
+    assert cli.main(["plan", "--model", str(family_dir), "--num-labels", "4", "--set", "adapter.r=4",
+                     "--set", "data.max_length=64"]) in (0, 1)
     out = capsys.readouterr().out
     assert "targets: attention-qv = " in out
 
@@ -119,7 +120,7 @@ def test_attention_is_chosen_not_crashed_into(family_dir):
 def trained(family_dir, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("run")
     out = tmp / "run"
-    pipeline.train(_cfg(family_dir), [str(_train_csv(tmp))], out, log=lambda *a, **k: None)
+    pipeline.train_run(_cfg(family_dir), [str(_train_csv(tmp))], out, log=lambda *a, **k: None)
     return out
 
 
@@ -129,18 +130,18 @@ def test_train_save_load_identical_and_merged_parity(trained):
     again, _, _ = model.load_run_model(trained)
     from transformers import AutoTokenizer
     tok = AutoTokenizer.from_pretrained(str(trained / "tokenizer"))
-    a = predict.logits_for(m, tok, texts, 32, precision="fp32")
-    b = predict.logits_for(again, tok, texts, 32, precision="fp32")
+    a = scoring.logits_for(m, tok, texts, 32, precision="fp32")
+    b = scoring.logits_for(again, tok, texts, 32, precision="fp32")
     assert (a == b).all()
     merged, _, _ = model.load_run_model(trained, merged=True)
-    c = predict.logits_for(merged, tok, texts, 32, precision="fp32")
+    c = scoring.logits_for(merged, tok, texts, 32, precision="fp32")
     assert abs(a - c).max() < 1e-4
 
 
 def test_predict_writes_a_submission(trained, tmp_path):
     src = tmp_path / "in.csv"
     src.write_text("id,text\n" + "".join(f"{i},{w}\n" for i, w in enumerate(WORDS)))
-    predict.run(trained, str(src), tmp_path / "sub.csv")
+    predict.write_predictions(trained, str(src), tmp_path / "sub.csv")
     assert len((tmp_path / "sub.csv").read_text().strip().splitlines()) == 1 + len(WORDS)
 
 

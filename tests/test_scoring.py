@@ -55,12 +55,18 @@ def test_scoring_never_imports_training():
 
 # ------------------------------------------------------------------------------------------ one dispatch
 
-def _fake_run(path, **train):
+def _fake_run(path, **keys):
+    """A run directory that passes rundir.RunDir.open: `keys` are "section.key" overrides given with "__"."""
+    from safetensors.torch import save_file
     cfg = config.Config()
     cfg.data.text_column = "body"
-    for k, v in train.items():
-        setattr(cfg.train, k, v)
-    path.mkdir()
+    for k, v in keys.items():
+        section, key = k.split("__")
+        setattr(getattr(cfg, section), key, v)
+    (path / "adapter").mkdir(parents=True)
+    (path / "tokenizer").mkdir()
+    save_file({"w": torch.zeros(1)}, str(path / "adapter" / "adapter_model.safetensors"))
+    (path / "tokenizer" / "tokenizer.json").write_text("{}")
     (path / "config.json").write_text(json.dumps(cfg.to_dict()))
     (path / "labels.json").write_text(json.dumps(LABELS))
     return path
@@ -83,9 +89,9 @@ def fake_torch(monkeypatch):
     """load_for_inference and logits_for replaced: what the torch backend is asked, without a model."""
     calls = {"loads": 0, "logits_for": []}
 
-    def load(path):
+    def load(run):
         calls["loads"] += 1
-        return "model", _Tok(), config.from_dict(json.loads((path / "config.json").read_text())), LABELS
+        return "model", _Tok(), run.config, run.labels
 
     def logits_for(model, tokenizer, texts, max_length, batch_size=64, precision="auto", **kw):
         calls["logits_for"].append((max_length, batch_size, precision, kw))
@@ -98,7 +104,8 @@ def fake_torch(monkeypatch):
 @pytest.mark.parametrize("backend", ["auto", "torch"])
 @pytest.mark.parametrize("flag", [True, False])
 def test_run_directory_on_torch_is_loaded_on_first_use_with_its_switches(tmp_path, fake_torch, backend, flag):
-    run = _fake_run(tmp_path / "run", bf16_full_eval=flag, cls_only_last_layer=not flag, tune_malloc=flag)
+    run = _fake_run(tmp_path / "run", scoring__bf16_full_cast=flag, scoring__cls_only_last_layer=not flag,
+                    cpu__tune_malloc=flag)
     p = scoring.load_predictor(run, backend, batch_size=7, precision="fp32", max_tokens=99)
     assert fake_torch["loads"] == 0 and p.info["backend"] == "torch" and p.info["kind"] == "run"
     assert p.labels == LABELS and p.data == {"text_column": "body", "label_column": "label", "encoding": "utf-8"}
@@ -118,7 +125,8 @@ def test_openvino_backend_on_a_run_or_a_merged_export(tmp_path, monkeypatch, fak
                         lambda req, enc, pad, bs, mt: np.zeros((len(enc), 4), np.float32) + bs + mt)
     monkeypatch.setattr(transformers.AutoModelForSequenceClassification, "from_pretrained", lambda *a, **k: torch.nn.Linear(1, 1))
     monkeypatch.setattr(transformers.AutoTokenizer, "from_pretrained", lambda *a, **k: _Tok())
-    path = _fake_run(tmp_path / "r", cls_only_last_layer=False) if kind == "run" else _fake_export(tmp_path / "m", "merged")
+    monkeypatch.setattr(transformers.AutoConfig, "from_pretrained", lambda *a, **k: transformers.BertConfig())
+    path = _fake_run(tmp_path / "r", scoring__cls_only_last_layer=False) if kind == "run" else _fake_export(tmp_path / "m", "merged")
     p = scoring.load_predictor(path, "openvino", batch_size=5, precision="bf16", max_tokens=10)
     assert p.info["backend"] == "openvino" and not compiled
     assert p.logits(["a", "b"]).tolist() == [[15.0] * 4] * 2
@@ -159,7 +167,7 @@ def test_onnx_export_runs_on_onnxruntime_with_its_data_settings(tmp_path, monkey
     ("onnx", "openvino", "is an ONNX export"),
     ("run", "tensorrt", "unknown backend"),
     ("missing", "auto", "does not exist"),
-    ("empty", "auto", "not a loraclf run directory .* nor an export"),
+    ("empty", "auto", "is not a run directory"),
 ])
 def test_dispatch_refuses_what_cannot_run(tmp_path, folder, backend, message):
     path = {"run": lambda p: _fake_run(p), "merged": lambda p: _fake_export(p, "merged"),
