@@ -9,6 +9,7 @@ import pytest
 
 from conftest import LABELS, train_tiny_run
 from loraclf import cli, config, pipeline
+from loraclf.errors import UserError
 
 
 @pytest.fixture(autouse=True)
@@ -48,6 +49,16 @@ def test_old_key_by_set_lands_in_its_new_place(capsys, old, new):
     assert getattr(getattr(cfg, section), name) == value
     notes = _note_lines(capsys.readouterr().err)
     assert len(notes) == 1 and f"{old} -> {new}" in notes[0]
+
+
+@pytest.mark.parametrize("old, new", list(config.RENAMED.items()))
+def test_a_saved_config_with_both_names_of_a_key_is_refused(old, new):
+    """Which value would win depends on the order of the sections: refused, not one silently dropped."""
+    saved = config.Config().to_dict()
+    (old_s, _, old_k), (new_s, _, new_k) = old.partition("."), new.partition(".")
+    saved[old_s][old_k] = saved[new_s][new_k]
+    with pytest.raises(UserError, match=f"sets both {old} .* and {new}"):
+        config.from_dict(saved)
 
 
 @pytest.mark.parametrize("suffix", [".toml", ".json"])

@@ -253,10 +253,11 @@ def test_disk_full_while_writing_an_output(trained, data, tmp_path, capsys, monk
 # ------------------------------------------------------------------------------- a train that fails part way
 
 @pytest.mark.parametrize("out_exists", [False, True])
-@pytest.mark.parametrize("where", ["fit", "evaluate"])
+@pytest.mark.parametrize("where", ["train.fit", "scoring.evaluate_encoded"])
 def test_a_failed_train_leaves_no_half_written_run_directory(tmp_path, tiny_bert, data, capsys, monkeypatch,
                                                              out_exists, where):
     """A UserError once the run directory is written (in training, or after it) removes what this call wrote."""
+    import importlib
     from loraclf import cli, train
     args = _args(tmp_path, tiny_bert, data)
     out = tmp_path / "run"
@@ -266,7 +267,8 @@ def test_a_failed_train_leaves_no_half_written_run_directory(tmp_path, tiny_bert
     def fail(*a, **k):
         assert (out / "config.json").is_file()
         raise train.UserError("a mistake found late", "fix it")
-    monkeypatch.setattr(train, where, fail)
+    module, name = where.split(".")
+    monkeypatch.setattr(importlib.import_module(f"loraclf.{module}"), name, fail)
     assert cli.main(args + ["--out", str(out)]) == 2
     assert "a mistake found late" in _one_line(capsys)
     assert (list(out.iterdir()) == []) if out_exists else not out.exists()

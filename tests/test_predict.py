@@ -89,9 +89,9 @@ def test_scoring_switches_come_from_the_run_config(tmp_path, tiny_run, monkeypat
         run = tmp_path / f"run-{flag}"
         shutil.copytree(tiny_run, run)
         cfg = json.loads((run / "config.json").read_text())
-        cfg["train"]["bf16_full_eval"] = flag
-        cfg["train"]["cls_only_last_layer"] = not flag
-        cfg["train"]["tune_malloc"] = flag
+        cfg["scoring"]["bf16_full_cast"] = flag
+        cfg["scoring"]["cls_only_last_layer"] = not flag
+        cfg["cpu"]["tune_malloc"] = flag
         (run / "config.json").write_text(json.dumps(cfg))
         seen.clear()
         predict.write_predictions(run, str(src), tmp_path / "out.csv")

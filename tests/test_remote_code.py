@@ -169,6 +169,7 @@ def test_piped_yes_does_not_run_code_and_the_flag_does(tmp_path, evil_model, mar
     assert refused.returncode == 2 and not marker.exists()
     lines = refused.stderr.strip().splitlines()
     assert len(lines) == 1 and "--trust-remote-code" in lines[0], refused.stderr
-    allowed = _cli(["plan", "--model", str(evil_model), "--trust-remote-code"], tmp_path, "")
+    allowed = _cli(["plan", "--model", str(evil_model), "--trust-remote-code", "--set", "data.max_length=64",
+                    "--set", "adapter.target_modules=query,value"], tmp_path, "")
     assert allowed.returncode == 0, allowed.stderr
     assert marker.read_text() == "custom code ran"

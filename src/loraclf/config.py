@@ -301,10 +301,21 @@ def apply(cfg: Config, data, where: str = "", renamed: list[str] | None = None) 
                             f"sections are {', '.join(SECTIONS)}; valid keys: {', '.join(valid_keys())}")
         for key, value in values.items():
             _set(cfg, f"{section}.{key}", value, notes)
+    _refuse_both_names(data, where)
     validate(cfg)
     if renamed is None:
         note_renamed(notes)
     return cfg
+
+
+def _refuse_both_names(data: dict, where: str) -> None:
+    """One mapping that sets a key under its old and its new name is ambiguous (which value wins would depend on
+    the order of the sections), so it is refused rather than one value silently dropped."""
+    for old, new in RENAMED.items():
+        (old_s, _, old_k), (new_s, _, new_k) = old.partition("."), new.partition(".")
+        if old_k in (data.get(old_s) or {}) and new_k in (data.get(new_s) or {}):
+            raise UserError(f"the config{where} sets both {old} (its old name) and {new}",
+                            f"keep only {new}")
 
 
 def preset_names() -> list[str]:
