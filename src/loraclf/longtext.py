@@ -106,7 +106,7 @@ def encode(tokenizer, examples: data_mod.Examples, max_length: int, treatment: T
                         "raise data.max_length")
     full = tokenizer(texts, add_special_tokens=False, truncation=False, padding=False, verbose=False,
                      return_attention_mask=False, return_token_type_ids=False)["input_ids"]
-    build = tokenizer.build_inputs_with_special_tokens
+    build = special_tokens(tokenizer)
     longer = sum(len(x) > room for x in full)
     common = dict(docs=len(texts), longer=longer, max_length=max_length, mode=treatment.mode)
     if treatment.mode == "head+tail":
@@ -129,6 +129,16 @@ def encode(tokenizer, examples: data_mod.Examples, max_length: int, treatment: T
     labels = None if examples.labels is None else [examples.labels[i] for i in doc_index]
     return Encoding(ids, labels, **common, doc_index=doc_index, doc_labels=examples.labels, pool=treatment.pool,
                     stride=stride)
+
+
+def special_tokens(tokenizer):
+    """ids -> the ids with the tokenizer's special tokens around them, as it encodes one text ([CLS] ... [SEP],
+    <s> ... </s>); read off the encoding of one probe word, as tokenizers differ in how they expose it."""
+    bare = tokenizer("a", add_special_tokens=False)["input_ids"]
+    full = tokenizer("a")["input_ids"]
+    at = next(i for i in range(len(full) - len(bare) + 1) if full[i: i + len(bare)] == bare)
+    prefix, suffix = full[:at], full[at + len(bare):]
+    return lambda ids: prefix + list(ids) + suffix
 
 
 def _truncated(tokenizer, texts, labels, max_length: int) -> Encoding:
