@@ -98,6 +98,20 @@ def test_train_reports_the_rows_past_max_length_and_what_was_done(long_run):
         assert saved["train"]["windows"] > saved["train"]["rows"] and saved["test"]["chunk_pool"] == "mean"
 
 
+def test_default_truncation_is_no_longer_silent(tiny_bert, tmp_path):
+    from loraclf import report
+    train = _csv(tmp_path / "train.csv", 0, 24)
+    logged = []
+    result = pipeline.train_run(tiny_config(tiny_bert), [str(train)], tmp_path / "run", log=logged.append)
+    stats = result["long_text"]["train"]
+    assert stats["long_text"] == "truncate" and stats["rows"] == 19 and 0 < stats["longer"] < 19
+    line = f"of training rows ({stats['longer']} of 19) are longer than 32 tokens: truncated"
+    assert any(line in str(x) for x in logged)
+    report.write(tmp_path / "run")
+    md = (tmp_path / "run" / "report.md").read_text()
+    assert "Rows longer than max_length" in md and line.replace("training rows", "rows") in md
+
+
 def test_predict_and_evaluate_score_one_row_per_document_as_in_training(long_run, tmp_path, capsys):
     run, test = long_run["run"], long_run["test"]
     with open(run / "predictions.csv", newline="") as f:
