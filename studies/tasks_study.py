@@ -131,8 +131,9 @@ def first_tokens(tokenizer, texts: list[str], n: int) -> list[str]:
 
 # ------------------------------------------------------------------------------------------ MiniLM runs
 
-def loraclf_run(name: str, work: Path, train: Path, test: Path, settings: list[str], epochs: float) -> dict:
+def loraclf_run(name: str, work: Path, train: Path, test: Path, settings: list[str], epochs: float, threads: int) -> dict:
     out = work / "runs" / name
+    settings = settings + ([f"cpu.threads={threads}"] if threads else [])
     cmd = ["loraclf", "train", "--preset", "agnews-quick", "--data", str(train), "--test-data", str(test),
            "--epochs", str(epochs), "--no-report", "--out", str(out)] + [a for s in settings for a in ("--set", s)]
     if not (out / "metrics.json").is_file():
@@ -155,9 +156,10 @@ def main(argv=None) -> int:
     p.add_argument("--work", default=str(REPO / "studies" / "work"), help="datasets and runs (not committed)")
     p.add_argument("--out", default=str(REPO / "studies" / "results" / "tasks-study"))
     p.add_argument("--only", choices=["pairs", "long"])
-    p.add_argument("--pairs", type=int, nargs=2, default=[3000, 1000], metavar=("TRAIN", "TEST"))
-    p.add_argument("--docs", type=int, nargs=2, default=[600, 300], metavar=("TRAIN", "TEST"))
+    p.add_argument("--pairs", type=int, nargs=2, default=[1200, 500], metavar=("TRAIN", "TEST"))
+    p.add_argument("--docs", type=int, nargs=2, default=[240, 160], metavar=("TRAIN", "TEST"))
     p.add_argument("--epochs", type=float, default=1)
+    p.add_argument("--threads", type=int, default=0, help="cpu.threads of the runs (speed only; 0: torch's default)")
     p.add_argument("--seed", type=int, default=13)
     args = p.parse_args(argv)
     from transformers import AutoTokenizer
@@ -172,7 +174,7 @@ def main(argv=None) -> int:
         base = tfidf_pairs(read_csv(tr), read_csv(te))
         results.append({"task": "pairs", "model": "TF-IDF + LR on |a-b|, a*b"} | base)
         run = loraclf_run("pairs", work, tr, te, ["data.text_columns=a,b", 'data.label_names=["different","same"]'],
-                          args.epochs)
+                          args.epochs, args.threads)
         results.append({"task": "pairs", "model": "MiniLM, pair input"} | run)
     if args.only in (None, "long"):
         tr = write_csv(work / "long_train.csv", make_long(pool, args.docs[0], args.seed, tokenizer))
@@ -184,7 +186,7 @@ def main(argv=None) -> int:
         results.append({"task": "long", "model": "TF-IDF + LR, whole document"} | tfidf_texts(
             [r["text"] for r in train_rows], ty, [r["text"] for r in test_rows], sy))
         for mode in LONG_MODES:
-            run = loraclf_run(f"long-{mode}", work, tr, te, [f"data.long_text={mode}"], args.epochs)
+            run = loraclf_run(f"long-{mode}", work, tr, te, [f"data.long_text={mode}"], args.epochs, args.threads)
             results.append({"task": "long", "model": f"MiniLM, {mode}"} | run)
     write_results(Path(args.out), results, args)
     return 0
@@ -204,7 +206,7 @@ def write_results(out: Path, results: list[dict], args) -> None:
         lines += ["", "Rows longer than `max_length` (128) in each run's test set, and what was done with them:", ""]
         lines += [f"- {r['model']}: " + _describe(r["long_text"]["test"]) for r in rows]
     lines += ["", f"Built with: `python studies/tasks_study.py --pairs {args.pairs[0]} {args.pairs[1]} "
-              f"--docs {args.docs[0]} {args.docs[1]} --epochs {args.epochs:g} --seed {args.seed}`", ""]
+              f"--docs {args.docs[0]} {args.docs[1]} --epochs {args.epochs:g} --seed {args.seed} --threads {args.threads}`", ""]
     out.with_suffix(".md").write_text("\n".join(lines))
     print("\n".join(lines))
 

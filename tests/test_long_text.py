@@ -150,6 +150,15 @@ def test_exports_treat_long_rows_as_the_run_does(long_run, tmp_path):
     np.testing.assert_allclose(scoring.load_predictor(out["onnx"]).logits(docs), ref, atol=1e-3)
 
 
+def test_openvino_backend_pools_windows_as_torch_does(long_run, tmp_path):
+    pytest.importorskip("openvino")
+    src = str(long_run["test"])
+    torch_run = predict.write_predictions(long_run["run"], src, tmp_path / "t.csv", precision="fp32")
+    ov_run = predict.write_predictions(long_run["run"], src, tmp_path / "o.csv", precision="fp32", backend="openvino")
+    assert ov_run["logits"].shape == (16, 4)
+    np.testing.assert_allclose(ov_run["logits"], torch_run["logits"], atol=1e-4)
+
+
 def test_max_pooling_is_kept_in_the_run_and_used_on_reload(tiny_bert, tmp_path):
     _csv(tmp_path / "train.csv", 0, 24)
     cfg = tiny_config(tiny_bert, "data.long_text=chunks", "data.chunk_pool=max", "data.val_size=0")

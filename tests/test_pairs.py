@@ -140,6 +140,14 @@ def test_exports_score_pairs_as_the_run_does(pair_run, tmp_path):
     assert ("token_type_ids" in inputs) == (pair_run["kind"] == "bert")
 
 
+def test_openvino_backend_scores_pairs_as_torch_does(pair_run, tmp_path):
+    pytest.importorskip("openvino")
+    torch_run = predict.write_predictions(pair_run["run"], str(pair_run["test"]), tmp_path / "t.csv", precision="fp32")
+    ov_run = predict.write_predictions(pair_run["run"], str(pair_run["test"]), tmp_path / "o.csv", precision="fp32",
+                                       backend="openvino")
+    np.testing.assert_allclose(ov_run["logits"], torch_run["logits"], atol=1e-4)
+
+
 # ------------------------------------------------------------------------------------------ wrong shapes
 
 def test_missing_second_column_is_one_line(pair_run, tmp_path, capsys):

@@ -40,7 +40,7 @@ PICKLE_ERRORS = (pickle.UnpicklingError, EOFError, ValueError, TypeError, KeyErr
 
 @dataclass
 class Examples:
-    texts: list[str]
+    texts: list[str]                  # or (text_a, text_b) pairs (data.text_columns)
     labels: list[int] | None          # class ids 0..K-1, or None for unlabelled data
     label_names: list[str]
     ids: list | None = None           # an `id` column if the source has one

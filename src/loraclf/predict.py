@@ -70,9 +70,9 @@ def input_columns(given, run_columns: list[str]) -> list[str]:
     if not given:
         return list(run_columns)
     given = [given] if isinstance(given, str) else list(given)
-    if len(given) != len(run_columns):
-        what = "sentence pairs: give two --text-column (first, then second text)" if len(run_columns) == 2 \
-            else "one text column: give one --text-column"
-        raise UserError(f"{len(given)} text column{'s' if len(given) > 1 else ''} given, but this run scores {what.split(':')[0]}",
-                        what.split(": ")[1])
-    return given
+    if len(given) == len(run_columns):
+        return given
+    if len(run_columns) == 2:
+        raise UserError(f"{len(given)} text column given, but this run scores sentence pairs",
+                        "give two --text-column (first, then second text)")
+    raise UserError(f"{len(given)} text columns given, but this run scores one text per row", "give one --text-column")

@@ -84,11 +84,11 @@ def in_input_order(index: list[int], parts: list[np.ndarray]) -> np.ndarray:
 def predict_logits(model, encoded: data_mod.Encoded, batch_size: int, pad_id: int, device, precision: str,
                    accelerator=None, max_tokens: int = -1, full_cast: bool = False, cls_only: bool = True,
                    pad_to_multiple: int = data_mod.PAD_MULTIPLE) -> np.ndarray:
-    """Logits in input order (documents' pooled logits for longtext's windows). Batches are length-sorted, at most `batch_size` rows and (see scoring_tokens)
-    `max_tokens` padded tokens; with several processes each takes a share. `precision` is a resolved one
-    (precision.resolve). Under bf16/fp16 the frozen weights are cast once per call rather than by autocast on
-    every batch (the same numbers; inside fit they already are), so one model must not score two precisions at
-    once. `full_cast` (bf16 only, scoring.bf16_full_cast): the whole frozen model in bf16 for the call, residual
+    """Logits in input order (one row per document for longtext's windows: pooled). Batches are length-sorted, at
+    most `batch_size` rows and (see scoring_tokens) `max_tokens` padded tokens; with several processes each takes
+    a share. `precision` is a resolved one (precision.resolve). Under bf16/fp16 the frozen weights are cast once
+    per call rather than by autocast on every batch (the same numbers; inside fit they already are), so one model
+    must not score two precisions at once. `full_cast` (bf16 only, scoring.bf16_full_cast): the whole frozen model in bf16 for the call, residual
     stream and LayerNorms too. `cls_only` (scoring.cls_only_last_layer): the last layer computes only the row the
     head reads. `pad_to_multiple`: what batch widths are rounded up to (`--levers` measures the choice)."""
     model.eval()
