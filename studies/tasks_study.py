@@ -157,8 +157,10 @@ def main(argv=None) -> int:
     p.add_argument("--out", default=str(REPO / "studies" / "results" / "tasks-study"))
     p.add_argument("--only", choices=["pairs", "long"])
     p.add_argument("--pairs", type=int, nargs=2, default=[1200, 500], metavar=("TRAIN", "TEST"))
-    p.add_argument("--docs", type=int, nargs=2, default=[240, 160], metavar=("TRAIN", "TEST"))
-    p.add_argument("--epochs", type=float, default=1)
+    p.add_argument("--docs", type=int, nargs=2, default=[300, 200], metavar=("TRAIN", "TEST"))
+    p.add_argument("--epochs", type=float, default=1, help="pairs")
+    # a few hundred documents make a handful of batches of 32: too few steps to train on, whatever the treatment
+    p.add_argument("--long-epochs", type=float, default=2, help="long documents (batch 8)")
     p.add_argument("--threads", type=int, default=0, help="cpu.threads of the runs (speed only; 0: torch's default)")
     p.add_argument("--seed", type=int, default=13)
     args = p.parse_args(argv)
@@ -172,7 +174,7 @@ def main(argv=None) -> int:
         tr = write_csv(work / "pairs_train.csv", make_pairs(pool, args.pairs[0], args.seed))
         te = write_csv(work / "pairs_test.csv", make_pairs(test, args.pairs[1], args.seed + 1))
         base = tfidf_pairs(read_csv(tr), read_csv(te))
-        results.append({"task": "pairs", "model": "TF-IDF + LR on |a-b|, a*b"} | base)
+        results.append({"task": "pairs", "model": "TF-IDF + LR on abs(a - b), a * b"} | base)
         run = loraclf_run("pairs", work, tr, te, ["data.text_columns=a,b", 'data.label_names=["different","same"]'],
                           args.epochs, args.threads)
         results.append({"task": "pairs", "model": "MiniLM, pair input"} | run)
@@ -186,7 +188,8 @@ def main(argv=None) -> int:
         results.append({"task": "long", "model": "TF-IDF + LR, whole document"} | tfidf_texts(
             [r["text"] for r in train_rows], ty, [r["text"] for r in test_rows], sy))
         for mode in LONG_MODES:
-            run = loraclf_run(f"long-{mode}", work, tr, te, [f"data.long_text={mode}"], args.epochs, args.threads)
+            run = loraclf_run(f"long-{mode}", work, tr, te, [f"data.long_text={mode}", "train.batch_size=8"],
+                              args.long_epochs, args.threads)
             results.append({"task": "long", "model": f"MiniLM, {mode}"} | run)
     write_results(Path(args.out), results, args)
     return 0
@@ -206,7 +209,8 @@ def write_results(out: Path, results: list[dict], args) -> None:
         lines += ["", "Rows longer than `max_length` (128) in each run's test set, and what was done with them:", ""]
         lines += [f"- {r['model']}: " + _describe(r["long_text"]["test"]) for r in rows]
     lines += ["", f"Built with: `python studies/tasks_study.py --pairs {args.pairs[0]} {args.pairs[1]} "
-              f"--docs {args.docs[0]} {args.docs[1]} --epochs {args.epochs:g} --seed {args.seed} --threads {args.threads}`", ""]
+              f"--docs {args.docs[0]} {args.docs[1]} --epochs {args.epochs:g} --long-epochs {args.long_epochs:g} "
+              f"--seed {args.seed} --threads {args.threads}`", ""]
     out.with_suffix(".md").write_text("\n".join(lines))
     print("\n".join(lines))
 
