@@ -119,6 +119,23 @@ def test_serve_takes_pairs_and_refuses_single_texts(pair_run):
         assert c.get("/info").json()["text_columns"] == ["premise", "hypothesis"]
 
 
+def test_cached_frozen_layers_train_pairs_as_without_the_cache(tiny_bert, tmp_path):
+    """The frozen-layer cache keeps what the embeddings made of the segments (token_type_ids) in epoch 1."""
+    import torch
+    from safetensors.torch import load_file
+    train = _write(tmp_path / "train.csv", _pair_rows(32), "csv")
+    weights = {}
+    for cache in ("on", "off"):
+        lines = []
+        cfg = tiny_config(tiny_bert, "data.text_columns=premise,hypothesis", "train.epochs=2", "model.encoder_dropout=0",
+                          "adapter.layers=1", "train.precision=fp32", f"train.cache_frozen_layers={cache}")
+        pipeline.train_run(cfg, [str(train)], tmp_path / cache, log=lambda *a, **k: lines.append(" ".join(map(str, a))))
+        assert any("are kept" in line for line in lines) == (cache == "on")
+        weights[cache] = load_file(str(next((tmp_path / cache).rglob("adapter_model.safetensors"))))
+    for name, w in weights["off"].items():
+        torch.testing.assert_close(weights["on"][name], w, rtol=1e-4, atol=1e-5)
+
+
 def test_single_text_server_refuses_pairs(tiny_bert):
     p = scoring.Predictor(list(LABELS), {}, {"text_columns": ["text"]}, lambda: lambda texts: np.zeros((len(texts), 4)))
     with pytest.raises(serve.RequestError, match="one text per row"):
