@@ -93,7 +93,7 @@ def test_train_reports_the_rows_past_max_length_and_what_was_done(long_run):
     assert saved == result["long_text"] and saved["train"]["long_text"] == mode
     assert saved["test"]["rows"] == 16 and 0 < saved["test"]["longer"] < 16
     line = next(x for x in long_run["log"] if str(x).startswith(tuple("0123456789")) and "training rows" in str(x))
-    assert ("windows" in line) == (mode == "chunks") and ("head and tail" in line) == (mode == "head+tail")
+    assert ("windows" in line) == (mode == "chunks") and ("first 7 and last 23 tokens" in line) == (mode == "head+tail")
     if mode == "chunks":
         assert saved["train"]["windows"] > saved["train"]["rows"] and saved["test"]["chunk_pool"] == "mean"
 

@@ -83,9 +83,12 @@ class Encoding(data_mod.Encoded):
     doc_labels: list[int] | None = None
     pool: str = "mean"
     stride: int = 0
+    head_tail: tuple[int, int] = (0, 0)  # head+tail: text tokens kept from the start and from the end
 
     def summary(self) -> dict:
         s = {"rows": self.docs, "longer": self.longer, "max_length": self.max_length, "long_text": self.mode}
+        if self.mode == "head+tail":
+            s |= {"head_tokens": self.head_tail[0], "tail_tokens": self.head_tail[1]}
         if self.doc_index is not None:
             s |= {"windows": len(self.input_ids), "chunk_stride": self.stride, "chunk_pool": self.pool}
         return s
@@ -112,7 +115,7 @@ def encode(tokenizer, examples: data_mod.Examples, max_length: int, treatment: T
     if treatment.mode == "head+tail":
         head = min(treatment.head_tokens or room // 4, room - 1)
         ids = [build(x if len(x) <= room else x[:head] + x[len(x) - (room - head):]) for x in full]
-        return Encoding(ids, examples.labels, **common)
+        return Encoding(ids, examples.labels, **common, head_tail=(head, room - head))
     stride = treatment.stride if treatment.stride >= 0 else room // 4
     if stride >= room:
         raise UserError(f"data.chunk_stride {stride} is not shorter than the {room} text tokens of a window",
@@ -198,5 +201,7 @@ def describe(summary: dict, what: str = "rows") -> str:
         return share + (f": split into overlapping windows ({summary['windows']:,} windows for all {n:,} rows, "
                         f"{summary['chunk_stride']} tokens of overlap), scores {summary['chunk_pool']}-pooled")
     if mode == "head+tail":
+        if "head_tokens" in summary and "tail_tokens" in summary:
+            return share + f": cut to their first {summary['head_tokens']} and last {summary['tail_tokens']} tokens"
         return share + ": cut to their head and tail"
     return share + ": truncated"
