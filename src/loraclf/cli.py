@@ -61,9 +61,11 @@ def _maybe_report(run_dir: Path, args) -> None:
 
 
 def cmd_evaluate(args) -> int:
-    from . import metrics, pipeline
+    from . import longtext, metrics, pipeline
     m = pipeline.evaluate_run(Path(args.run), args.data, trust_pickle=args.trust_pickle, batch_size=args.batch_size,
                           name=args.name, max_tokens=args.max_tokens)
+    if m.get("long_text"):
+        print(longtext.describe(m["long_text"]))
     print(metrics.metrics_table(m, f"{args.run} on {', '.join(args.data)}"))
     _maybe_report(Path(args.run), args)
     report_cli.maybe_track(Path(args.run), args)
@@ -71,11 +73,13 @@ def cmd_evaluate(args) -> int:
 
 
 def cmd_predict(args) -> int:
-    from . import predict
+    from . import longtext, predict
     r = predict.write_predictions(Path(args.run), args.input, Path(args.output), names=args.label_names,
                                   probs=args.probs, batch_size=args.batch_size, precision=args.precision,
                                   trust_pickle=args.trust_pickle, text_column=args.text_column,
                                   max_tokens=args.max_tokens, backend=args.backend)
+    if r["long_text"]:
+        print(longtext.describe(r["long_text"]))
     print(f"wrote {r['rows']} predictions to {r['out']}")
     return 0
 
@@ -259,7 +263,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--probs", action="store_true", help="add one probability column per class")
     _add_scoring_batch_args(p)
     p.add_argument("--precision", default="auto", choices=precision.PRECISION_CHOICES)
-    p.add_argument("--text-column", help="text column of the input (default: the run's)")
+    p.add_argument("--text-column", action="append",
+                   help="text column of the input (default: the run's); twice for a run on sentence pairs")
     p.add_argument("--backend", default="torch", choices=PREDICT_BACKENDS,
                    help="openvino: the run's merged model converted in-process and scored on OpenVINO's CPU runtime "
                    "(pip install -e \".[openvino]\"); onnx: RUN is a folder from `loraclf export RUN --onnx DIR`, "

@@ -58,6 +58,11 @@ class DataConfig:
     max_length_infer: int = 0           # 0: same as max_length
     encoding: str = "utf-8"
     max_train_samples: int = 0          # 0: all
+    text_columns: list[str] = field(default_factory=list)  # two names: sentence pairs (longtext.py); empty: text_column
+    long_text: str = "truncate"         # rows past max_length: "truncate" | "head+tail" | "chunks" (longtext.py)
+    head_tokens: int = 0                # head+tail: tokens kept from the start; 0: a quarter of the window
+    chunk_stride: int = -1              # chunks: tokens a window shares with the previous one; -1: a quarter of the window
+    chunk_pool: str = "mean"            # chunks: a document's logits from its windows': "mean" | "max"
 
 
 @dataclass
@@ -386,6 +391,8 @@ CHOICES = {
     "adapter.method": ("lora", "rslora", "dora", "vera", "ia3", "none"),
     "adapter.bias": ("none", "all", "lora_only"),
     "adapter.init": ("default", "pissa"),
+    "data.long_text": ("truncate", "head+tail", "chunks"),
+    "data.chunk_pool": ("mean", "max"),
     "train.scheduler": ("linear", "cosine", "constant"),
     "train.monitor": ("val_loss", "val_accuracy", "val_macro_f1"),
     "train.class_weight": ("none", "balanced"),
@@ -437,6 +444,8 @@ RANGES = {
     "data.max_length": Range(1, MAX_LENGTH),
     "data.max_length_infer": Range(1, MAX_LENGTH, also=(0,), meaning="0 for data.max_length"),
     "data.max_train_samples": Range(0, MAX_INT, meaning="0 for all"),
+    "data.head_tokens": Range(0, MAX_LENGTH, meaning="0 for a quarter of the window"),
+    "data.chunk_stride": Range(0, MAX_LENGTH, also=(-1,), meaning="-1 for a quarter of the window"),
     "train.epochs": Range(0, 100_000, low_open=True),
     "train.batch_size": Range(1, 2**20),
     "train.grad_accum": Range(1, 2**20),
@@ -496,3 +505,5 @@ def validate(cfg: Config) -> None:
                         "a classifier needs at least two classes: list them all, or leave it empty to read them from the data")
     if len(set(names)) != len(names):
         raise UserError("data.label_names repeats a name", "give each class once, in id order")
+    from . import longtext
+    longtext.check_config(cfg)

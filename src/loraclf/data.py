@@ -40,7 +40,7 @@ PICKLE_ERRORS = (pickle.UnpicklingError, EOFError, ValueError, TypeError, KeyErr
 
 @dataclass
 class Examples:
-    texts: list[str]
+    texts: list[str]                  # or (text_a, text_b) pairs (data.text_columns)
     labels: list[int] | None          # class ids 0..K-1, or None for unlabelled data
     label_names: list[str]
     ids: list | None = None           # an `id` column if the source has one
@@ -391,6 +391,15 @@ def _texts(t: _Table, text_col: str) -> list[str]:
     return texts
 
 
+def _pair_texts(t: _Table, columns: list[str]) -> list[tuple[str, str]]:
+    missing = [c for c in columns if c not in t.columns]
+    if missing:
+        raise UserError(f"{t.where} has no column {_column(missing[0])!r} for the "
+                        f"{'first' if missing[0] == columns[0] else 'second'} text of a pair (columns: {_columns(t.columns)})",
+                        "name the two text columns with --set data.text_columns=<first>,<second>")
+    return list(zip(_texts(t, columns[0]), _texts(t, columns[1])))
+
+
 # A class id as text: ASCII digits, an optional sign, and an optional ".0" (as spreadsheets and pandas write
 # whole numbers). int() accepts more ("²" passes isdigit() but int() refuses it; "١", "1_0", " +1 "), so the
 # pattern, not int(), decides what is an id.
@@ -508,11 +517,14 @@ def _check_ids(t: _Table, ids: list) -> None:
 
 
 def load(source: str, *, text_column: str = "text", label_column: str = "label", label_names=(),
-         split: str = "train", labelled: bool = True, encoding: str = "utf-8", trust_pickle: bool = False) -> Examples:
+         split: str = "train", labelled: bool = True, encoding: str = "utf-8", trust_pickle: bool = False,
+         text_columns=()) -> Examples:
     """Read one source into Examples. `label_names` (from the config or a trained run) fixes the class
-    order; without it, names come from the source (classes.txt, ClassLabel) or from the labels."""
-    t = _read(str(source), split, encoding, text_column, trust_pickle)
-    texts = _texts(t, text_column)
+    order; without it, names come from the source (classes.txt, ClassLabel) or from the labels. Two
+    `text_columns` make each row a (text_a, text_b) pair."""
+    columns = list(text_columns) or [text_column]
+    t = _read(str(source), split, encoding, columns[0], trust_pickle)
+    texts = _pair_texts(t, columns) if len(columns) == 2 else _texts(t, columns[0])
     names = list(label_names) or t.label_names
     ids = t.columns.get("id") or t.columns.get("ID")
     if ids is not None:
@@ -561,6 +573,7 @@ def split(examples: Examples, val_size: float, seed: int) -> tuple[Examples, Exa
 class Encoded:
     input_ids: list[list[int]]
     labels: list[int] | None
+    token_type_ids: list[list[int]] | None = None  # sentence pairs, where the tokenizer marks the segments
 
     def __len__(self) -> int:
         return len(self.input_ids)
@@ -634,6 +647,11 @@ def collate(encoded: Encoded, index: list[int], pad_id: int, pad_to_multiple: in
         ids[j, : len(r)] = torch.tensor(r, dtype=torch.long)
         mask[j, : len(r)] = 1
     batch = {"input_ids": ids, "attention_mask": mask}
+    if encoded.token_type_ids is not None:
+        types = torch.zeros((len(rows), width), dtype=torch.long)
+        for j, i in enumerate(index):
+            types[j, : len(rows[j])] = torch.tensor(encoded.token_type_ids[i], dtype=torch.long)
+        batch["token_type_ids"] = types
     if encoded.labels is not None:
         batch["labels"] = torch.tensor([encoded.labels[i] for i in index], dtype=torch.long)
     return batch

@@ -4,7 +4,8 @@ Hugging Face folder (loads with transformers alone, no peft) or as an ONNX graph
 An export folder holds:
   config.json            the Hugging Face config (id2label/label2id = the run's class names; nothing about peft)
   model.safetensors      merged fp32 weights (--merged only)
-  model.onnx             the graph, inputs input_ids + attention_mask (int64), output logits (--onnx only)
+  model.onnx             the graph, inputs input_ids + attention_mask (+ token_type_ids for sentence pairs where the
+                         tokenizer makes them; int64), output logits (--onnx only)
   tokenizer files        the run's tokenizer
   labels.json            class names, in id order
   loraclf.json           what serving and `predict --backend onnx` need: kind, max_length, labels, budget, metrics,
@@ -24,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
+from . import longtext
 from . import rundir
 from . import scoring
 from .errors import UserError
@@ -166,9 +168,17 @@ def _build(out: Path, overwrite: bool, fill) -> Path:
     return out
 
 
-def _torch_logits(model, tokenizer, texts: list[str], max_length: int, batch_size: int = 64) -> np.ndarray:
+def _torch_logits(model, tokenizer, texts: list[str], cfg, batch_size: int = 64) -> np.ndarray:
     import torch
-    return scoring.logits_for(model, tokenizer, texts, max_length, batch_size, precision="fp32", device=torch.device("cpu"))
+    return scoring.logits_for(model, tokenizer, texts, scoring.infer_length(cfg), batch_size, precision="fp32",
+                              device=torch.device("cpu"), treatment=longtext.Treatment.of(cfg.data))
+
+
+def _check_texts(cfg, texts: list[str]) -> list:
+    """The export check's inputs as the run takes them: texts, or pairs of them."""
+    if len(longtext.text_columns(cfg.data)) == 2:
+        return list(zip(texts, texts[1:] + texts[:1]))
+    return texts
 
 
 def _tokenizer(path: Path):
@@ -187,8 +197,8 @@ def export_merged(run_dir, out, overwrite: bool = False, check_texts: list[str] 
     run_dir = run.path
     merged, unmerged, cfg, label_names = _loaded or merged_model(run)
     tokenizer = run.tokenizer()
-    texts = list(check_texts or CHECK_TEXTS)
-    reference = _torch_logits(unmerged if unmerged is not None else merged, tokenizer, texts, scoring.infer_length(cfg))
+    texts = _check_texts(cfg, list(check_texts or CHECK_TEXTS))
+    reference = _torch_logits(unmerged if unmerged is not None else merged, tokenizer, texts, cfg)
 
     def fill(tmp: Path) -> None:
         from transformers import AutoModelForSequenceClassification
@@ -201,7 +211,7 @@ def export_merged(run_dir, out, overwrite: bool = False, check_texts: list[str] 
         from . import remote_code
         reloaded = AutoModelForSequenceClassification.from_pretrained(str(tmp), attn_implementation="eager",
                                                                       use_safetensors=True, **remote_code.kwargs()).eval()
-        diff = float(np.abs(_torch_logits(reloaded, tokenizer, texts, scoring.infer_length(cfg)) - reference).max())
+        diff = float(np.abs(_torch_logits(reloaded, tokenizer, texts, cfg) - reference).max())
         if not diff <= MERGED_ATOL:
             raise UserError(f"the merged model's logits differ from the run's by {diff:.2e} (limit {MERGED_ATOL:g})",
                             "this adapter cannot be merged exactly; serve or predict from the run directory instead")
@@ -211,26 +221,29 @@ def export_merged(run_dir, out, overwrite: bool = False, check_texts: list[str] 
 
 # ------------------------------------------------------------------------------------------ ONNX
 
-def _onnx_export(model, path: Path, opset: int, exporter: str) -> str:
+def _onnx_export(model, path: Path, opset: int, exporter: str, types: bool = False) -> str:
     """torch.onnx.export with batch and sequence dynamic. exporter: 'dynamo' (torch.export based, the default
-    in torch>=2.9, needs onnxscript), 'legacy' (TorchScript based) or 'auto' (dynamo, else legacy)."""
+    in torch>=2.9, needs onnxscript), 'legacy' (TorchScript based) or 'auto' (dynamo, else legacy). `types`:
+    token_type_ids as a third input (sentence pairs)."""
     import logging
 
     import torch
     ids = torch.tensor([[101, 2023, 2003, 1037, 3231, 102], [101, 2460, 102, 0, 0, 0]])  # one padded row
     ids = ids.clamp(max=model.config.vocab_size - 1)
     mask = torch.tensor([[1] * 6, [1, 1, 1, 0, 0, 0]])
-    names = dict(input_names=["input_ids", "attention_mask"], output_names=["logits"])
+    inputs = (ids, mask) + ((torch.tensor([[0, 0, 0, 1, 1, 1], [0, 0, 0, 0, 0, 0]]),) if types else ())
+    names = dict(input_names=["input_ids", "attention_mask"] + (["token_type_ids"] if types else []),
+                 output_names=["logits"])
     onnx_log = logging.getLogger("torch.onnx")
     level = onnx_log.level
     onnx_log.setLevel(logging.ERROR)  # "torchvision is not installed, skipping ..." is not for users
     try:
-        return _try_exporters(model, path, opset, exporter, ids, mask, names)
+        return _try_exporters(model, path, opset, exporter, inputs, names)
     finally:
         onnx_log.setLevel(level)
 
 
-def _try_exporters(model, path: Path, opset: int, exporter: str, ids, mask, names: dict) -> str:
+def _try_exporters(model, path: Path, opset: int, exporter: str, inputs: tuple, names: dict) -> str:
     import warnings
 
     import torch
@@ -243,14 +256,13 @@ def _try_exporters(model, path: Path, opset: int, exporter: str, ids, mask, name
                     import onnxscript  # noqa: F401 - the dynamo exporter needs it; fail early and clearly
                     batch, seq = torch.export.Dim("batch"), torch.export.Dim("sequence")
                     small = sum(p.numel() * p.element_size() for p in model.parameters()) < 1.5 * 2**30
-                    torch.onnx.export(model, (ids, mask), str(path), dynamo=True, opset_version=opset,
+                    torch.onnx.export(model, inputs, str(path), dynamo=True, opset_version=opset,
                                       external_data=not small,  # one file below protobuf's 2 GB limit
-                                      dynamic_shapes=({0: batch, 1: seq}, {0: batch, 1: seq}), verbose=False, **names)
+                                      dynamic_shapes=tuple({0: batch, 1: seq} for _ in inputs), verbose=False, **names)
                 else:
-                    torch.onnx.export(model, (ids, mask), str(path), dynamo=False, opset_version=opset,
-                                      dynamic_axes={"input_ids": {0: "batch", 1: "sequence"},
-                                                    "attention_mask": {0: "batch", 1: "sequence"},
-                                                    "logits": {0: "batch"}}, **names)
+                    axes = {n: {0: "batch", 1: "sequence"} for n in names["input_names"]}
+                    torch.onnx.export(model, inputs, str(path), dynamo=False, opset_version=opset,
+                                      dynamic_axes=axes | {"logits": {0: "batch"}}, **names)
             return kind
         except ImportError as e:
             errors.append(f"{kind}: {e}")
@@ -275,7 +287,8 @@ def export_onnx(run_dir, out, overwrite: bool = False, opset: int = 18, exporter
         raise UserError(f"ONNX export does not support {family.name} models (torch.onnx cannot trace them)",
                         "use the --merged export, or predict from the run")
     tokenizer = run.tokenizer()
-    texts = list(check_texts or CHECK_TEXTS)
+    texts = _check_texts(cfg, list(check_texts or CHECK_TEXTS))
+    types = len(longtext.text_columns(cfg.data)) == 2 and "token_type_ids" in tokenizer.model_input_names
 
     def fill(tmp: Path) -> None:
         import torch
@@ -287,10 +300,10 @@ def export_onnx(run_dir, out, overwrite: bool = False, opset: int = 18, exporter
                 model.config._attn_implementation = "eager"
         _clean_config(model, label_names)
         with torch.no_grad():
-            used = _onnx_export(model, tmp / "model.onnx", opset, exporter)
+            used = _onnx_export(model, tmp / "model.onnx", opset, exporter, types)
         meta = _meta("onnx", run_dir, cfg, label_names, {"onnx": "model.onnx", "opset": opset, "exporter": used})
         _write_common(tmp, run_dir, meta, model.config)
-        reference = _torch_logits(model, tokenizer, texts, scoring.infer_length(cfg))
+        reference = _torch_logits(model, tokenizer, texts, cfg)
         got = OnnxClassifier(tmp).logits(texts)
         diff = float(np.abs(got - reference).max())
         if not diff <= ONNX_ATOL:
@@ -327,25 +340,34 @@ class OnnxClassifier:
         self.tokenizer = _tokenizer(self.dir)
         self.labels = self.meta["labels"]
         self.max_length = int(self.meta["max_length"])
+        self.treatment = longtext.Treatment.of((self.meta.get("run_config") or {}).get("data", {}))
 
-    def logits(self, texts: list[str], max_length: int | None = None, batch_size: int = 64) -> np.ndarray:
+    def logits(self, texts: list, max_length: int | None = None, batch_size: int = 64,
+               stats: dict | None = None) -> np.ndarray:
+        """Logits of texts (or (a, b) pairs for a run on sentence pairs), treated as the run was (longtext)."""
         from . import data as data_mod
         if not texts:
             return np.zeros((0, len(self.labels)), np.float32)
-        enc = data_mod.encode(self.tokenizer, data_mod.Examples(list(texts), None, []), max_length or self.max_length)
+        enc = longtext.encode(self.tokenizer, data_mod.Examples(list(texts), None, []), max_length or self.max_length,
+                              self.treatment)
+        if stats is not None:
+            stats.update(enc.summary())
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
-        out = np.zeros((len(texts), len(self.labels)), np.float32)
+        out = np.zeros((len(enc), len(self.labels)), np.float32)
         for index in data_mod.scoring_batches(enc.lengths, batch_size):
             rows = [enc.input_ids[i] for i in index]
             width = max(len(r) for r in rows)
             ids = np.full((len(rows), width), pad, np.int64)
             mask = np.zeros((len(rows), width), np.int64)
+            types = np.zeros((len(rows), width), np.int64)
             for j, r in enumerate(rows):
                 ids[j, :len(r)] = r
                 mask[j, :len(r)] = 1
-            feed = {"input_ids": ids, "attention_mask": mask}
+                if enc.token_type_ids is not None:
+                    types[j, :len(r)] = enc.token_type_ids[index[j]]
+            feed = {"input_ids": ids, "attention_mask": mask, "token_type_ids": types}
             out[index] = self.session.run(["logits"], {k: v for k, v in feed.items() if k in self.inputs})[0]
-        return out
+        return longtext.pooled(out, enc)
 
 
 _SESSIONS: dict = {}
@@ -389,7 +411,8 @@ def model_card(meta: dict) -> str:
               f"- Base model: `{_source_name(base)}`",
               f"- Adapter: {a.get('method')} r={a.get('r')} alpha={a.get('alpha')} on "
               f"{', '.join(a.get('target_modules', []))}, merged into the base weights in fp32",
-              f"- Maximum input length: {meta.get('max_length')} tokens (longer texts are truncated)",
+              f"- Maximum input length: {meta.get('max_length')} tokens (longer texts: "
+              f"{(meta.get('run_config') or {}).get('data', {}).get('long_text', 'truncate')}, as loraclf predict does)",
               f"- Classes ({len(labels)}): " + ", ".join(f"{i} = {n}" for i, n in enumerate(labels)), ""]
     if kind == "merged":
         lines += ["Plain Hugging Face format (config.json, model.safetensors, tokenizer); peft is not needed to load it.", ""]

@@ -14,6 +14,7 @@ import torch
 from . import budget as budget_mod
 from . import data as data_mod
 from . import layercache
+from . import longtext
 from . import metrics as metrics_mod
 from . import model as model_mod
 from . import precision as precision_mod
@@ -29,7 +30,8 @@ from .errors import Interrupted, UserError
 def load_training_data(cfg: Config, sources: list[str], trust_pickle: bool = False):
     d = cfg.data
     examples = data_mod.load_many(sources, text_column=d.text_column, label_column=d.label_column,
-                                  label_names=d.label_names, split="train", encoding=d.encoding, trust_pickle=trust_pickle)
+                                  label_names=d.label_names, split="train", encoding=d.encoding, trust_pickle=trust_pickle,
+                                  text_columns=d.text_columns)
     check_classes(examples, sources)
     if d.max_train_samples and d.max_train_samples < len(examples):
         examples, _ = data_mod.split(examples, len(examples) - d.max_train_samples, cfg.train.seed)
@@ -48,7 +50,7 @@ def check_classes(examples, sources: list[str]) -> None:
 def load_eval_data(cfg: Config, sources: list[str], label_names: list[str], trust_pickle: bool = False):
     d = cfg.data
     return data_mod.load_many(sources, text_column=d.text_column, label_column=d.label_column, label_names=label_names,
-                              split="test", encoding=d.encoding, trust_pickle=trust_pickle)
+                              split="test", encoding=d.encoding, trust_pickle=trust_pickle, text_columns=d.text_columns)
 
 
 def environment(device) -> dict:
@@ -137,7 +139,7 @@ def _train(cfg: Config, data: list[str], out: Path, test_data, predict_data, res
     if predict_data:
         pred_ex = data_mod.load(predict_data, text_column=cfg.data.text_column, label_column=cfg.data.label_column,
                                 label_names=label_names, split="test", labelled=False, encoding=cfg.data.encoding,
-                                trust_pickle=trust_pickle)
+                                trust_pickle=trust_pickle, text_columns=cfg.data.text_columns)
     expected = budget_mod.check(cfg, label_names)
     if main:
         rundir.prepare(out, resume, overwrite)
@@ -150,8 +152,11 @@ def _train(cfg: Config, data: list[str], out: Path, test_data, predict_data, res
     remote_code.check_folder(tokenizer_path)
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_path, **remote_code.kwargs())
     infer_len = scoring.infer_length(cfg)
-    train_enc = data_mod.encode(tokenizer, train_ex, cfg.data.max_length)
-    val_enc = data_mod.encode(tokenizer, val_ex, infer_len) if val_ex else None
+    treatment = longtext.Treatment.of(cfg.data)
+    train_enc = longtext.encode(tokenizer, train_ex, cfg.data.max_length, treatment)
+    val_enc = longtext.encode(tokenizer, val_ex, infer_len, treatment) if val_ex else None
+    long_rows = {"train": train_enc.summary()} | ({"val": val_enc.summary()} if val_enc else {})
+    log(longtext.describe(long_rows["train"], "training rows"))
     model = model_mod.build(cfg, label_names)
     built = budget_mod.count(model)
     if built.trainable != expected.trainable or built.total != expected.total:
@@ -184,19 +189,24 @@ def _train(cfg: Config, data: list[str], out: Path, test_data, predict_data, res
                         "samples_per_s": accelerator.num_processes * prog.samples / max(prog.train_seconds, 1e-9),
                         "tokens_per_s": accelerator.num_processes * prog.tokens / max(prog.train_seconds, 1e-9),
                         "processes": accelerator.num_processes},
-              "environment": environment(device)}
+              "long_text": long_rows, "environment": environment(device)}
     if val_enc is not None:
         val = scoring.evaluate_encoded(model, val_enc, cfg, label_names, pad, device, precision, accelerator)
         result["val"] = {k: v for k, v in val.items() if k != "logits"}
     if test_ex is not None:
         t0 = time.perf_counter()
-        test = scoring.evaluate_encoded(model, data_mod.encode(tokenizer, test_ex, infer_len), cfg, label_names, pad,
-                                  device, precision, accelerator)
+        test_enc = longtext.encode(tokenizer, test_ex, infer_len, treatment)
+        long_rows["test"] = test_enc.summary()
+        log(longtext.describe(long_rows["test"], "test rows"))
+        test = scoring.evaluate_encoded(model, test_enc, cfg, label_names, pad, device, precision, accelerator)
         result["test"] = {k: v for k, v in test.items() if k != "logits"}
         result["test"]["seconds"] = round(time.perf_counter() - t0, 2)
         test_logits = test["logits"]
     if pred_ex is not None:
-        pred_logits = scoring.predict_logits(model, data_mod.encode(tokenizer, pred_ex, infer_len),
+        pred_enc = longtext.encode(tokenizer, pred_ex, infer_len, treatment)
+        long_rows["predict"] = pred_enc.summary()
+        log(longtext.describe(long_rows["predict"], "rows to predict"))
+        pred_logits = scoring.predict_logits(model, pred_enc,
                                              cfg.scoring.batch_size, pad, device, precision, accelerator,
                                              cfg.scoring.max_tokens, cfg.scoring.bf16_full_cast,
                                              cfg.scoring.cls_only_last_layer)
@@ -245,10 +255,12 @@ def evaluate_run(run_dir: Path, sources: list[str], trust_pickle: bool = False, 
     # the data first, as predict does: its mistakes show before a model is loaded
     ex = load_eval_data(run.config, list(sources), run.labels, trust_pickle)
     model, tokenizer, cfg, label_names = scoring.load_for_inference(run)
+    stats: dict = {}
     logits = scoring.logits_for(model, tokenizer, ex.texts, scoring.infer_length(cfg), batch_size, max_tokens=max_tokens,
-                                **scoring.scoring_options(cfg))
+                                **scoring.scoring_options(cfg), treatment=longtext.Treatment.of(cfg.data), stats=stats)
     m = metrics_mod.classification(logits, ex.labels, label_names)
     m["data"] = list(sources)
+    m["long_text"] = stats
     name = name or Path(sources[0]).stem
     rundir.write_json(run_dir / f"eval-{name}.json", m)
     return m

@@ -11,6 +11,7 @@ import numpy as np
 from . import data as data_mod
 from . import rundir
 from . import scoring
+from .errors import UserError
 
 
 def submission_csv(ids, logits: np.ndarray, label_names: list[str], names: bool = False, probs: bool = False) -> str:
@@ -38,23 +39,40 @@ def predictions_csv(examples, logits: np.ndarray, label_names: list[str]) -> str
     for i, id_ in enumerate(ids):
         y = label_names[examples.labels[i]] if examples.labels is not None else ""
         k = int(p[i].argmax())
-        w.writerow([id_, y, label_names[k], f"{p[i, k]:.6f}", examples.texts[i]] + [f"{v:.6f}" for v in p[i]])
+        text = examples.texts[i] if isinstance(examples.texts[i], str) else " || ".join(examples.texts[i])  # a pair
+        w.writerow([id_, y, label_names[k], f"{p[i, k]:.6f}", text] + [f"{v:.6f}" for v in p[i]])
     return buf.getvalue()
 
 
 def write_predictions(path: Path, source: str, out: Path, names: bool = False, probs: bool = False,
                       batch_size: int = 64, precision: str = "auto", trust_pickle: bool = False,
-                      text_column: str | None = None, max_tokens: int = -1, backend: str = "torch") -> dict:
+                      text_column: str | list[str] | None = None, max_tokens: int = -1, backend: str = "torch") -> dict:
     """Predict every row of `source` and write the submission atomically. `path`: a run directory or an export;
     `backend` (scoring.load_predictor): torch, openvino (the merged model converted in-process and run on
-    OpenVINO's CPU runtime) or onnx (an --onnx export on onnxruntime)."""
+    OpenVINO's CPU runtime) or onnx (an --onnx export on onnxruntime). `text_column`: the input's text column
+    (two for a run on sentence pairs) when it is not the run's."""
     rundir.check_output_file(Path(out), "-o")
     predictor = scoring.load_predictor(path, backend, batch_size, precision, max_tokens=max_tokens)
     d = predictor.data
-    examples = data_mod.load(source, text_column=text_column or d["text_column"], label_column=d["label_column"],
+    columns = input_columns(text_column, d["text_columns"])
+    examples = data_mod.load(source, text_column=columns[0], label_column=d["label_column"],
                              label_names=predictor.labels, split="test", labelled=False, encoding=d["encoding"],
-                             trust_pickle=trust_pickle)
+                             trust_pickle=trust_pickle, text_columns=columns)
     logits = predictor.logits(examples.texts)
     ids = scoring.row_ids(examples)
     rundir.write_text(Path(out), submission_csv(ids, logits, predictor.labels, names, probs))
-    return {"rows": len(ids), "out": str(out), "logits": logits, "labels": examples.labels}
+    return {"rows": len(ids), "out": str(out), "logits": logits, "labels": examples.labels,
+            "long_text": dict(predictor.stats)}
+
+
+def input_columns(given, run_columns: list[str]) -> list[str]:
+    """The text columns to read: the ones given on the command line (as many as the run takes), else the run's."""
+    if not given:
+        return list(run_columns)
+    given = [given] if isinstance(given, str) else list(given)
+    if len(given) == len(run_columns):
+        return given
+    if len(run_columns) == 2:
+        raise UserError(f"{len(given)} text column given, but this run scores sentence pairs",
+                        "give two --text-column (first, then second text)")
+    raise UserError(f"{len(given)} text columns given, but this run scores one text per row", "give one --text-column")

@@ -11,6 +11,7 @@ import math
 import time
 from pathlib import Path
 
+from . import longtext
 from . import rundir
 from .errors import UserError
 
@@ -155,6 +156,9 @@ def _sections(d: dict) -> list[tuple[str, list]]:
                            [[c, _fmt(v.get("precision")), _fmt(v.get("recall")), _fmt(v.get("f1")), _fmt(v.get("support"), "int")]
                             for c, v in x["per_class"].items()])]
         out.append(("Metrics", blocks))
+    if isinstance(m.get("long_text"), dict) and m["long_text"]:
+        out.append(("Rows longer than max_length", [("table", ["split", "what was done"],
+                    [[s, longtext.describe(x, "rows")] for s, x in m["long_text"].items() if _long_rows(x)])]))
     if d["images"]:
         out.append(("Plots", [("img", k) for k in d["images"]]))
     if d["errors"]:
@@ -186,6 +190,12 @@ def _sections(d: dict) -> list[tuple[str, list]]:
         out.append(("Environment", [("table", ["", ""], [[k, _fmt(v)] for k, v in m["environment"].items()])]))
     out.append(("Resolved config", [("pre", json.dumps(cfg, indent=2, ensure_ascii=False))]))
     return out
+
+
+def _long_rows(x) -> bool:
+    """A split's record of rows past max_length, as training writes it (a hand-edited metrics.json may not hold one)."""
+    return isinstance(x, dict) and all(isinstance(x.get(k), int) for k in ("rows", "longer", "max_length")) \
+        and (x.get("long_text") != "chunks" or all(k in x for k in ("windows", "chunk_stride", "chunk_pool")))
 
 
 def _secs(v) -> str:

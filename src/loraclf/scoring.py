@@ -19,6 +19,7 @@ import torch
 
 from . import data as data_mod
 from . import fastpath
+from . import longtext
 from . import metrics as metrics_mod
 from . import precision as precision_mod
 from . import rundir
@@ -83,11 +84,11 @@ def in_input_order(index: list[int], parts: list[np.ndarray]) -> np.ndarray:
 def predict_logits(model, encoded: data_mod.Encoded, batch_size: int, pad_id: int, device, precision: str,
                    accelerator=None, max_tokens: int = -1, full_cast: bool = False, cls_only: bool = True,
                    pad_to_multiple: int = data_mod.PAD_MULTIPLE) -> np.ndarray:
-    """Logits in input order. Batches are length-sorted, at most `batch_size` rows and (see scoring_tokens)
-    `max_tokens` padded tokens; with several processes each takes a share. `precision` is a resolved one
-    (precision.resolve). Under bf16/fp16 the frozen weights are cast once per call rather than by autocast on
-    every batch (the same numbers; inside fit they already are), so one model must not score two precisions at
-    once. `full_cast` (bf16 only, scoring.bf16_full_cast): the whole frozen model in bf16 for the call, residual
+    """Logits in input order (one row per document for longtext's windows: pooled). Batches are length-sorted, at
+    most `batch_size` rows and (see scoring_tokens) `max_tokens` padded tokens; with several processes each takes
+    a share. `precision` is a resolved one (precision.resolve). Under bf16/fp16 the frozen weights are cast once
+    per call rather than by autocast on every batch (the same numbers; inside fit they already are), so one model
+    must not score two precisions at once. `full_cast` (bf16 only, scoring.bf16_full_cast): the whole frozen model in bf16 for the call, residual
     stream and LayerNorms too. `cls_only` (scoring.cls_only_last_layer): the last layer computes only the row the
     head reads. `pad_to_multiple`: what batch widths are rounded up to (`--levers` measures the choice)."""
     model.eval()
@@ -101,8 +102,7 @@ def predict_logits(model, encoded: data_mod.Encoded, batch_size: int, pad_id: in
         for index in mine:
             batch = data_mod.collate(encoded, index, pad_id, pad_to_multiple)
             with precision_mod.autocast(device, precision):
-                logits = model(input_ids=batch["input_ids"].to(device),
-                               attention_mask=batch["attention_mask"].to(device)).logits
+                logits = model(**model_inputs(batch, device)).logits
             out.append(logits.float().cpu().numpy())
             out_idx += index
     if world > 1:
@@ -110,7 +110,12 @@ def predict_logits(model, encoded: data_mod.Encoded, batch_size: int, pad_id: in
         parts = gather_object([(out_idx, np.concatenate(out) if out else np.zeros((0, 0), np.float32))])
         out_idx = [i for idx, _ in parts for i in idx]
         out = [a for _, a in parts if len(a)]
-    return in_input_order(out_idx, out)
+    return longtext.pooled(in_input_order(out_idx, out), encoded)
+
+
+def model_inputs(batch: dict, device) -> dict:
+    """A collated batch's model inputs (token_type_ids only for sentence pairs), on `device`."""
+    return {k: v.to(device) for k, v in batch.items() if k != "labels"}
 
 
 def evaluate_encoded(model, encoded, cfg, label_names, pad_id, device, precision, accelerator=None) -> dict:
@@ -120,23 +125,27 @@ def evaluate_encoded(model, encoded, cfg, label_names, pad_id, device, precision
         model = accelerator.unwrap_model(model)
     logits = predict_logits(model, encoded, cfg.scoring.batch_size, pad_id, device, precision, accelerator,
                             cfg.scoring.max_tokens, cfg.scoring.bf16_full_cast, cfg.scoring.cls_only_last_layer)
-    return metrics_mod.classification(logits, encoded.labels, label_names) | {"logits": logits}
+    return metrics_mod.classification(logits, longtext.row_labels(encoded), label_names) | {"logits": logits}
 
 
 def logits_for(model, tokenizer, texts: list[str], max_length: int, batch_size: int = 64,
                precision: str = "auto", device: torch.device | None = None, max_tokens: int = -1,
-               full_cast: bool = True, cls_only: bool = True, tune_malloc: bool = True) -> np.ndarray:
+               full_cast: bool = True, cls_only: bool = True, tune_malloc: bool = True,
+               treatment: longtext.Treatment = longtext.Treatment(), stats: dict | None = None) -> np.ndarray:
     """Logits in input order; batches of at most `batch_size` rows and `max_tokens` padded tokens (-1: auto,
     scoring_tokens). `precision`: a choice from precision.PRECISION_CHOICES. In bf16 the whole model is cast unless
     `full_cast` is False (scoring.bf16_full_cast); the last layer computes only the head's row unless `cls_only`
     is False (scoring.cls_only_last_layer). On CPU, `tune_malloc` (cpu.tune_malloc) fixes glibc's malloc
-    thresholds for the process, as fit does."""
+    thresholds for the process, as fit does. `texts` may be (a, b) pairs; `treatment` (longtext) says what happens
+    to rows past max_length, and `stats`, when given, receives how many there were (longtext.Encoding.summary)."""
     check_batching(batch_size, max_tokens)
     device = device or inference_device()
     if device.type == "cpu" and tune_malloc:
         fastpath.tune_malloc()
     model.to(device)
-    enc = data_mod.encode(tokenizer, data_mod.Examples(texts, None, []), max_length)
+    enc = longtext.encode(tokenizer, data_mod.Examples(texts, None, []), max_length, treatment)
+    if stats is not None:
+        stats.update(enc.summary())
     with torch.inference_mode():
         return predict_logits(model, enc, batch_size, tokenizer.pad_token_id, device,
                               precision_mod.resolve(precision, device), max_tokens=max_tokens, full_cast=full_cast,
@@ -145,11 +154,11 @@ def logits_for(model, tokenizer, texts: list[str], max_length: int, batch_size: 
 
 # ------------------------------------------------------------------------------------------ OpenVINO
 
-def openvino_compile(model, precision: str = "auto", cls_only: bool = True):
+def openvino_compile(model, precision: str = "auto", cls_only: bool = True, types: bool = False):
     """The merged `model` converted to OpenVINO and compiled for the CPU (a few seconds; nothing is written):
     an infer request. `precision` as predict's on CPU (precision.openvino_hint); OpenVINO runs its own fused
     kernels in that precision. `cls_only`: converted with the last layer computing only the head's row
-    (scoring.cls_only_last_layer), as the torch backend scores."""
+    (scoring.cls_only_last_layer), as the torch backend scores. `types`: a third input, token_type_ids (pairs)."""
     try:
         import openvino as ov
     except ImportError:
@@ -163,11 +172,13 @@ def openvino_compile(model, precision: str = "auto", cls_only: bool = True):
             super().__init__()
             self.m = m
 
-        def forward(self, input_ids, attention_mask):
-            return self.m(input_ids=input_ids, attention_mask=attention_mask).logits
+        def forward(self, input_ids, attention_mask, token_type_ids=None):
+            extra = {} if token_type_ids is None else {"token_type_ids": token_type_ids}
+            return self.m(input_ids=input_ids, attention_mask=attention_mask, **extra).logits
 
-    example = {"input_ids": torch.ones(2, 16, dtype=torch.long), "attention_mask": torch.ones(2, 16, dtype=torch.long)}
-    dims = [("input_ids", [-1, -1], ov.Type.i64), ("attention_mask", [-1, -1], ov.Type.i64)]
+    names = ["input_ids", "attention_mask"] + (["token_type_ids"] if types else [])
+    example = {n: torch.ones(2, 16, dtype=torch.long) for n in names}
+    dims = [(n, [-1, -1], ov.Type.i64) for n in names]
     model = model.to("cpu").eval()
     with torch.no_grad(), warnings.catch_warnings(), fastpath.cls_only_last_layer(model, cls_only):
         warnings.simplefilter("ignore")  # the tracer's notes on shape checks that hold for every input
@@ -181,10 +192,10 @@ def openvino_scores(request, encoded, pad_id: int, batch_size: int = 64, max_tok
     out_idx, out = [], []
     for index in data_mod.scoring_batches(encoded.lengths, batch_size, scoring_tokens(max_tokens, "cpu")):
         batch = data_mod.collate(encoded, index, pad_id)
-        res = request.infer({"input_ids": batch["input_ids"].numpy(), "attention_mask": batch["attention_mask"].numpy()})
+        res = request.infer({k: v.numpy() for k, v in batch.items() if k != "labels"})
         out.append(np.array(next(iter(res.values())), dtype=np.float32))
         out_idx += index
-    return in_input_order(out_idx, out)
+    return longtext.pooled(in_input_order(out_idx, out), encoded)
 
 
 # ------------------------------------------------------------------------------------------ one predictor
@@ -209,6 +220,12 @@ class Predictor:
     data: dict
     make_logits: Callable[[], Callable[[list[str]], np.ndarray]]
     _fn: Callable | None = field(default=None, repr=False)
+    stats: dict = field(default_factory=dict)   # the last call's longtext.Encoding.summary (rows past max_length)
+
+    @property
+    def pairs(self) -> bool:
+        """Whether each input is a (text_a, text_b) pair."""
+        return len(self.data.get("text_columns", ())) == 2
 
     @property
     def loaded(self) -> bool:
@@ -259,12 +276,15 @@ def _run_predictor(path: Path, backend: str, batch_size: int, precision: str, ma
             "adapter": {"method": cfg.adapter.method, "r": cfg.adapter.r, "alpha": cfg.adapter.alpha,
                         "target_modules": list(cfg.adapter.target_modules)},
             "metrics": export.metrics_summary(path), "max_length": infer_length(cfg)}
+    settings, stats = _data_settings(cfg.data.__dict__), {}
+    info |= {"text_columns": settings["text_columns"], "long_text": cfg.data.long_text}
 
     def make():
         model, tokenizer, cfg, _ = load_for_inference(run)
         return _model_logits(model, tokenizer, infer_length(cfg), backend, batch_size, precision, max_tokens,
-                             **scoring_options(cfg))
-    return Predictor(labels, info | _backend_info(backend, precision), _data_settings(cfg.data.__dict__), make)
+                             **scoring_options(cfg), treatment=longtext.Treatment.of(cfg.data), stats=stats,
+                             pairs=len(settings["text_columns"]) == 2)
+    return Predictor(labels, info | _backend_info(backend, precision), settings, make, stats=stats)
 
 
 def _export_predictor(path: Path, meta: dict, backend: str, batch_size: int, precision: str, threads: int,
@@ -273,13 +293,15 @@ def _export_predictor(path: Path, meta: dict, backend: str, batch_size: int, pre
     info = {"model": meta.get("base_model"), "source": str(path), "kind": meta["kind"], "labels": meta["labels"],
             "budget": meta.get("budget"), "budget_limit": meta.get("budget_limit"), "adapter": meta.get("adapter"),
             "metrics": meta.get("metrics"), "max_length": meta["max_length"]}
-    settings = _data_settings((meta.get("run_config") or {}).get("data", {}))
+    data = (meta.get("run_config") or {}).get("data", {})
+    settings, stats, treatment = _data_settings(data), {}, longtext.Treatment.of(data)
+    info |= {"text_columns": settings["text_columns"], "long_text": treatment.mode}
     max_length = int(meta["max_length"])
     if backend == "onnx":
         def make_onnx():
             clf = export.OnnxClassifier(path, threads=threads)
-            return lambda texts: clf.logits(texts, max_length, batch_size=batch_size)
-        return Predictor(meta["labels"], info | {"backend": "onnxruntime"}, settings, make_onnx)
+            return lambda texts: clf.logits(texts, max_length, batch_size=batch_size, stats=stats)
+        return Predictor(meta["labels"], info | {"backend": "onnxruntime"}, settings, make_onnx, stats=stats)
 
     def make():
         from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
@@ -292,22 +314,27 @@ def _export_predictor(path: Path, meta: dict, backend: str, batch_size: int, pre
                                                                    use_safetensors=True, local_files_only=True,
                                                                    **remote_code.kwargs()).eval()
         tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True, **remote_code.kwargs())
-        return _model_logits(model, tokenizer, max_length, backend, batch_size, precision, max_tokens)
-    return Predictor(meta["labels"], info | _backend_info(backend, precision), settings, make)
+        return _model_logits(model, tokenizer, max_length, backend, batch_size, precision, max_tokens,
+                             treatment=treatment, stats=stats, pairs=len(settings["text_columns"]) == 2)
+    return Predictor(meta["labels"], info | _backend_info(backend, precision), settings, make, stats=stats)
 
 
 def _model_logits(model, tokenizer, max_length: int, backend: str, batch_size: int, precision: str, max_tokens: int,
-                  full_cast: bool = True, cls_only: bool = True, tune_malloc: bool = True):
-    """texts -> logits for a loaded (merged) model on torch or OpenVINO."""
+                  full_cast: bool = True, cls_only: bool = True, tune_malloc: bool = True,
+                  treatment: longtext.Treatment = longtext.Treatment(), stats: dict | None = None, pairs: bool = False):
+    """texts (or pairs) -> logits for a loaded (merged) model on torch or OpenVINO."""
     if backend == "openvino":
-        request = openvino_compile(model, precision, cls_only)
+        request = openvino_compile(model, precision, cls_only, pairs and "token_type_ids" in tokenizer.model_input_names)
 
         def openvino_fn(texts):
-            enc = data_mod.encode(tokenizer, data_mod.Examples(texts, None, []), max_length)
+            enc = longtext.encode(tokenizer, data_mod.Examples(texts, None, []), max_length, treatment)
+            if stats is not None:
+                stats.update(enc.summary())
             return openvino_scores(request, enc, tokenizer.pad_token_id, batch_size, max_tokens)
         return openvino_fn
     return lambda texts: logits_for(model, tokenizer, texts, max_length, batch_size, precision, max_tokens=max_tokens,
-                                    full_cast=full_cast, cls_only=cls_only, tune_malloc=tune_malloc)
+                                    full_cast=full_cast, cls_only=cls_only, tune_malloc=tune_malloc,
+                                    treatment=treatment, stats=stats)
 
 
 def _backend_info(backend: str, precision: str) -> dict:
@@ -316,4 +343,4 @@ def _backend_info(backend: str, precision: str) -> dict:
 
 def _data_settings(data: dict) -> dict:
     return {"text_column": data.get("text_column", "text"), "label_column": data.get("label_column", "label"),
-            "encoding": data.get("encoding", "utf-8")}
+            "encoding": data.get("encoding", "utf-8"), "text_columns": longtext.text_columns(data)}

@@ -2,6 +2,7 @@
 or an --onnx export.
 
   POST /predict  {"texts": ["...", ...]} -> {"labels": [ids], "names": [class names], "probabilities": [[...], ...]}
+                 (a model trained on sentence pairs takes {"texts": [["text a", "text b"], ...]})
   GET  /health   {"status": "ok"}
   GET  /info     model, source, labels, budget, metrics, limits, batching statistics
 
@@ -135,8 +136,9 @@ class RequestError(Exception):
         self.status, self.message = status, message
 
 
-def parse_request(body: bytes, max_texts: int, max_chars: int) -> list[str]:
-    """{"texts": [str, ...]} -> the texts; RequestError(413/422) otherwise."""
+def parse_request(body: bytes, max_texts: int, max_chars: int, pairs: bool = False) -> list:
+    """{"texts": [str, ...]} -> the texts; with `pairs`, {"texts": [[str, str], ...]} -> (a, b) tuples;
+    RequestError(413/422) otherwise. max_chars holds for each text of a pair."""
     try:
         data = untrusted.loads(body)
     except untrusted.JSONError as e:  # also JSON nested too deeply, a 5,000-digit number, a repeated key
@@ -151,14 +153,28 @@ def parse_request(body: bytes, max_texts: int, max_chars: int) -> list[str]:
         raise RequestError(422, '"texts" is empty: give at least one text')
     if len(texts) > max_texts:
         raise RequestError(413, f"{len(texts)} texts in one request; the limit is {max_texts}: split the request")
+    if pairs:
+        for i, t in enumerate(texts):
+            if not (isinstance(t, list) and len(t) == 2):
+                raise RequestError(422, f'"texts"[{i}] is {_json_type(t)}{f" of {len(t)}" if isinstance(t, list) else ""}, '
+                                        'not a pair ["text a", "text b"]: this model scores sentence pairs')
+            for j, part in enumerate(t):
+                _check_text(part, f'"texts"[{i}][{j}]', max_chars)
+        return [tuple(t) for t in texts]
     for i, t in enumerate(texts):
-        if not isinstance(t, str):
-            raise RequestError(422, f'"texts"[{i}] is {_json_type(t)}, not a string')
-        if len(t) > max_chars:
-            raise RequestError(413, f'"texts"[{i}] has {len(t)} characters; the limit is {max_chars}')
-        if untrusted.unicode_problem(t):
-            raise RequestError(422, f'"texts"[{i}] is not valid Unicode (a lone surrogate escape)')
+        if isinstance(t, list):
+            raise RequestError(422, f'"texts"[{i}] is a list, not a string: this model scores one text per row')
+        _check_text(t, f'"texts"[{i}]', max_chars)
     return texts
+
+
+def _check_text(t, where: str, max_chars: int) -> None:
+    if not isinstance(t, str):
+        raise RequestError(422, f'{where} is {_json_type(t)}, not a string')
+    if len(t) > max_chars:
+        raise RequestError(413, f'{where} has {len(t)} characters; the limit is {max_chars}')
+    if untrusted.unicode_problem(t):
+        raise RequestError(422, f'{where} is not valid Unicode (a lone surrogate escape)')
 
 
 def _json_type(v) -> str:
@@ -179,7 +195,8 @@ def create_app(predictor: "Predictor", max_texts: int = DEFAULTS["max_texts"], m
     from .scoring import softmax
 
     # JSON escapes cost up to 6 bytes a character (12 for a surrogate pair); leave room for that and the wrapper
-    max_body = max_body_bytes or max_texts * (max_chars * 6 + 16) + 4096
+    pairs = getattr(predictor, "pairs", False)
+    max_body = max_body_bytes or max_texts * (max_chars * 6 + 16) * (2 if pairs else 1) + 4096
     state: dict = {}
 
     @asynccontextmanager
@@ -232,7 +249,7 @@ def create_app(predictor: "Predictor", max_texts: int = DEFAULTS["max_texts"], m
                 return error(413, f"request body over {max_body} bytes")
             chunks.append(chunk)
         try:
-            texts = parse_request(b"".join(chunks), max_texts, max_chars)
+            texts = parse_request(b"".join(chunks), max_texts, max_chars, pairs)
         except RequestError as e:
             return error(e.status, e.message)
         try:

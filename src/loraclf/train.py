@@ -208,7 +208,7 @@ def fit(model, cfg: Config, train_enc: data_mod.Encoded, val_enc: data_mod.Encod
                         with sync, start, fastpath.cpu_dropout(cheap_dropout, cfg.cpu.share_dropout_masks), \
                                 fastpath.attention(unwrapped, train_attn):
                             with accelerator.autocast():
-                                logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+                                logits = model(**scoring.model_inputs(batch, device)).logits
                             loss = F.cross_entropy(logits.float(), batch["labels"], weight=weight,
                                                    label_smoothing=t.label_smoothing)
                             accelerator.backward(loss * len(index) / n_rows)
