@@ -16,6 +16,7 @@ from importlib import resources
 from pathlib import Path
 
 from . import precision
+from . import untrusted
 from .errors import UserError
 
 
@@ -58,6 +59,8 @@ class DataConfig:
     max_length_infer: int = 0           # 0: same as max_length
     encoding: str = "utf-8"
     max_train_samples: int = 0          # 0: all
+    task: str = "single_label"          # "single_label" | "multi_label": each row a set of labels (multilabel.py)
+    label_delimiter: str = "|"          # multi_label: what joins a row's labels in a CSV/TSV cell and in predictions
 
 
 @dataclass
@@ -378,6 +381,7 @@ CHOICES = {
     "train.scheduler": ("linear", "cosine", "constant"),
     "train.monitor": ("val_loss", "val_accuracy", "val_macro_f1"),
     "train.class_weight": ("none", "balanced"),
+    "data.task": ("single_label", "multi_label"),
     "train.precision": precision.PRECISION_CHOICES,
     "train.cache_frozen_layers": ("auto", "on", "off"),
 }
@@ -479,6 +483,10 @@ def validate(cfg: Config) -> None:
                         "--set adapter.target_modules=query,value")
     if any(not t.strip() for t in cfg.adapter.target_modules):
         raise UserError("config key adapter.target_modules has an empty name", "name each module, e.g. query,value")
+    delimiter = cfg.data.label_delimiter
+    if not delimiter.strip() or len(delimiter) > 8 or any(c in delimiter for c in "\r\n\"") or untrusted.unicode_problem(delimiter):
+        raise UserError(f"config key data.label_delimiter = {_show(delimiter)} is not a usable delimiter",
+                        "give one to eight visible characters without quotes or line breaks, e.g. --set data.label_delimiter=';'")
     names = cfg.data.label_names
     if len(names) == 1:
         raise UserError(f"data.label_names names one class ({_show(names[0])})",

@@ -508,9 +508,12 @@ def _check_ids(t: _Table, ids: list) -> None:
 
 
 def load(source: str, *, text_column: str = "text", label_column: str = "label", label_names=(),
-         split: str = "train", labelled: bool = True, encoding: str = "utf-8", trust_pickle: bool = False) -> Examples:
+         split: str = "train", labelled: bool = True, encoding: str = "utf-8", trust_pickle: bool = False,
+         task: str = "single_label", label_delimiter: str = "|") -> Examples:
     """Read one source into Examples. `label_names` (from the config or a trained run) fixes the class
-    order; without it, names come from the source (classes.txt, ClassLabel) or from the labels."""
+    order; without it, names come from the source (classes.txt, ClassLabel) or from the labels. With
+    task="multi_label" labels are multi-hot rows (multilabel.label_sets)."""
+    from . import multilabel
     t = _read(str(source), split, encoding, text_column, trust_pickle)
     texts = _texts(t, text_column)
     names = list(label_names) or t.label_names
@@ -520,7 +523,11 @@ def load(source: str, *, text_column: str = "text", label_column: str = "label",
         _check_ids(t, ids)
     labels = None
     if labelled or label_column in t.columns:  # unlabelled inputs may still carry labels (e.g. test.csv)
-        labels, names = _labels(t, label_column, names)
+        if task == "multi_label":
+            labels, names = multilabel.label_sets(t, label_column, names, label_delimiter)
+        else:
+            multilabel.refuse_label_sets(t, label_column, names, label_delimiter)
+            labels, names = _labels(t, label_column, names)
     return Examples(texts, labels, list(names), ids, str(source))
 
 

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
+from . import multilabel
 from . import rundir
 from . import scoring
 from .errors import UserError
@@ -134,7 +135,8 @@ def _meta(kind: str, run_dir: Path, cfg, label_names: list[str], extra: dict | N
                         "target_modules": list(cfg.adapter.target_modules)},
             "max_length": scoring.infer_length(cfg), "labels": list(label_names), "budget": budget,
             "budget_limit": cfg.budget.max_trainable, "metrics": metrics_summary(run_dir),
-            "inputs": rundir.read_json_or(run_dir / "inputs.json"), "run_config": cfg_dict} | (extra or {})
+            "inputs": rundir.read_json_or(run_dir / "inputs.json"), "run_config": cfg_dict} \
+        | multilabel.export_meta(run_dir, cfg, label_names) | (extra or {})
 
 
 def _write_common(out: Path, run_dir: Path, meta: dict, model_config) -> None:

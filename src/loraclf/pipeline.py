@@ -16,6 +16,7 @@ from . import data as data_mod
 from . import layercache
 from . import metrics as metrics_mod
 from . import model as model_mod
+from . import multilabel
 from . import precision as precision_mod
 from . import predict as predict_mod
 from . import remote_code
@@ -29,8 +30,9 @@ from .errors import Interrupted, UserError
 def load_training_data(cfg: Config, sources: list[str], trust_pickle: bool = False):
     d = cfg.data
     examples = data_mod.load_many(sources, text_column=d.text_column, label_column=d.label_column,
-                                  label_names=d.label_names, split="train", encoding=d.encoding, trust_pickle=trust_pickle)
-    check_classes(examples, sources)
+                                  label_names=d.label_names, split="train", encoding=d.encoding, trust_pickle=trust_pickle,
+                                  **task_options(cfg))
+    (multilabel.check_classes if multilabel.is_multi(cfg) else check_classes)(examples, sources)
     if d.max_train_samples and d.max_train_samples < len(examples):
         examples, _ = data_mod.split(examples, len(examples) - d.max_train_samples, cfg.train.seed)
     return data_mod.split(examples, d.val_size, cfg.train.seed)
@@ -45,10 +47,15 @@ def check_classes(examples, sources: list[str]) -> None:
                         "give rows of at least two classes (and check data.label_column)")
 
 
+def task_options(cfg: Config) -> dict:
+    """How data.load reads a run's labels: one class a row, or a set (data.task, data.label_delimiter)."""
+    return {"task": cfg.data.task, "label_delimiter": cfg.data.label_delimiter}
+
+
 def load_eval_data(cfg: Config, sources: list[str], label_names: list[str], trust_pickle: bool = False):
     d = cfg.data
     return data_mod.load_many(sources, text_column=d.text_column, label_column=d.label_column, label_names=label_names,
-                              split="test", encoding=d.encoding, trust_pickle=trust_pickle)
+                              split="test", encoding=d.encoding, trust_pickle=trust_pickle, **task_options(cfg))
 
 
 def environment(device) -> dict:
@@ -137,7 +144,7 @@ def _train(cfg: Config, data: list[str], out: Path, test_data, predict_data, res
     if predict_data:
         pred_ex = data_mod.load(predict_data, text_column=cfg.data.text_column, label_column=cfg.data.label_column,
                                 label_names=label_names, split="test", labelled=False, encoding=cfg.data.encoding,
-                                trust_pickle=trust_pickle)
+                                trust_pickle=trust_pickle, **task_options(cfg))
     expected = budget_mod.check(cfg, label_names)
     if main:
         rundir.prepare(out, resume, overwrite)
@@ -185,13 +192,19 @@ def _train(cfg: Config, data: list[str], out: Path, test_data, predict_data, res
                         "tokens_per_s": accelerator.num_processes * prog.tokens / max(prog.train_seconds, 1e-9),
                         "processes": accelerator.num_processes},
               "environment": environment(device)}
+    thresholds = None  # multi-label: per-label decision thresholds, chosen on validation
     if val_enc is not None:
         val = scoring.evaluate_encoded(model, val_enc, cfg, label_names, pad, device, precision, accelerator)
+        if multilabel.is_multi(cfg):
+            thresholds = multilabel.tune_thresholds(val["logits"], val_enc.labels)
+            val = multilabel.metrics(val["logits"], val_enc.labels, label_names, thresholds)
         result["val"] = {k: v for k, v in val.items() if k != "logits"}
+    if multilabel.is_multi(cfg) and thresholds is None:
+        thresholds = [multilabel.DEFAULT_THRESHOLD] * len(label_names)
     if test_ex is not None:
         t0 = time.perf_counter()
         test = scoring.evaluate_encoded(model, data_mod.encode(tokenizer, test_ex, infer_len), cfg, label_names, pad,
-                                  device, precision, accelerator)
+                                  device, precision, accelerator, thresholds)
         result["test"] = {k: v for k, v in test.items() if k != "logits"}
         result["test"]["seconds"] = round(time.perf_counter() - t0, 2)
         test_logits = test["logits"]
@@ -202,13 +215,18 @@ def _train(cfg: Config, data: list[str], out: Path, test_data, predict_data, res
                                              cfg.scoring.cls_only_last_layer)
     if main:
         save_folder(out / "adapter", lambda tmp: model_mod.save(model, tmp))
+        if thresholds is not None:
+            multilabel.save_thresholds(out, label_names, thresholds, "validation" if val_enc is not None else "default")
         rundir.write_json(out / "metrics.json", result)
+        task = {"thresholds": thresholds, "delimiter": cfg.data.label_delimiter}
         if pred_ex is not None:
-            rundir.write_text(out / "submission.csv", predict_mod.submission_csv(scoring.row_ids(pred_ex), pred_logits, label_names))
+            rundir.write_text(out / "submission.csv", predict_mod.submission_csv(scoring.row_ids(pred_ex), pred_logits,
+                                                                                 label_names, **task))
         elif test_ex is not None:
-            rundir.write_text(out / "submission.csv", predict_mod.submission_csv(scoring.row_ids(test_ex), test_logits, label_names))
+            rundir.write_text(out / "submission.csv", predict_mod.submission_csv(scoring.row_ids(test_ex), test_logits,
+                                                                                 label_names, **task))
         if test_ex is not None:
-            rundir.write_text(out / "predictions.csv", predict_mod.predictions_csv(test_ex, test_logits, label_names))
+            rundir.write_text(out / "predictions.csv", predict_mod.predictions_csv(test_ex, test_logits, label_names, **task))
         if "test" in result:
             log(metrics_mod.metrics_table(result["test"], "test"))
         elif "val" in result:
@@ -244,10 +262,12 @@ def evaluate_run(run_dir: Path, sources: list[str], trust_pickle: bool = False, 
     run_dir = run.path
     # the data first, as predict does: its mistakes show before a model is loaded
     ex = load_eval_data(run.config, list(sources), run.labels, trust_pickle)
+    thresholds = multilabel.read_thresholds(run_dir, run.labels) if multilabel.is_multi(run.config) else None
     model, tokenizer, cfg, label_names = scoring.load_for_inference(run)
     logits = scoring.logits_for(model, tokenizer, ex.texts, scoring.infer_length(cfg), batch_size, max_tokens=max_tokens,
                                 **scoring.scoring_options(cfg))
-    m = metrics_mod.classification(logits, ex.labels, label_names)
+    m = multilabel.metrics(logits, ex.labels, label_names, thresholds) if thresholds is not None \
+        else metrics_mod.classification(logits, ex.labels, label_names)
     m["data"] = list(sources)
     name = name or Path(sources[0]).stem
     rundir.write_json(run_dir / f"eval-{name}.json", m)

@@ -113,13 +113,18 @@ def predict_logits(model, encoded: data_mod.Encoded, batch_size: int, pad_id: in
     return in_input_order(out_idx, out)
 
 
-def evaluate_encoded(model, encoded, cfg, label_names, pad_id, device, precision, accelerator=None) -> dict:
-    """Metrics (metrics.classification) and logits of `model` on labelled encoded rows, as the run's config
-    says to score (scoring.batch_size, max_tokens, bf16_full_cast, cls_only_last_layer)."""
+def evaluate_encoded(model, encoded, cfg, label_names, pad_id, device, precision, accelerator=None,
+                     thresholds=None) -> dict:
+    """Metrics (metrics.classification; multilabel.metrics at `thresholds`, default 0.5, for a multi-label run) and
+    logits of `model` on labelled encoded rows, as the run's config says to score (scoring.batch_size, max_tokens,
+    bf16_full_cast, cls_only_last_layer)."""
+    from . import multilabel
     if accelerator is not None:  # DDP's forward is a collective; ranks score different batch counts
         model = accelerator.unwrap_model(model)
     logits = predict_logits(model, encoded, cfg.scoring.batch_size, pad_id, device, precision, accelerator,
                             cfg.scoring.max_tokens, cfg.scoring.bf16_full_cast, cfg.scoring.cls_only_last_layer)
+    if multilabel.is_multi(cfg):
+        return multilabel.metrics(logits, encoded.labels, label_names, thresholds) | {"logits": logits}
     return metrics_mod.classification(logits, encoded.labels, label_names) | {"logits": logits}
 
 
@@ -208,6 +213,7 @@ class Predictor:
     info: dict
     data: dict
     make_logits: Callable[[], Callable[[list[str]], np.ndarray]]
+    thresholds: list[float] | None = None  # a multi-label model's per-label decision thresholds (multilabel.py)
     _fn: Callable | None = field(default=None, repr=False)
 
     @property
@@ -252,34 +258,44 @@ def load_predictor(path, backend: str = "auto", batch_size: int = 64, precision:
 
 def _run_predictor(path: Path, backend: str, batch_size: int, precision: str, max_tokens: int) -> Predictor:
     from . import export
+    from . import multilabel
     run = rundir.RunDir.open(path)
     cfg, labels = run.config, run.labels
+    thresholds = multilabel.read_thresholds(path, labels) if multilabel.is_multi(cfg) else None
     info = {"model": cfg.model.name, "source": str(path), "kind": "run", "labels": labels,
             "budget": run.optional_json("budget.json"), "budget_limit": cfg.budget.max_trainable,
             "adapter": {"method": cfg.adapter.method, "r": cfg.adapter.r, "alpha": cfg.adapter.alpha,
                         "target_modules": list(cfg.adapter.target_modules)},
-            "metrics": export.metrics_summary(path), "max_length": infer_length(cfg)}
+            "metrics": export.metrics_summary(path), "max_length": infer_length(cfg), "task": cfg.data.task} \
+        | ({"thresholds": thresholds} if thresholds is not None else {})
 
     def make():
         model, tokenizer, cfg, _ = load_for_inference(run)
         return _model_logits(model, tokenizer, infer_length(cfg), backend, batch_size, precision, max_tokens,
                              **scoring_options(cfg))
-    return Predictor(labels, info | _backend_info(backend, precision), _data_settings(cfg.data.__dict__), make)
+    return Predictor(labels, info | _backend_info(backend, precision), _data_settings(cfg.data.__dict__), make,
+                     thresholds)
 
 
 def _export_predictor(path: Path, meta: dict, backend: str, batch_size: int, precision: str, threads: int,
                       max_tokens: int) -> Predictor:
     from . import export
+    from . import multilabel
+    settings = _data_settings((meta.get("run_config") or {}).get("data", {}))
+    thresholds = None
+    if settings["task"] == "multi_label":
+        thresholds = multilabel.check_thresholds({"labels": meta["labels"], "thresholds": meta.get("thresholds")},
+                                                 meta["labels"], f"the thresholds in {path / export.META}")
     info = {"model": meta.get("base_model"), "source": str(path), "kind": meta["kind"], "labels": meta["labels"],
             "budget": meta.get("budget"), "budget_limit": meta.get("budget_limit"), "adapter": meta.get("adapter"),
-            "metrics": meta.get("metrics"), "max_length": meta["max_length"]}
-    settings = _data_settings((meta.get("run_config") or {}).get("data", {}))
+            "metrics": meta.get("metrics"), "max_length": meta["max_length"], "task": settings["task"]} \
+        | ({"thresholds": thresholds} if thresholds is not None else {})
     max_length = int(meta["max_length"])
     if backend == "onnx":
         def make_onnx():
             clf = export.OnnxClassifier(path, threads=threads)
             return lambda texts: clf.logits(texts, max_length, batch_size=batch_size)
-        return Predictor(meta["labels"], info | {"backend": "onnxruntime"}, settings, make_onnx)
+        return Predictor(meta["labels"], info | {"backend": "onnxruntime"}, settings, make_onnx, thresholds)
 
     def make():
         from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
@@ -293,7 +309,7 @@ def _export_predictor(path: Path, meta: dict, backend: str, batch_size: int, pre
                                                                    **remote_code.kwargs()).eval()
         tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True, **remote_code.kwargs())
         return _model_logits(model, tokenizer, max_length, backend, batch_size, precision, max_tokens)
-    return Predictor(meta["labels"], info | _backend_info(backend, precision), settings, make)
+    return Predictor(meta["labels"], info | _backend_info(backend, precision), settings, make, thresholds)
 
 
 def _model_logits(model, tokenizer, max_length: int, backend: str, batch_size: int, precision: str, max_tokens: int,
@@ -316,4 +332,5 @@ def _backend_info(backend: str, precision: str) -> dict:
 
 def _data_settings(data: dict) -> dict:
     return {"text_column": data.get("text_column", "text"), "label_column": data.get("label_column", "label"),
-            "encoding": data.get("encoding", "utf-8")}
+            "encoding": data.get("encoding", "utf-8"), "task": data.get("task", "single_label"),
+            "label_delimiter": data.get("label_delimiter", "|")}
