@@ -302,3 +302,20 @@ def test_serve_answers_label_sets(ml_run):
     assert r["labels"] == [np.flatnonzero(d).tolist() for d in want]
     assert r["names"] == [[LABELS[k] for k in ids] for ids in r["labels"]]
     np.testing.assert_allclose(r["probabilities"], multilabel.probabilities(predictor.logits(texts)), atol=1e-6)
+
+
+def test_own_positive_weights_are_checked_and_used(tmp_path, tiny_bert):
+    got = multilabel.loss_fn([[1, 0]], 2, "none", 0.0, "cpu", [2.0, 0.5])(torch.tensor([[0.3, -1.0]]), torch.tensor([[1, 1]]))
+    want = torch.nn.functional.binary_cross_entropy_with_logits(torch.tensor([[0.3, -1.0]]), torch.ones(1, 2),
+                                                                pos_weight=torch.tensor([2.0, 0.5]))
+    assert torch.allclose(got, want)
+    for overrides, match in ((["train.pos_weight=[1,2]"], "multi-label runs only"),
+                             (["data.task=multi_label", "train.pos_weight=[1,2]", "train.class_weight=balanced"], "give one"),
+                             (["data.task=multi_label", "train.pos_weight=[1,0]"], "out of range")):
+        with pytest.raises(UserError, match=match):
+            tiny_config(tiny_bert, *overrides)
+    _write(tmp_path / "t.jsonl", _rows(16), "jsonl")
+    cfg = tiny_config(tiny_bert, "data.task=multi_label", "train.pos_weight=[1,2]")
+    with pytest.raises(UserError, match="2 weights for 4 labels"):
+        pipeline.train_run(cfg, [str(tmp_path / "t.jsonl")], tmp_path / "run", log=lambda *a, **k: None)
+    assert not (tmp_path / "run").exists()

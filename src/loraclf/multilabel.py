@@ -119,12 +119,19 @@ def check_classes(examples, sources: list[str]) -> None:
 
 # ------------------------------------------------------------------------------------------ loss
 
-def loss_fn(labels, num_labels: int, class_weight: str, smoothing: float, device):
-    """BCE with logits; `balanced`: each label's positives weighted n_negative / n_positive (peft-agnostic,
-    torch's pos_weight); label smoothing pulls targets towards 1/2."""
+def check_pos_weight(cfg, label_names: list[str]) -> None:
+    n = len(cfg.train.pos_weight)
+    if n and n != len(label_names):
+        raise UserError(f"train.pos_weight gives {n} weights for {len(label_names)} labels ({', '.join(label_names)})",
+                        "give one positive weight per label, in label order")
+
+
+def loss_fn(labels, num_labels: int, class_weight: str, smoothing: float, device, weights=()):
+    """BCE with logits; the positives of label k weighted by `weights`[k] (train.pos_weight), or with `balanced` by
+    its n_negative / n_positive (torch's pos_weight); label smoothing pulls targets towards 1/2."""
     import torch
     import torch.nn.functional as F
-    pos_weight = None
+    pos_weight = torch.tensor(list(weights), dtype=torch.float32, device=device) if len(weights) else None
     if class_weight == "balanced":
         hot = np.asarray(labels, dtype=np.float64).reshape(-1, num_labels)
         pos = hot.sum(0)

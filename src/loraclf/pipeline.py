@@ -32,7 +32,11 @@ def load_training_data(cfg: Config, sources: list[str], trust_pickle: bool = Fal
     examples = data_mod.load_many(sources, text_column=d.text_column, label_column=d.label_column,
                                   label_names=d.label_names, split="train", encoding=d.encoding, trust_pickle=trust_pickle,
                                   **task_options(cfg))
-    (multilabel.check_classes if multilabel.is_multi(cfg) else check_classes)(examples, sources)
+    if multilabel.is_multi(cfg):
+        multilabel.check_classes(examples, sources)
+        multilabel.check_pos_weight(cfg, examples.label_names)
+    else:
+        check_classes(examples, sources)
     if d.max_train_samples and d.max_train_samples < len(examples):
         examples, _ = data_mod.split(examples, len(examples) - d.max_train_samples, cfg.train.seed)
     return data_mod.split(examples, d.val_size, cfg.train.seed)

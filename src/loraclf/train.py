@@ -74,7 +74,7 @@ def task_loss(cfg: Config, labels, num_labels: int, device):
     t = cfg.train
     if cfg.data.task == "multi_label":
         from . import multilabel
-        return multilabel.loss_fn(labels, num_labels, t.class_weight, t.label_smoothing, device)
+        return multilabel.loss_fn(labels, num_labels, t.class_weight, t.label_smoothing, device, t.pos_weight)
     weight = class_weights(labels, num_labels, t.class_weight).to(device)
     return lambda logits, y: F.cross_entropy(logits, y, weight=weight, label_smoothing=t.label_smoothing)
 
