@@ -286,6 +286,9 @@ def _export_predictor(path: Path, meta: dict, backend: str, batch_size: int, pre
     if settings["task"] == "multi_label":
         thresholds = multilabel.check_thresholds({"labels": meta["labels"], "thresholds": meta.get("thresholds")},
                                                  meta["labels"], f"the thresholds in {path / export.META}")
+        if not isinstance(settings["label_delimiter"], str) or not settings["label_delimiter"].strip():
+            raise UserError(f"{path / export.META} has no usable label delimiter for a multi-label model",
+                            "export the run again")
     info = {"model": meta.get("base_model"), "source": str(path), "kind": meta["kind"], "labels": meta["labels"],
             "budget": meta.get("budget"), "budget_limit": meta.get("budget_limit"), "adapter": meta.get("adapter"),
             "metrics": meta.get("metrics"), "max_length": meta["max_length"], "task": settings["task"]} \
