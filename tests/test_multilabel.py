@@ -277,6 +277,7 @@ def test_onnx_export_matches_and_predicts_the_same_sets(ml_run, tmp_path):
     onnx = export.export_onnx(out, tmp_path / "onnx", exporter="legacy")
     meta = export.read_meta(onnx)
     assert meta["task"] == "multi_label" and meta["thresholds"] == multilabel.read_thresholds(out, LABELS)
+    assert "Multi-label: a label is predicted when" in (onnx / "README.md").read_text()
     a = predict.write_predictions(out, str(tmp / "test.jsonl"), tmp_path / "torch.csv", names=True, precision="fp32")
     b = predict.write_predictions(onnx, str(tmp / "test.jsonl"), tmp_path / "onnx.csv", names=True, backend="onnx")
     np.testing.assert_allclose(a["logits"], b["logits"], atol=1e-3, rtol=0)

@@ -393,6 +393,10 @@ def model_card(meta: dict) -> str:
               f"{', '.join(a.get('target_modules', []))}, merged into the base weights in fp32",
               f"- Maximum input length: {meta.get('max_length')} tokens (longer texts are truncated)",
               f"- Classes ({len(labels)}): " + ", ".join(f"{i} = {n}" for i, n in enumerate(labels)), ""]
+    multi = meta.get("task") == "multi_label"
+    if multi:
+        lines[-1:] = ["- Multi-label: a label is predicted when its sigmoid probability reaches its threshold, chosen on "
+                      "validation (" + ", ".join(f"{n} {t:.4f}" for n, t in zip(labels, meta.get("thresholds") or [])) + ")", ""]
     if kind == "merged":
         lines += ["Plain Hugging Face format (config.json, model.safetensors, tokenizer); peft is not needed to load it.", ""]
     else:
@@ -430,15 +434,18 @@ def model_card(meta: dict) -> str:
         lines.append("no evaluation recorded")
     lines += ["", "## Intended use", "",
               f"Classifying short English texts similar to the training data into: {', '.join(labels)}. "
-              "Every input gets one of these classes, so out-of-domain texts are still assigned one; check the "
-              "probabilities, and evaluate on your own data before relying on it. Not for decisions about people.", "",
+              + ("Every input gets the labels whose probability reaches their threshold (possibly none); check the "
+                 if multi else "Every input gets one of these classes, so out-of-domain texts are still assigned one; check the ")
+              + "probabilities, and evaluate on your own data before relying on it. Not for decisions about people.", "",
               "## How to use", "", "```python"]
     if kind == "merged":
         lines += ["from transformers import AutoModelForSequenceClassification, AutoTokenizer",
                   "model = AutoModelForSequenceClassification.from_pretrained(\"EXPORT_DIR\").eval()",
                   "tok = AutoTokenizer.from_pretrained(\"EXPORT_DIR\")",
                   f"enc = tok([\"some text\"], truncation=True, max_length={meta.get('max_length')}, padding=True, return_tensors=\"pt\")",
-                  "label = model.config.id2label[model(**enc).logits.argmax(-1).item()]"]
+                  "label = model.config.id2label[model(**enc).logits.argmax(-1).item()]" if not multi else
+                  f"labels = [model.config.id2label[k] for k, p in enumerate(model(**enc).logits.sigmoid()[0]) "
+                  f"if p >= {[round(t, 6) for t in meta.get('thresholds') or []]}[k]]"]
     else:
         lines += ["import onnxruntime as ort",
                   "from transformers import AutoTokenizer",
