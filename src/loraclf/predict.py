@@ -61,9 +61,10 @@ def write_predictions(path: Path, source: str, out: Path, names: bool = False, p
     d = predictor.data
     examples = data_mod.load(source, text_column=text_column or d["text_column"], label_column=d["label_column"],
                              label_names=predictor.labels, split="test", labelled=False, encoding=d["encoding"],
-                             trust_pickle=trust_pickle, task=d["task"], label_delimiter=d["label_delimiter"])
+                             trust_pickle=trust_pickle, task="single_label" if predictor.thresholds is None else "multi_label",
+                             label_delimiter=predictor.label_delimiter)
     logits = predictor.logits(examples.texts)
     ids = scoring.row_ids(examples)
     rundir.write_text(Path(out), submission_csv(ids, logits, predictor.labels, names, probs, predictor.thresholds,
-                                                d["label_delimiter"]))
+                                                predictor.label_delimiter))
     return {"rows": len(ids), "out": str(out), "logits": logits, "labels": examples.labels}

@@ -214,6 +214,7 @@ class Predictor:
     data: dict
     make_logits: Callable[[], Callable[[list[str]], np.ndarray]]
     thresholds: list[float] | None = None  # a multi-label model's per-label decision thresholds (multilabel.py)
+    label_delimiter: str = "|"             # a multi-label model's: what joins a row's labels in files
     _fn: Callable | None = field(default=None, repr=False)
 
     @property
@@ -274,7 +275,7 @@ def _run_predictor(path: Path, backend: str, batch_size: int, precision: str, ma
         return _model_logits(model, tokenizer, infer_length(cfg), backend, batch_size, precision, max_tokens,
                              **scoring_options(cfg))
     return Predictor(labels, info | _backend_info(backend, precision), _data_settings(cfg.data.__dict__), make,
-                     thresholds)
+                     thresholds, cfg.data.label_delimiter)
 
 
 def _export_predictor(path: Path, meta: dict, backend: str, batch_size: int, precision: str, threads: int,
@@ -282,23 +283,24 @@ def _export_predictor(path: Path, meta: dict, backend: str, batch_size: int, pre
     from . import export
     from . import multilabel
     settings = _data_settings((meta.get("run_config") or {}).get("data", {}))
-    thresholds = None
-    if settings["task"] == "multi_label":
+    thresholds, delimiter = None, meta.get("label_delimiter", "|")
+    if meta.get("task") == "multi_label":
         thresholds = multilabel.check_thresholds({"labels": meta["labels"], "thresholds": meta.get("thresholds")},
                                                  meta["labels"], f"the thresholds in {path / export.META}")
-        if not isinstance(settings["label_delimiter"], str) or not settings["label_delimiter"].strip():
+        if not isinstance(delimiter, str) or not delimiter.strip():
             raise UserError(f"{path / export.META} has no usable label delimiter for a multi-label model",
                             "export the run again")
     info = {"model": meta.get("base_model"), "source": str(path), "kind": meta["kind"], "labels": meta["labels"],
             "budget": meta.get("budget"), "budget_limit": meta.get("budget_limit"), "adapter": meta.get("adapter"),
-            "metrics": meta.get("metrics"), "max_length": meta["max_length"], "task": settings["task"]} \
+            "metrics": meta.get("metrics"), "max_length": meta["max_length"],
+            "task": "multi_label" if thresholds is not None else "single_label"} \
         | ({"thresholds": thresholds} if thresholds is not None else {})
     max_length = int(meta["max_length"])
     if backend == "onnx":
         def make_onnx():
             clf = export.OnnxClassifier(path, threads=threads)
             return lambda texts: clf.logits(texts, max_length, batch_size=batch_size)
-        return Predictor(meta["labels"], info | {"backend": "onnxruntime"}, settings, make_onnx, thresholds)
+        return Predictor(meta["labels"], info | {"backend": "onnxruntime"}, settings, make_onnx, thresholds, delimiter)
 
     def make():
         from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
@@ -312,7 +314,7 @@ def _export_predictor(path: Path, meta: dict, backend: str, batch_size: int, pre
                                                                    **remote_code.kwargs()).eval()
         tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True, **remote_code.kwargs())
         return _model_logits(model, tokenizer, max_length, backend, batch_size, precision, max_tokens)
-    return Predictor(meta["labels"], info | _backend_info(backend, precision), settings, make, thresholds)
+    return Predictor(meta["labels"], info | _backend_info(backend, precision), settings, make, thresholds, delimiter)
 
 
 def _model_logits(model, tokenizer, max_length: int, backend: str, batch_size: int, precision: str, max_tokens: int,
@@ -335,5 +337,4 @@ def _backend_info(backend: str, precision: str) -> dict:
 
 def _data_settings(data: dict) -> dict:
     return {"text_column": data.get("text_column", "text"), "label_column": data.get("label_column", "label"),
-            "encoding": data.get("encoding", "utf-8"), "task": data.get("task", "single_label"),
-            "label_delimiter": data.get("label_delimiter", "|")}
+            "encoding": data.get("encoding", "utf-8")}
