@@ -11,7 +11,7 @@ from conftest import LABELS
 from loraclf import cli, config
 
 NUMERIC_FIELDS = list(config.RANGES)
-LIST_FIELDS = {"adapter.layers"}          # list[int]: the hostile value is put in a list
+LIST_FIELDS = {"adapter.layers", "train.pos_weight"}  # lists of numbers: the hostile value is put in a list
 DICT_FIELDS = {"adapter.rank_pattern"}    # dict[str, int]: the hostile value is a module's rank
 
 HUGE = "1" * 5000   # past Python's int-to-text digit limit

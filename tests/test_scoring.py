@@ -94,7 +94,8 @@ def fake_torch(monkeypatch):
         return "model", _Tok(), run.config, run.labels
 
     def logits_for(model, tokenizer, texts, max_length, batch_size=64, precision="auto", **kw):
-        calls["logits_for"].append((max_length, batch_size, precision, kw))
+        calls["logits_for"].append((max_length, batch_size, precision,  # the scoring switches, not the long-text ones
+                                    {k: v for k, v in kw.items() if k not in ("treatment", "stats", "pairs")}))
         return _fixed_logits(texts)
     monkeypatch.setattr(scoring, "load_for_inference", load)
     monkeypatch.setattr(scoring, "logits_for", logits_for)
@@ -108,7 +109,8 @@ def test_run_directory_on_torch_is_loaded_on_first_use_with_its_switches(tmp_pat
                     cpu__tune_malloc=flag)
     p = scoring.load_predictor(run, backend, batch_size=7, precision="fp32", max_tokens=99)
     assert fake_torch["loads"] == 0 and p.info["backend"] == "torch" and p.info["kind"] == "run"
-    assert p.labels == LABELS and p.data == {"text_column": "body", "label_column": "label", "encoding": "utf-8"}
+    assert p.labels == LABELS and p.data == {"text_column": "body", "label_column": "label", "encoding": "utf-8",
+                                             "text_columns": ["body"]}
     np.testing.assert_array_equal(p.logits(["ab", "c"]), _fixed_logits(["ab", "c"]))
     p.logits(["d"])
     assert fake_torch["loads"] == 1
@@ -120,7 +122,7 @@ def test_run_directory_on_torch_is_loaded_on_first_use_with_its_switches(tmp_pat
 def test_openvino_backend_on_a_run_or_a_merged_export(tmp_path, monkeypatch, fake_torch, kind):
     import transformers
     compiled = []
-    monkeypatch.setattr(scoring, "openvino_compile", lambda m, prec, cls_only: compiled.append((m, prec, cls_only)) or "req")
+    monkeypatch.setattr(scoring, "openvino_compile", lambda m, prec, cls_only, types=False: compiled.append((m, prec, cls_only)) or "req")
     monkeypatch.setattr(scoring, "openvino_scores",
                         lambda req, enc, pad, bs, mt: np.zeros((len(enc), 4), np.float32) + bs + mt)
     monkeypatch.setattr(transformers.AutoModelForSequenceClassification, "from_pretrained", lambda *a, **k: torch.nn.Linear(1, 1))
@@ -136,7 +138,7 @@ def test_openvino_backend_on_a_run_or_a_merged_export(tmp_path, monkeypatch, fak
 class _Tok:
     pad_token_id = 0
 
-    def __call__(self, texts, **kw):
+    def __call__(self, texts, *pair, **kw):
         return {"input_ids": [[1, 2] for _ in texts]}
 
 
@@ -147,7 +149,7 @@ def test_onnx_export_runs_on_onnxruntime_with_its_data_settings(tmp_path, monkey
         def __init__(self, path, threads=0):
             made.append(threads)
 
-        def logits(self, texts, max_length=None, batch_size=64):
+        def logits(self, texts, max_length=None, batch_size=64, stats=None):
             return _fixed_logits(texts) + max_length + batch_size
     monkeypatch.setattr(export, "OnnxClassifier", FakeOnnx)
     monkeypatch.setattr(torch, "set_num_threads", lambda n: None)
@@ -155,7 +157,7 @@ def test_onnx_export_runs_on_onnxruntime_with_its_data_settings(tmp_path, monkey
     for backend in ("auto", "onnx"):
         p = scoring.load_predictor(onnx, backend, batch_size=3, threads=2)
         assert p.info["backend"] == "onnxruntime" and p.info["kind"] == "onnx"
-        assert p.data == {"text_column": "body", "label_column": "y", "encoding": "latin-1"}
+        assert p.data == {"text_column": "body", "label_column": "y", "encoding": "latin-1", "text_columns": ["body"]}
         np.testing.assert_array_equal(p.logits(["xy"]), _fixed_logits(["xy"]) + 35)
     assert made == [2, 2]
 

@@ -44,7 +44,11 @@ def cmd_train(args) -> int:
     line = f"run: {out}   trainable {result['budget']['trainable']:,}   train {t['wall_seconds']:.0f}s ({t['samples_per_s']:.1f} samples/s)"
     for split in ("val", "test"):
         if split in result:
-            line += f"   {split} accuracy {100 * result[split]['accuracy']:.2f}% macro-F1 {result[split]['macro_f1']:.4f}"
+            m = result[split]
+            if m.get("task") == "multi_label":
+                line += f"   {split} micro-F1 {m['micro_f1']:.4f} macro-F1 {m['macro_f1']:.4f} subset accuracy {100 * m['accuracy']:.2f}%"
+            else:
+                line += f"   {split} accuracy {100 * m['accuracy']:.2f}% macro-F1 {m['macro_f1']:.4f}"
     print(line)
     return 0
 

@@ -16,6 +16,7 @@ from importlib import resources
 from pathlib import Path
 
 from . import precision
+from . import untrusted
 from .errors import UserError
 
 
@@ -63,6 +64,8 @@ class DataConfig:
     head_tokens: int = 0                # head+tail: tokens kept from the start; 0: a quarter of the window
     chunk_stride: int = -1              # chunks: tokens a window shares with the previous one; -1: a quarter of the window
     chunk_pool: str = "mean"            # chunks: a document's logits from its windows': "mean" | "max"
+    task: str = "single_label"          # "single_label" | "multi_label": each row a set of labels (multilabel.py)
+    label_delimiter: str = "|"          # multi_label: what joins a row's labels in a CSV/TSV cell and in predictions
 
 
 @dataclass
@@ -79,6 +82,9 @@ class TrainConfig:
     max_grad_norm: float = 1.0          # 0: no clipping
     label_smoothing: float = 0.0
     class_weight: str = "none"          # "none" | "balanced": loss weights n / (K * n_k), for imbalanced training data
+    # data.task = multi_label: each label's positive weight in the BCE loss, in label order; empty: none, or with
+    # class_weight = "balanced" each label's negatives / positives
+    pos_weight: list[float] = field(default_factory=list)
     eval_every: int = 0                 # optimizer steps; 0: once per epoch
     save_every: int = 0                 # optimizer steps; 0: no intermediate checkpoints
     patience: int = 0                   # evaluations without improvement before stopping; 0: never
@@ -396,6 +402,7 @@ CHOICES = {
     "train.scheduler": ("linear", "cosine", "constant"),
     "train.monitor": ("val_loss", "val_accuracy", "val_macro_f1"),
     "train.class_weight": ("none", "balanced"),
+    "data.task": ("single_label", "multi_label"),
     "train.precision": precision.PRECISION_CHOICES,
     "train.cache_frozen_layers": ("auto", "on", "off"),
 }
@@ -456,6 +463,7 @@ RANGES = {
     "train.warmup_ratio": Range(0, 1),
     "train.max_grad_norm": Range(0, 1e6, meaning="0 for no clipping"),
     "train.label_smoothing": Range(0, 1, high_open=True),
+    "train.pos_weight": Range(0, 1e6, low_open=True),
     "train.eval_every": Range(0, MAX_INT, meaning="0 for once per epoch"),
     "train.save_every": Range(0, MAX_INT, meaning="0 for no intermediate checkpoints"),
     "train.patience": Range(0, MAX_INT, meaning="0 for never stopping early"),
@@ -499,6 +507,16 @@ def validate(cfg: Config) -> None:
                         "--set adapter.target_modules=query,value")
     if any(not t.strip() for t in cfg.adapter.target_modules):
         raise UserError("config key adapter.target_modules has an empty name", "name each module, e.g. query,value")
+    if cfg.train.pos_weight and cfg.data.task != "multi_label":
+        raise UserError("config key train.pos_weight applies to multi-label runs only",
+                        "--set data.task=multi_label, or leave train.pos_weight empty (train.class_weight weighs classes)")
+    if cfg.train.pos_weight and cfg.train.class_weight != "none":
+        raise UserError("train.pos_weight and train.class_weight = balanced both set the positive weights",
+                        "give one of them")
+    delimiter = cfg.data.label_delimiter
+    if not delimiter.strip() or len(delimiter) > 8 or any(c in delimiter for c in "\r\n\"") or untrusted.unicode_problem(delimiter):
+        raise UserError(f"config key data.label_delimiter = {_show(delimiter)} is not a usable delimiter",
+                        "give one to eight visible characters without quotes or line breaks, e.g. --set data.label_delimiter=';'")
     names = cfg.data.label_names
     if len(names) == 1:
         raise UserError(f"data.label_names names one class ({_show(names[0])})",

@@ -518,10 +518,12 @@ def _check_ids(t: _Table, ids: list) -> None:
 
 def load(source: str, *, text_column: str = "text", label_column: str = "label", label_names=(),
          split: str = "train", labelled: bool = True, encoding: str = "utf-8", trust_pickle: bool = False,
-         text_columns=()) -> Examples:
+         text_columns=(), task: str = "single_label", label_delimiter: str = "|") -> Examples:
     """Read one source into Examples. `label_names` (from the config or a trained run) fixes the class
     order; without it, names come from the source (classes.txt, ClassLabel) or from the labels. Two
-    `text_columns` make each row a (text_a, text_b) pair."""
+    `text_columns` make each row a (text_a, text_b) pair. With task="multi_label" labels are multi-hot rows
+    (multilabel.label_sets)."""
+    from . import multilabel
     columns = list(text_columns) or [text_column]
     t = _read(str(source), split, encoding, columns[0], trust_pickle)
     texts = _pair_texts(t, columns) if len(columns) == 2 else _texts(t, columns[0])
@@ -532,7 +534,11 @@ def load(source: str, *, text_column: str = "text", label_column: str = "label",
         _check_ids(t, ids)
     labels = None
     if labelled or label_column in t.columns:  # unlabelled inputs may still carry labels (e.g. test.csv)
-        labels, names = _labels(t, label_column, names)
+        if task == "multi_label":
+            labels, names = multilabel.label_sets(t, label_column, names, label_delimiter)
+        else:
+            multilabel.refuse_label_sets(t, label_column, names, label_delimiter)
+            labels, names = _labels(t, label_column, names)
     return Examples(texts, labels, list(names), ids, str(source))
 
 

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import longtext
+from . import longtext, multilabel
 from . import rundir
 from . import scoring
 from .errors import UserError
@@ -136,7 +136,8 @@ def _meta(kind: str, run_dir: Path, cfg, label_names: list[str], extra: dict | N
                         "target_modules": list(cfg.adapter.target_modules)},
             "max_length": scoring.infer_length(cfg), "labels": list(label_names), "budget": budget,
             "budget_limit": cfg.budget.max_trainable, "metrics": metrics_summary(run_dir),
-            "inputs": rundir.read_json_or(run_dir / "inputs.json"), "run_config": cfg_dict} | (extra or {})
+            "inputs": rundir.read_json_or(run_dir / "inputs.json"), "run_config": cfg_dict} \
+        | multilabel.export_meta(run_dir, cfg, label_names) | (extra or {})
 
 
 def _write_common(out: Path, run_dir: Path, meta: dict, model_config) -> None:
@@ -414,6 +415,10 @@ def model_card(meta: dict) -> str:
               f"- Maximum input length: {meta.get('max_length')} tokens (longer texts: "
               f"{(meta.get('run_config') or {}).get('data', {}).get('long_text', 'truncate')}, as loraclf predict does)",
               f"- Classes ({len(labels)}): " + ", ".join(f"{i} = {n}" for i, n in enumerate(labels)), ""]
+    multi = meta.get("task") == "multi_label"
+    if multi:
+        lines[-1:] = ["- Multi-label: a label is predicted when its sigmoid probability reaches its threshold, chosen on "
+                      "validation (" + ", ".join(f"{n} {t:.4f}" for n, t in zip(labels, meta.get("thresholds") or [])) + ")", ""]
     if kind == "merged":
         lines += ["Plain Hugging Face format (config.json, model.safetensors, tokenizer); peft is not needed to load it.", ""]
     else:
@@ -451,15 +456,18 @@ def model_card(meta: dict) -> str:
         lines.append("no evaluation recorded")
     lines += ["", "## Intended use", "",
               f"Classifying short English texts similar to the training data into: {', '.join(labels)}. "
-              "Every input gets one of these classes, so out-of-domain texts are still assigned one; check the "
-              "probabilities, and evaluate on your own data before relying on it. Not for decisions about people.", "",
+              + ("Every input gets the labels whose probability reaches their threshold (possibly none); check the "
+                 if multi else "Every input gets one of these classes, so out-of-domain texts are still assigned one; check the ")
+              + "probabilities, and evaluate on your own data before relying on it. Not for decisions about people.", "",
               "## How to use", "", "```python"]
     if kind == "merged":
         lines += ["from transformers import AutoModelForSequenceClassification, AutoTokenizer",
                   "model = AutoModelForSequenceClassification.from_pretrained(\"EXPORT_DIR\").eval()",
                   "tok = AutoTokenizer.from_pretrained(\"EXPORT_DIR\")",
                   f"enc = tok([\"some text\"], truncation=True, max_length={meta.get('max_length')}, padding=True, return_tensors=\"pt\")",
-                  "label = model.config.id2label[model(**enc).logits.argmax(-1).item()]"]
+                  "label = model.config.id2label[model(**enc).logits.argmax(-1).item()]" if not multi else
+                  f"labels = [model.config.id2label[k] for k, p in enumerate(model(**enc).logits.sigmoid()[0]) "
+                  f"if p >= {[round(t, 6) for t in meta.get('thresholds') or []]}[k]]"]
     else:
         lines += ["import onnxruntime as ort",
                   "from transformers import AutoTokenizer",

@@ -33,6 +33,9 @@ def classification(logits: np.ndarray, labels, label_names: list[str]) -> dict:
 
 def metrics_table(m: dict, title: str = "") -> str:
     """Accuracy, macro-F1, per-class precision/recall/F1 and the confusion matrix, as text."""
+    if m.get("task") == "multi_label":
+        from . import multilabel
+        return multilabel.metrics_table(m, title)
     names = m["label_names"]
     w = max(10, *(len(n) for n in names))
     out = [title] if title else []

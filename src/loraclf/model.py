@@ -34,7 +34,10 @@ def _auto_config(cfg: Config, label_names: list[str]):
     try:
         config = AutoConfig.from_pretrained(path, num_labels=len(label_names),
                                             id2label=dict(enumerate(label_names)),
-                                            label2id={n: i for i, n in enumerate(label_names)}, **remote_code.kwargs())
+                                            label2id={n: i for i, n in enumerate(label_names)},
+                                            # multi-label: transformers' own loss, where a user calls the model with labels
+                                            **({"problem_type": "multi_label_classification"}
+                                               if cfg.data.task == "multi_label" else {}), **remote_code.kwargs())
     except (OSError, ValueError) as e:
         if remote_code.is_refusal(e):
             raise remote_code.refusal(cfg.model.name) from None

@@ -17,6 +17,7 @@ from . import layercache
 from . import longtext
 from . import metrics as metrics_mod
 from . import model as model_mod
+from . import multilabel
 from . import precision as precision_mod
 from . import predict as predict_mod
 from . import remote_code
@@ -31,8 +32,12 @@ def load_training_data(cfg: Config, sources: list[str], trust_pickle: bool = Fal
     d = cfg.data
     examples = data_mod.load_many(sources, text_column=d.text_column, label_column=d.label_column,
                                   label_names=d.label_names, split="train", encoding=d.encoding, trust_pickle=trust_pickle,
-                                  text_columns=d.text_columns)
-    check_classes(examples, sources)
+                                  text_columns=d.text_columns, **task_options(cfg))
+    if multilabel.is_multi(cfg):
+        multilabel.check_classes(examples, sources)
+        multilabel.check_pos_weight(cfg, examples.label_names)
+    else:
+        check_classes(examples, sources)
     if d.max_train_samples and d.max_train_samples < len(examples):
         examples, _ = data_mod.split(examples, len(examples) - d.max_train_samples, cfg.train.seed)
     return data_mod.split(examples, d.val_size, cfg.train.seed)
@@ -47,10 +52,16 @@ def check_classes(examples, sources: list[str]) -> None:
                         "give rows of at least two classes (and check data.label_column)")
 
 
+def task_options(cfg: Config) -> dict:
+    """How data.load reads a run's labels: one class a row, or a set (data.task, data.label_delimiter)."""
+    return {"task": cfg.data.task, "label_delimiter": cfg.data.label_delimiter}
+
+
 def load_eval_data(cfg: Config, sources: list[str], label_names: list[str], trust_pickle: bool = False):
     d = cfg.data
     return data_mod.load_many(sources, text_column=d.text_column, label_column=d.label_column, label_names=label_names,
-                              split="test", encoding=d.encoding, trust_pickle=trust_pickle, text_columns=d.text_columns)
+                              split="test", encoding=d.encoding, trust_pickle=trust_pickle, text_columns=d.text_columns,
+                              **task_options(cfg))
 
 
 def environment(device) -> dict:
@@ -139,7 +150,8 @@ def _train(cfg: Config, data: list[str], out: Path, test_data, predict_data, res
     if predict_data:
         pred_ex = data_mod.load(predict_data, text_column=cfg.data.text_column, label_column=cfg.data.label_column,
                                 label_names=label_names, split="test", labelled=False, encoding=cfg.data.encoding,
-                                trust_pickle=trust_pickle, text_columns=cfg.data.text_columns)
+                                trust_pickle=trust_pickle, text_columns=cfg.data.text_columns,
+                                **task_options(cfg))
     expected = budget_mod.check(cfg, label_names)
     if main:
         rundir.prepare(out, resume, overwrite)
@@ -190,15 +202,23 @@ def _train(cfg: Config, data: list[str], out: Path, test_data, predict_data, res
                         "tokens_per_s": accelerator.num_processes * prog.tokens / max(prog.train_seconds, 1e-9),
                         "processes": accelerator.num_processes},
               "long_text": long_rows, "environment": environment(device)}
+    thresholds = None  # multi-label: per-label decision thresholds, chosen on validation
     if val_enc is not None:
         val = scoring.evaluate_encoded(model, val_enc, cfg, label_names, pad, device, precision, accelerator)
+        if multilabel.is_multi(cfg):
+            val_labels = longtext.row_labels(val_enc)  # the documents', for chunks
+            thresholds = multilabel.tune_thresholds(val["logits"], val_labels)
+            val = multilabel.metrics(val["logits"], val_labels, label_names, thresholds)
         result["val"] = {k: v for k, v in val.items() if k != "logits"}
+    if multilabel.is_multi(cfg) and thresholds is None:
+        thresholds = [multilabel.DEFAULT_THRESHOLD] * len(label_names)
     if test_ex is not None:
         t0 = time.perf_counter()
         test_enc = longtext.encode(tokenizer, test_ex, infer_len, treatment)
         long_rows["test"] = test_enc.summary()
         log(longtext.describe(long_rows["test"], "test rows"))
-        test = scoring.evaluate_encoded(model, test_enc, cfg, label_names, pad, device, precision, accelerator)
+        test = scoring.evaluate_encoded(model, test_enc, cfg, label_names, pad, device, precision, accelerator,
+                                      thresholds)
         result["test"] = {k: v for k, v in test.items() if k != "logits"}
         result["test"]["seconds"] = round(time.perf_counter() - t0, 2)
         test_logits = test["logits"]
@@ -212,13 +232,18 @@ def _train(cfg: Config, data: list[str], out: Path, test_data, predict_data, res
                                              cfg.scoring.cls_only_last_layer)
     if main:
         save_folder(out / "adapter", lambda tmp: model_mod.save(model, tmp))
+        if thresholds is not None:
+            multilabel.save_thresholds(out, label_names, thresholds, "validation" if val_enc is not None else "default")
         rundir.write_json(out / "metrics.json", result)
+        task = {"thresholds": thresholds, "delimiter": cfg.data.label_delimiter}
         if pred_ex is not None:
-            rundir.write_text(out / "submission.csv", predict_mod.submission_csv(scoring.row_ids(pred_ex), pred_logits, label_names))
+            rundir.write_text(out / "submission.csv", predict_mod.submission_csv(scoring.row_ids(pred_ex), pred_logits,
+                                                                                 label_names, **task))
         elif test_ex is not None:
-            rundir.write_text(out / "submission.csv", predict_mod.submission_csv(scoring.row_ids(test_ex), test_logits, label_names))
+            rundir.write_text(out / "submission.csv", predict_mod.submission_csv(scoring.row_ids(test_ex), test_logits,
+                                                                                 label_names, **task))
         if test_ex is not None:
-            rundir.write_text(out / "predictions.csv", predict_mod.predictions_csv(test_ex, test_logits, label_names))
+            rundir.write_text(out / "predictions.csv", predict_mod.predictions_csv(test_ex, test_logits, label_names, **task))
         if "test" in result:
             log(metrics_mod.metrics_table(result["test"], "test"))
         elif "val" in result:
@@ -254,11 +279,13 @@ def evaluate_run(run_dir: Path, sources: list[str], trust_pickle: bool = False, 
     run_dir = run.path
     # the data first, as predict does: its mistakes show before a model is loaded
     ex = load_eval_data(run.config, list(sources), run.labels, trust_pickle)
+    thresholds = multilabel.read_thresholds(run_dir, run.labels) if multilabel.is_multi(run.config) else None
     model, tokenizer, cfg, label_names = scoring.load_for_inference(run)
     stats: dict = {}
     logits = scoring.logits_for(model, tokenizer, ex.texts, scoring.infer_length(cfg), batch_size, max_tokens=max_tokens,
                                 **scoring.scoring_options(cfg), treatment=longtext.Treatment.of(cfg.data), stats=stats)
-    m = metrics_mod.classification(logits, ex.labels, label_names)
+    m = multilabel.metrics(logits, ex.labels, label_names, thresholds) if thresholds is not None \
+        else metrics_mod.classification(logits, ex.labels, label_names)
     m["data"] = list(sources)
     m["long_text"] = stats
     name = name or Path(sources[0]).stem

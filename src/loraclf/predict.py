@@ -9,13 +9,18 @@ from pathlib import Path
 import numpy as np
 
 from . import data as data_mod
+from . import multilabel
 from . import rundir
 from . import scoring
 from .errors import UserError
 
 
-def submission_csv(ids, logits: np.ndarray, label_names: list[str], names: bool = False, probs: bool = False) -> str:
-    """`ID,Label` (+ one probability column per class with probs=True)."""
+def submission_csv(ids, logits: np.ndarray, label_names: list[str], names: bool = False, probs: bool = False,
+                   thresholds=None, delimiter: str = "|") -> str:
+    """`ID,Label` (+ one probability column per class with probs=True); with per-label `thresholds` (a multi-label
+    model) `ID,Labels`, each row's label set joined by `delimiter` (multilabel.submission_csv)."""
+    if thresholds is not None:
+        return multilabel.submission_csv(ids, logits, label_names, thresholds, delimiter, names, probs)
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(["ID", "Label"] + ([f"p_{n}" for n in label_names] if probs else []))
@@ -29,8 +34,11 @@ def submission_csv(ids, logits: np.ndarray, label_names: list[str], names: bool 
     return buf.getvalue()
 
 
-def predictions_csv(examples, logits: np.ndarray, label_names: list[str]) -> str:
-    """One row per example with its text, true and predicted class and confidence (for reports)."""
+def predictions_csv(examples, logits: np.ndarray, label_names: list[str], thresholds=None, delimiter: str = "|") -> str:
+    """One row per example with its text, true and predicted class and confidence (for reports); label sets for a
+    multi-label model (multilabel.predictions_csv)."""
+    if thresholds is not None:
+        return multilabel.predictions_csv(examples, logits, label_names, thresholds, delimiter)
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     p = scoring.softmax(logits)
@@ -57,10 +65,13 @@ def write_predictions(path: Path, source: str, out: Path, names: bool = False, p
     columns = input_columns(text_column, d["text_columns"])
     examples = data_mod.load(source, text_column=columns[0], label_column=d["label_column"],
                              label_names=predictor.labels, split="test", labelled=False, encoding=d["encoding"],
-                             trust_pickle=trust_pickle, text_columns=columns)
+                             trust_pickle=trust_pickle, text_columns=columns,
+                             task="single_label" if predictor.thresholds is None else "multi_label",
+                             label_delimiter=predictor.label_delimiter)
     logits = predictor.logits(examples.texts)
     ids = scoring.row_ids(examples)
-    rundir.write_text(Path(out), submission_csv(ids, logits, predictor.labels, names, probs))
+    rundir.write_text(Path(out), submission_csv(ids, logits, predictor.labels, names, probs, predictor.thresholds,
+                                                predictor.label_delimiter))
     return {"rows": len(ids), "out": str(out), "logits": logits, "labels": examples.labels,
             "long_text": dict(predictor.stats)}
 

@@ -150,11 +150,18 @@ def _sections(d: dict) -> list[tuple[str, list]]:
         rows = [[s, _fmt(x.get("n"), "int"), _fmt(x.get("loss")), _fmt(x.get("accuracy"), "pct"), _fmt(x.get("macro_f1"))]
                 for s, x in d["splits"].items()]
         blocks = [("table", ["split", "n", "loss", "accuracy", "macro-F1"], rows)]
+        multi = {s: x for s, x in d["splits"].items() if x.get("task") == "multi_label"}
+        if multi:  # accuracy above is subset accuracy; the scores multi-label data is judged by
+            blocks.append(("table", ["split", "micro-F1", "macro-F1", "samples-F1", "subset accuracy", "hamming loss"],
+                           [[s, _fmt(x.get("micro_f1")), _fmt(x.get("macro_f1")), _fmt(x.get("samples_f1")),
+                             _fmt(x.get("subset_accuracy"), "pct"), _fmt(x.get("hamming_loss"))] for s, x in multi.items()]))
         for s, x in d["splits"].items():
             if x.get("per_class"):
-                blocks += [("p", f"Per class, {s}:"), ("table", ["class", "precision", "recall", "F1", "support"],
+                extra = ["threshold"] if s in multi else []
+                blocks += [("p", f"Per {'label' if extra else 'class'}, {s}:"),
+                           ("table", ["label" if extra else "class", "precision", "recall", "F1", "support"] + extra,
                            [[c, _fmt(v.get("precision")), _fmt(v.get("recall")), _fmt(v.get("f1")), _fmt(v.get("support"), "int")]
-                            for c, v in x["per_class"].items()])]
+                            + [_fmt(v.get("threshold")) for _ in extra] for c, v in x["per_class"].items()])]
         out.append(("Metrics", blocks))
     if isinstance(m.get("long_text"), dict) and m["long_text"]:
         out.append(("Rows longer than max_length", [("table", ["split", "what was done"],

@@ -14,6 +14,7 @@ Layout (format version 1):
                        complete.json; see checkpoint.py
   submission.csv       predictions (ID,Label) for --predict-data, else for --test-data
   predictions.csv      test rows: id, true label, predicted label, confidence, text, class probabilities
+  thresholds.json      multi-label runs: each label's decision threshold, chosen on validation (multilabel.py)
   report.html, report.md, plots/*.png  (loraclf report)
 """
 from __future__ import annotations

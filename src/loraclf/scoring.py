@@ -118,13 +118,18 @@ def model_inputs(batch: dict, device) -> dict:
     return {k: v.to(device) for k, v in batch.items() if k != "labels"}
 
 
-def evaluate_encoded(model, encoded, cfg, label_names, pad_id, device, precision, accelerator=None) -> dict:
-    """Metrics (metrics.classification) and logits of `model` on labelled encoded rows, as the run's config
-    says to score (scoring.batch_size, max_tokens, bf16_full_cast, cls_only_last_layer)."""
+def evaluate_encoded(model, encoded, cfg, label_names, pad_id, device, precision, accelerator=None,
+                     thresholds=None) -> dict:
+    """Metrics (metrics.classification; multilabel.metrics at `thresholds`, default 0.5, for a multi-label run) and
+    logits of `model` on labelled encoded rows, as the run's config says to score (scoring.batch_size, max_tokens,
+    bf16_full_cast, cls_only_last_layer)."""
+    from . import multilabel
     if accelerator is not None:  # DDP's forward is a collective; ranks score different batch counts
         model = accelerator.unwrap_model(model)
     logits = predict_logits(model, encoded, cfg.scoring.batch_size, pad_id, device, precision, accelerator,
                             cfg.scoring.max_tokens, cfg.scoring.bf16_full_cast, cfg.scoring.cls_only_last_layer)
+    if multilabel.is_multi(cfg):
+        return multilabel.metrics(logits, longtext.row_labels(encoded), label_names, thresholds) | {"logits": logits}
     return metrics_mod.classification(logits, longtext.row_labels(encoded), label_names) | {"logits": logits}
 
 
@@ -219,6 +224,8 @@ class Predictor:
     info: dict
     data: dict
     make_logits: Callable[[], Callable[[list[str]], np.ndarray]]
+    thresholds: list[float] | None = None  # a multi-label model's per-label decision thresholds (multilabel.py)
+    label_delimiter: str = "|"             # a multi-label model's: what joins a row's labels in files
     _fn: Callable | None = field(default=None, repr=False)
     stats: dict = field(default_factory=dict)   # the last call's longtext.Encoding.summary (rows past max_length)
 
@@ -269,13 +276,16 @@ def load_predictor(path, backend: str = "auto", batch_size: int = 64, precision:
 
 def _run_predictor(path: Path, backend: str, batch_size: int, precision: str, max_tokens: int) -> Predictor:
     from . import export
+    from . import multilabel
     run = rundir.RunDir.open(path)
     cfg, labels = run.config, run.labels
+    thresholds = multilabel.read_thresholds(path, labels) if multilabel.is_multi(cfg) else None
     info = {"model": cfg.model.name, "source": str(path), "kind": "run", "labels": labels,
             "budget": run.optional_json("budget.json"), "budget_limit": cfg.budget.max_trainable,
             "adapter": {"method": cfg.adapter.method, "r": cfg.adapter.r, "alpha": cfg.adapter.alpha,
                         "target_modules": list(cfg.adapter.target_modules)},
-            "metrics": export.metrics_summary(path), "max_length": infer_length(cfg)}
+            "metrics": export.metrics_summary(path), "max_length": infer_length(cfg), "task": cfg.data.task} \
+        | ({"thresholds": thresholds} if thresholds is not None else {})
     settings, stats = _data_settings(cfg.data.__dict__), {}
     info |= {"text_columns": settings["text_columns"], "long_text": cfg.data.long_text}
 
@@ -284,15 +294,26 @@ def _run_predictor(path: Path, backend: str, batch_size: int, precision: str, ma
         return _model_logits(model, tokenizer, infer_length(cfg), backend, batch_size, precision, max_tokens,
                              **scoring_options(cfg), treatment=longtext.Treatment.of(cfg.data), stats=stats,
                              pairs=len(settings["text_columns"]) == 2)
-    return Predictor(labels, info | _backend_info(backend, precision), settings, make, stats=stats)
+    return Predictor(labels, info | _backend_info(backend, precision), settings, make, thresholds,
+                     cfg.data.label_delimiter, stats=stats)
 
 
 def _export_predictor(path: Path, meta: dict, backend: str, batch_size: int, precision: str, threads: int,
                       max_tokens: int) -> Predictor:
     from . import export
+    from . import multilabel
+    thresholds, delimiter = None, meta.get("label_delimiter", "|")
+    if meta.get("task") == "multi_label":
+        thresholds = multilabel.check_thresholds({"labels": meta["labels"], "thresholds": meta.get("thresholds")},
+                                                 meta["labels"], f"the thresholds in {path / export.META}")
+        if not isinstance(delimiter, str) or not delimiter.strip():
+            raise UserError(f"{path / export.META} has no usable label delimiter for a multi-label model",
+                            "export the run again")
     info = {"model": meta.get("base_model"), "source": str(path), "kind": meta["kind"], "labels": meta["labels"],
             "budget": meta.get("budget"), "budget_limit": meta.get("budget_limit"), "adapter": meta.get("adapter"),
-            "metrics": meta.get("metrics"), "max_length": meta["max_length"]}
+            "metrics": meta.get("metrics"), "max_length": meta["max_length"],
+            "task": "multi_label" if thresholds is not None else "single_label"} \
+        | ({"thresholds": thresholds} if thresholds is not None else {})
     data = (meta.get("run_config") or {}).get("data", {})
     settings, stats, treatment = _data_settings(data), {}, longtext.Treatment.of(data)
     info |= {"text_columns": settings["text_columns"], "long_text": treatment.mode}
@@ -301,7 +322,8 @@ def _export_predictor(path: Path, meta: dict, backend: str, batch_size: int, pre
         def make_onnx():
             clf = export.OnnxClassifier(path, threads=threads)
             return lambda texts: clf.logits(texts, max_length, batch_size=batch_size, stats=stats)
-        return Predictor(meta["labels"], info | {"backend": "onnxruntime"}, settings, make_onnx, stats=stats)
+        return Predictor(meta["labels"], info | {"backend": "onnxruntime"}, settings, make_onnx, thresholds, delimiter,
+                         stats=stats)
 
     def make():
         from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
@@ -316,7 +338,8 @@ def _export_predictor(path: Path, meta: dict, backend: str, batch_size: int, pre
         tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True, **remote_code.kwargs())
         return _model_logits(model, tokenizer, max_length, backend, batch_size, precision, max_tokens,
                              treatment=treatment, stats=stats, pairs=len(settings["text_columns"]) == 2)
-    return Predictor(meta["labels"], info | _backend_info(backend, precision), settings, make, stats=stats)
+    return Predictor(meta["labels"], info | _backend_info(backend, precision), settings, make, thresholds, delimiter,
+                     stats=stats)
 
 
 def _model_logits(model, tokenizer, max_length: int, backend: str, batch_size: int, precision: str, max_tokens: int,

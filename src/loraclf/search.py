@@ -41,11 +41,14 @@ def candidates(cfg: Config, label_names: list[str], n: int) -> list[tuple[str, C
     return out
 
 
-def _csv(examples, label_names: list[str], index) -> str:
+def _csv(examples, label_names: list[str], index, delimiter: str = "|") -> str:
+    """label,text rows; a multi-label row's label set joined by `delimiter`, as data.load reads it back."""
+    from . import multilabel
     buf = io.StringIO()
     w = csv.writer(buf)
     w.writerow(["label", "text"])
-    w.writerows((label_names[examples.labels[i]], examples.texts[i]) for i in index)
+    w.writerows((multilabel.label_set(y, label_names, True, delimiter) if isinstance(y, list) else label_names[y],
+                 examples.texts[i]) for i, y in ((i, examples.labels[i]) for i in index))
     return buf.getvalue()
 
 
@@ -63,14 +66,14 @@ def sweep(cfg: Config, sources: list[str], n: int, rows: int, out: Path, val_row
     if len(cands) < 2:
         raise UserError(f"only {len(cands)} plan fits the budget of {cfg.budget.max_trainable:,}", "raise --budget, or train it directly")
     out = rundir.prepare(Path(out), resume=False, overwrite=overwrite)
-    rundir.write_text(out / "held_out.csv", _csv(held_out, label_names, range(len(held_out))))
+    rundir.write_text(out / "held_out.csv", _csv(held_out, label_names, range(len(held_out)), cfg.data.label_delimiter))
     order = data_mod.random_batches(len(train_pool), 1, cfg.train.seed)  # a fixed shuffle; rounds take prefixes
     rounds, alive, k = [], cands, 0
     while True:
         n_rows = min(rows * 2 ** k, len(train_pool))
         train_file = out / f"round-{k}" / "train.csv"
         train_file.parent.mkdir(parents=True, exist_ok=True)
-        rundir.write_text(train_file, _csv(train_pool, label_names, [b[0] for b in order[:n_rows]]))
+        rundir.write_text(train_file, _csv(train_pool, label_names, [b[0] for b in order[:n_rows]], cfg.data.label_delimiter))
         log(f"round {k}: {len(alive)} candidates x {n_rows} rows")
         scores = []
         for name, c in alive:

@@ -3,6 +3,7 @@ or an --onnx export.
 
   POST /predict  {"texts": ["...", ...]} -> {"labels": [ids], "names": [class names], "probabilities": [[...], ...]}
                  (a model trained on sentence pairs takes {"texts": [["text a", "text b"], ...]})
+                 (a multi-label model: {"labels": [[ids], ...], "names": [[names], ...]}, sigmoid probabilities)
   GET  /health   {"status": "ok"}
   GET  /info     model, source, labels, budget, metrics, limits, batching statistics
 
@@ -192,6 +193,7 @@ def create_app(predictor: "Predictor", max_texts: int = DEFAULTS["max_texts"], m
     from fastapi.responses import JSONResponse
     from starlette.exceptions import HTTPException as StarletteHTTPException
 
+    from . import multilabel
     from .scoring import softmax
 
     # JSON escapes cost up to 6 bytes a character (12 for a surrogate pair); leave room for that and the wrapper
@@ -256,6 +258,8 @@ def create_app(predictor: "Predictor", max_texts: int = DEFAULTS["max_texts"], m
             logits = await asyncio.wrap_future(state["batcher"].submit(texts))
         except Exception as e:  # noqa: BLE001 - a failed forward pass answers 500, the server goes on
             return error(500, f"prediction failed: {type(e).__name__}: {str(e)[:200]}")
+        if predictor.thresholds is not None:  # a multi-label model: label sets, sigmoid probabilities
+            return multilabel.response(logits, predictor.labels, predictor.thresholds)
         probs = softmax(logits)
         ids = logits.argmax(-1).tolist()
         return {"labels": ids, "names": [predictor.labels[i] for i in ids],

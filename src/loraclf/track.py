@@ -58,7 +58,7 @@ def final_metrics(run: Path) -> dict[str, float]:
     splits |= {p.stem: rundir.read_json(p) for p in sorted(run.glob("eval-*.json"))}
     out = {}
     for s, x in splits.items():
-        out |= {f"{s}.{k}": float(x[k]) for k in ("accuracy", "macro_f1", "loss", "n", "seconds") if _num(x.get(k))}
+        out |= {f"{s}.{k}": float(x[k]) for k in ("accuracy", "macro_f1", "micro_f1", "samples_f1", "hamming_loss", "loss", "n", "seconds") if _num(x.get(k))}
         for c, v in (x.get("per_class") or {}).items():
             out |= {f"{s}.{k}.{c}": float(v[k]) for k in ("precision", "recall", "f1") if _num(v.get(k))}
     out |= {f"train.{k}": float(v) for k, v in (m.get("train") or {}).items() if _num(v)}

@@ -68,6 +68,17 @@ def class_weights(labels, num_classes: int, mode: str) -> torch.Tensor:
     return torch.tensor(w, dtype=torch.float32)
 
 
+def task_loss(cfg: Config, labels, num_labels: int, device):
+    """(logits, labels) -> the training loss: cross-entropy with class weights, or for data.task = multi_label
+    BCE with per-label positive weights (multilabel.loss_fn)."""
+    t = cfg.train
+    if cfg.data.task == "multi_label":
+        from . import multilabel
+        return multilabel.loss_fn(labels, num_labels, t.class_weight, t.label_smoothing, device, t.pos_weight)
+    weight = class_weights(labels, num_labels, t.class_weight).to(device)
+    return lambda logits, y: F.cross_entropy(logits, y, weight=weight, label_smoothing=t.label_smoothing)
+
+
 def trainable_state(model) -> dict[str, torch.Tensor]:
     return {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
 
@@ -164,7 +175,7 @@ def fit(model, cfg: Config, train_enc: data_mod.Encoded, val_enc: data_mod.Encod
         checkpoint.discard(ckpt_dir)
 
     lengths = train_enc.lengths
-    weight = class_weights(train_enc.labels, len(label_names), t.class_weight).to(device)
+    loss_fn = task_loss(cfg, train_enc.labels, len(label_names), device)
     eval_every = t.eval_every or steps_per_epoch
     log_every = max(1, total_steps // RECORDS_PER_RUN)
     interrupted = {"flag": False}
@@ -209,8 +220,7 @@ def fit(model, cfg: Config, train_enc: data_mod.Encoded, val_enc: data_mod.Encod
                                 fastpath.attention(unwrapped, train_attn):
                             with accelerator.autocast():
                                 logits = model(**scoring.model_inputs(batch, device)).logits
-                            loss = F.cross_entropy(logits.float(), batch["labels"], weight=weight,
-                                                   label_smoothing=t.label_smoothing)
+                            loss = loss_fn(logits.float(), batch["labels"])
                             accelerator.backward(loss * len(index) / n_rows)
                         step_loss += loss.item() * len(index) / n_rows
                         prog.tokens += int(batch["attention_mask"].sum())
