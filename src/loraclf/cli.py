@@ -34,12 +34,13 @@ def cmd_train(args) -> int:
     out = Path(args.out or f"runs/{cfg.preset or 'run'}-{time.strftime('%Y%m%d-%H%M%S')}")
     if not args.data and not args.resume:
         raise UserError("no training data", "give --data FILE_OR_FOLDER (repeat it for several files)")
+    callbacks = report_cli.live_callbacks(args) if _is_main_process() else []
     result = pipeline.train_run(cfg, args.data or [], out, args.test_data or [], args.predict_data, resume=args.resume,
-                            overwrite=args.overwrite, trust_pickle=args.trust_pickle)
+                            overwrite=args.overwrite, trust_pickle=args.trust_pickle, callbacks=callbacks)
     if not _is_main_process():
         return 0
     _maybe_report(out, args)
-    report_cli.maybe_track(out, args)
+    report_cli.maybe_track(out, args, live=bool(callbacks))
     t = result["train"]
     line = f"run: {out}   trainable {result['budget']['trainable']:,}   train {t['wall_seconds']:.0f}s ({t['samples_per_s']:.1f} samples/s)"
     for split in ("val", "test"):
