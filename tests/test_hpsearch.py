@@ -46,7 +46,9 @@ def _args(model, train, out, space_file, trials: int, *more: str) -> list[str]:
 
 
 def _study(out: Path):
-    return optuna.load_study(study_name="search", storage=f"sqlite:///{(out / 'study.db').resolve()}")
+    """The study as another process sees it (no table creation: the worker may be creating them right now)."""
+    storage = optuna.storages.RDBStorage(f"sqlite:///{(out / 'study.db').resolve()}", skip_table_creation=True)
+    return optuna.load_study(study_name="search", storage=storage)
 
 
 @pytest.mark.parametrize("limit", [3_000, 20_000, 200_000])
@@ -124,7 +126,7 @@ def test_a_sigkilled_worker_leaves_the_study_resumable(tmp_path, tiny_bert):
     out.mkdir()
     worker = _worker(tiny_bert, train, out, sp, 3)
     killed, deadline = None, time.time() + 300
-    while killed is None and time.time() < deadline:
+    while killed is None and time.time() < deadline and worker.poll() is None:
         time.sleep(0.2)
         if (out / "study.db").is_file():
             try:
@@ -134,8 +136,8 @@ def test_a_sigkilled_worker_leaves_the_study_resumable(tmp_path, tiny_bert):
             if running:
                 worker.send_signal(signal.SIGKILL)
                 killed = running[0].number
-    worker.wait(timeout=60)
-    assert killed is not None and worker.returncode == -signal.SIGKILL
+    log = worker.communicate(timeout=60)[0]
+    assert killed is not None and worker.returncode == -signal.SIGKILL, log
     time.sleep(2.5)  # past the grace period (2 heartbeats)
     assert cli.main(_args(tiny_bert, train, out, sp, 3)) == 0  # the same command resumes the study
     trials = _study(out).trials

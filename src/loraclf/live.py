@@ -175,7 +175,8 @@ class WandB(_Tracker):
         self.run_dir = Path(run_dir)
         where = Path(self.directory or run_dir)
         where.mkdir(parents=True, exist_ok=True)
-        settings = wandb.Settings(mode="offline", console="off", x_disable_stats=True, disable_git=True, silent=True)
+        settings = wandb.Settings(mode="offline", console="off", x_disable_stats=True, disable_git=True, silent=True,
+                                   x_transaction_log_flush_interval=1.0)  # readers (wandb leet) see it live
         self.run = wandb.init(project=self.project, dir=str(where), group=self.group,
                               name=self.run_name or self.run_dir.resolve().name, config=track.run_params(self.run_dir),
                               settings=settings, reinit="create_new")

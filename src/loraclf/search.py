@@ -21,6 +21,7 @@ import copy
 import json
 import math
 import os
+import random
 import socket
 import time
 from pathlib import Path
@@ -48,13 +49,17 @@ def storage(url: str, heartbeat_s: int):
     import warnings
     kwargs = {"connect_args": {"timeout": 120}} if url.startswith("sqlite:") else {}
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)  # heartbeats: stable for years
-    try:
-        return optuna.storages.RDBStorage(
-            url, engine_kwargs=kwargs, heartbeat_interval=heartbeat_s, grace_period=2 * heartbeat_s,
-            heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRIES))
-    except Exception as e:  # a bad URL, a missing driver, an unreachable server, a foreign database
-        raise UserError(f"cannot open the study storage {url} ({type(e).__name__}: {str(e).splitlines()[0][:200]})",
-                        "give --storage as a SQLAlchemy URL, e.g. sqlite:///study.db or postgresql://user@host/db") from None
+    for attempt in range(6):
+        try:
+            return optuna.storages.RDBStorage(
+                url, engine_kwargs=kwargs, heartbeat_interval=heartbeat_s, grace_period=2 * heartbeat_s,
+                heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRIES))
+        except Exception as e:  # a bad URL, a missing driver, an unreachable server, a foreign database
+            if attempt < 5 and any(w in str(e) for w in ("already exists", "locked", "UNIQUE constraint")):
+                time.sleep(0.5 + random.random())  # another worker is creating the same new database
+                continue
+            raise UserError(f"cannot open the study storage {url} ({type(e).__name__}: {str(e).splitlines()[0][:200]})",
+                            "give --storage as a SQLAlchemy URL, e.g. sqlite:///study.db or postgresql://user@host/db") from None
 
 
 def open_study(url: str, name: str, sp: space.Space, identity: dict):
