@@ -192,3 +192,24 @@ def test_config_toml_writer_round_trips(value):
     import tomllib
     text = studyreport.to_toml({"adapter": value})
     assert tomllib.loads(text)["adapter"] == value
+
+
+def test_a_tracked_search_logs_one_parent_and_a_child_per_trial(tmp_path, tiny_bert):
+    pytest.importorskip("mlflow")
+    pytest.importorskip("tensorboard")
+    pytest.importorskip("wandb")
+    from mlflow.tracking import MlflowClient
+    train, out, uri = _train_csv(tmp_path), tmp_path / "study", f"sqlite:///{tmp_path / 'mlruns.db'}"
+    args = _args(tiny_bert, train, out, _space(tmp_path, epochs="[1, 1]"), 2, "--track", "mlflow", "--track",
+                 "tensorboard", "--track", "wandb", "--tracking-uri", uri)
+    assert cli.main(args) == 0
+    client = MlflowClient(tracking_uri=uri)
+    runs = client.search_runs([client.get_experiment_by_name("loraclf").experiment_id])
+    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    assert len(parents) == 1 and len(children) == 2
+    assert {r.data.tags["mlflow.parentRunId"] for r in children} == {parents[0].info.run_id}
+    assert all(client.get_metric_history(r.info.run_id, "train_loss") for r in children)
+    assert "best_val_accuracy" in parents[0].data.metrics
+    assert sorted(p.name for p in (out / "tensorboard").iterdir()) == ["trial-0000", "trial-0001"]
+    assert len(list((out / "wandb").glob("offline-run-*"))) == 2

@@ -116,6 +116,8 @@ def run(cfg: Config, sources: list[str], out: Path, trials: int, space_file: str
         raise UserError(f"--timeout {timeout} is not a positive number of seconds", "e.g. --timeout 1800")
     sp = space.load(space_file)
     out = Path(out)
+    from transformers.utils import logging as hf_logging
+    hf_logging.disable_progress_bar()  # one line per trial, not a weight-loading bar each
     if cfg.data.val_size == 0:
         raise UserError("a search scores trials on the validation split, and data.val_size is 0",
                         "set data.val_size (e.g. --set data.val_size=0.1)")
