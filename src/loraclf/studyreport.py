@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import html
 import json
+import warnings
 from pathlib import Path
 
 from . import rundir
@@ -97,7 +98,9 @@ def plots(study, rows: list[dict]) -> str:
     parts, inline = [], True
     for title, make in makers:
         try:
-            fig = make()
+            with warnings.catch_warnings():  # Optuna's notes on few trials per regime: the plot is still worth drawing
+                warnings.simplefilter("ignore")
+                fig = make()
         except Exception as e:  # e.g. importances need two complete trials whose parameters vary
             parts.append(f"<h2>{title}</h2><p>not drawn: {html.escape(str(e).splitlines()[0][:200] if str(e) else type(e).__name__)}</p>")
             continue
