@@ -29,7 +29,7 @@ from pathlib import Path
 from . import budget as budget_mod
 from . import live, pipeline, space, studyreport
 from .config import Config
-from .errors import UserError
+from .errors import Interrupted, UserError
 
 MAX_RETRIES = 2  # a trial whose worker died is run again at most this often (then it stays failed)
 
@@ -153,6 +153,12 @@ def run(cfg: Config, sources: list[str], out: Path, trials: int, space_file: str
         try:
             res = pipeline.train_run(c, list(sources), run_dir, overwrite=True, trust_pickle=trust_pickle,
                                      log=lambda *a, **k: None, callbacks=callbacks)
+        except Interrupted:  # Ctrl-C stops the worker (the trial is failed; rerunning resumes the study)
+            raise KeyboardInterrupt from None
+        except UserError as e:  # e.g. a diverged trial: failed, and the study goes on
+            trial.set_user_attr("error", str(e)[:500])
+            log(f"trial {trial.number} failed: {str(e).splitlines()[0][:200]}")
+            raise
         finally:
             trial.set_user_attr("seconds", round(time.perf_counter() - start, 1))
         val = res["val"]
