@@ -146,7 +146,9 @@ def run(cfg: Config, sources: list[str], out: Path, trials: int, space_file: str
             raise RuntimeError(f"budget accounting bug: trial {trial.number} has {trainable:,} > {limit:,} trainable")
         run_dir = out / "trials" / f"trial-{trial.number:04d}"
         for k, v in {"trainable": trainable, "run_dir": str(run_dir), "r": c.adapter.r, "alpha": c.adapter.alpha,
-                     "seed": c.train.seed, "worker": f"{socket.gethostname()}:{os.getpid()}"}.items():
+                     "dropout": c.adapter.dropout, "lr": c.train.lr, "epochs": c.train.epochs,
+                     "warmup_ratio": c.train.warmup_ratio, "seed": c.train.seed,
+                     "worker": f"{socket.gethostname()}:{os.getpid()}"}.items():  # the values used, fixed ones too
             trial.set_user_attr(k, v)
         callbacks = [Pruning(trial, "val_accuracy", sp.study["warmup_evals"])] + trackers.child(trial.number)
         start = time.perf_counter()

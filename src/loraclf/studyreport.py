@@ -42,8 +42,8 @@ def leaderboard(study) -> list[dict]:
         last = t.intermediate_values[max(t.intermediate_values)] if t.intermediate_values else None
         rows.append({"number": t.number, "state": t.state.name, "value": t.value, "last_reported": last,
                      "val_macro_f1": a.get("val_macro_f1"), "trainable": a.get("trainable"), "plan": p.get("plan"),
-                     "r": a.get("r"), "alpha": a.get("alpha"), "dropout": p.get("dropout"), "lr": p.get("lr"),
-                     "epochs": p.get("epochs"), "warmup_ratio": p.get("warmup_ratio"), "seconds": a.get("seconds"),
+                     "r": a.get("r"), "alpha": a.get("alpha"), "dropout": a.get("dropout"), "lr": a.get("lr"),
+                     "epochs": a.get("epochs"), "warmup_ratio": a.get("warmup_ratio"), "seconds": a.get("seconds"),
                      "run_dir": a.get("run_dir"), "retry_of": t.system_attrs.get("failed_trial")})
     order = {"COMPLETE": 0, "PRUNED": 1}
     return sorted(rows, key=lambda r: (order.get(r["state"], 2), -(r["value"] if r["value"] is not None else
@@ -53,16 +53,18 @@ def leaderboard(study) -> list[dict]:
 def _cells(r: dict) -> list[str]:
     def num(v, fmt):
         return "" if v is None else format(v, fmt)
-    return [str(r["number"]), r["state"].lower(), num(r["value"] if r["value"] is not None else None, ".2%"),
+    value = num(r["value"], ".2%") if r["value"] is not None else (
+        f"({r['last_reported']:.2%})" if r["last_reported"] is not None else "")
+    return [str(r["number"]), r["state"].lower(), value,
             num(r["val_macro_f1"], ".4f"), num(r["trainable"], ","), r["plan"] or "", num(r["r"], "d"),
-            num(r["alpha"], ".3g"), num(r["dropout"], ".3f"), num(r["lr"], ".2e"), num(r["epochs"], "d"),
+            num(r["alpha"], ".3g"), num(r["dropout"], ".3f"), num(r["lr"], ".2e"), num(r["epochs"], "g"),
             num(r["warmup_ratio"], ".3f"), num(r["seconds"], ".0f")]
 
 
 def markdown(rows: list[dict], name: str, budget: int) -> str:
     lines = [f"# Study {name}: budget {budget:,} trainable parameters", "",
              "Validation accuracy on the split cut from the training data (never the test data). "
-             "Pruned trials show no accuracy: they were stopped early.", "",
+             "A pruned trial shows (in brackets) the last accuracy it reported before it was stopped.", "",
              "| " + " | ".join(COLUMNS) + " |", "|" + "|".join("---:" if c not in ("state", "plan") else "---" for c in COLUMNS) + "|"]
     lines += ["| " + " | ".join(_cells(r)) + " |" for r in rows]
     return "\n".join(lines) + "\n"
