@@ -213,3 +213,21 @@ def test_a_tracked_search_logs_one_parent_and_a_child_per_trial(tmp_path, tiny_b
     assert "best_val_accuracy" in parents[0].data.metrics
     assert sorted(p.name for p in (out / "tensorboard").iterdir()) == ["trial-0000", "trial-0001"]
     assert len(list((out / "wandb").glob("offline-run-*"))) == 2
+
+
+@pytest.mark.parametrize("lr, enqueued", [(5e-3, True), (5e-1, False)])
+def test_the_base_config_is_trial_zero_where_the_space_holds_it(tiny_bert, tmp_path, lr, enqueued):
+    cfg = tiny_config(tiny_bert, "budget.max_trainable=20000", "model.head=full", f"train.lr={lr}", "adapter.alpha=8")
+    path = tmp_path / "space.toml"
+    path.write_text('[space]\ntargets = ["query,value", "all-linear"]\nlr = [1e-3, 1e-2]\n')
+    sp = space.load(str(path))
+    plans = space.plans(sp, cfg, LABELS)
+    params = space.params_of(cfg, sp, plans)
+    assert (params is not None) == enqueued
+    if enqueued:
+        study = optuna.create_study(direction="maximize")
+        study.enqueue_trial(params)
+        c = space.sample(study.ask(), sp, plans, cfg)
+        for section, key in (("model", "head"), ("adapter", "r"), ("adapter", "alpha"), ("adapter", "target_modules"),
+                             ("train", "lr"), ("train", "epochs"), ("adapter", "dropout")):
+            assert getattr(getattr(c, section), key) == pytest.approx(getattr(getattr(cfg, section), key))

@@ -25,6 +25,7 @@ The TOML file has two optional tables; every key is optional, and a range [x, x]
     warmup_evals = 1                           # evaluations of a trial before it can be pruned
     evals_per_epoch = 2                        # validation evaluations per epoch: the curve the pruner reads
     heartbeat_s = 60                           # a trial silent for 2x this long (its worker died) is retried
+    enqueue_base = true                        # trial 0 is the base config (the preset), where the space holds it
 """
 from __future__ import annotations
 
@@ -61,6 +62,7 @@ STUDY = {
     "warmup_evals": (1, (0, 10_000)),
     "evals_per_epoch": (2, (1, 1000)),
     "heartbeat_s": (60, (1, 86_400)),
+    "enqueue_base": (True, (False, True)),
 }
 
 
@@ -125,6 +127,10 @@ def _choices(key: str, value) -> list[str]:
 
 def _study_value(key: str, value):
     default, allowed = STUDY[key]
+    if isinstance(default, bool):
+        if not isinstance(value, bool):
+            raise UserError(f"study.{key} = {str(value)[:40]} is not true or false", f"e.g. study.{key} = true")
+        return value
     if isinstance(default, str):
         if value not in allowed:
             raise UserError(f"study.{key} = {str(value)[:40]!r} is not one of {', '.join(allowed)}", f"e.g. study.{key} = {default!r}")
@@ -190,3 +196,28 @@ def _suggest(trial, sp: Space, key: str):
         return low
     integer, log = RANGES[key][3], RANGES[key][4] and low > 0
     return trial.suggest_int(key, low, high, log=log) if integer else trial.suggest_float(key, low, high, log=log)
+
+
+def params_of(cfg: Config, sp: Space, plan_table: dict[str, dict]) -> dict | None:
+    """The base config as a trial's parameters, or None where the space does not hold it (another plan, a rank
+    that does not fit, a value out of range)."""
+    layers = "all" if not cfg.adapter.layers else next(
+        (k for k, p in plan_table.items() if p["layers"] == list(cfg.adapter.layers)), "").split("/")[-1]
+    head = cfg.model.head
+    if head == "auto":  # model.build's choice: lora where the head has a dense layer and the adapter is LoRA-family
+        head = "lora" if any(k.startswith("lora/") for k in plan_table) else "full"
+    name = f"{head}/{','.join(cfg.adapter.target_modules)}/{layers}"
+    if name not in plan_table or not cfg.adapter.r or not sp.ranges["r"][0] <= cfg.adapter.r <= plan_table[name]["r_max"]:
+        return None
+    params = {"plan": name}
+    if plan_table[name]["r_max"] != sp.ranges["r"][0]:
+        params["r"] = cfg.adapter.r
+    values = {"alpha_ratio": cfg.adapter.alpha / cfg.adapter.r, "dropout": cfg.adapter.dropout, "lr": cfg.train.lr,
+              "epochs": cfg.train.epochs, "warmup_ratio": cfg.train.warmup_ratio}
+    for key, value in values.items():
+        low, high = sp.ranges[key]
+        if not low <= value <= high or (RANGES[key][3] and value != int(value)):
+            return None
+        if low != high:
+            params[key] = int(value) if RANGES[key][3] else value
+    return params
