@@ -154,7 +154,7 @@ def test_a_study_refuses_another_budget(tmp_path, tiny_bert, capsys):
     args = _args(tiny_bert, train, out, sp, 2)
     args[args.index("--budget") + 1] = "30000"
     assert cli.main(args) == 2
-    assert "another budget" in capsys.readouterr().err
+    assert "another budget, plans" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("text, message", [

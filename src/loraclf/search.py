@@ -121,7 +121,7 @@ def run(cfg: Config, sources: list[str], out: Path, trials: int, space_file: str
     if cfg.data.val_size == 0:
         raise UserError("a search scores trials on the validation split, and data.val_size is 0",
                         "set data.val_size (e.g. --set data.val_size=0.1)")
-    train_ex, _ = pipeline.load_training_data(cfg, sources, trust_pickle)  # its mistakes show before any trial
+    train_ex, val_ex = pipeline.load_training_data(cfg, sources, trust_pickle)  # its mistakes show before any trial
     labels = train_ex.label_names
     plan_table = space.plans(sp, cfg, labels)
     if not plan_table:
@@ -133,8 +133,11 @@ def run(cfg: Config, sources: list[str], out: Path, trials: int, space_file: str
     base.train.save_every, base.train.monitor = 0, "val_accuracy"
     out.mkdir(parents=True, exist_ok=True)
     url = storage_url or f"sqlite:///{(out / 'study.db').resolve()}"
-    identity = {"budget": cfg.budget.max_trainable, "model": cfg.model.name, "space": sp.to_dict(),
-                "data": [pipeline._abs(s) for s in sources], "plans": sorted(plan_table)}
+    # what makes trials comparable, in terms that hold on every machine (paths may differ): the plans' exact counts
+    # stand for the model's architecture, the split's sizes and classes for the data
+    identity = {"budget": cfg.budget.max_trainable, "space": sp.to_dict(), "data": {
+        "train": len(train_ex), "val": len(val_ex), "labels": list(labels)},
+        "plans": {k: [p["fixed"], p["per_rank"], p["r_max"]] for k, p in sorted(plan_table.items())}}
     study = open_study(url, study_name, sp, identity)
     if sp.study["enqueue_base"] and not study.user_attrs.get("base_enqueued"):
         study.set_user_attr("base_enqueued", True)
@@ -160,6 +163,9 @@ def run(cfg: Config, sources: list[str], out: Path, trials: int, space_file: str
         try:
             res = pipeline.train_run(c, list(sources), run_dir, overwrite=True, trust_pickle=trust_pickle,
                                      log=lambda *a, **k: None, callbacks=callbacks)
+        except optuna.TrialPruned as e:
+            log(f"trial {trial.number}: {e}")
+            raise
         except Interrupted:  # Ctrl-C stops the worker (the trial is failed; rerunning resumes the study)
             raise KeyboardInterrupt from None
         except UserError as e:  # e.g. a diverged trial: failed, and the study goes on
