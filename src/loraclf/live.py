@@ -101,6 +101,15 @@ class MLflow(_Tracker):
         tags = {"loraclf.run_dir": str(self.run_dir.resolve()), "mlflow.source.name": "loraclf"}
         if self.parent_id:
             tags["mlflow.parentRunId"] = self.parent_id
+        if (self.run_dir / "checkpoint").is_dir():  # --resume: the run goes on in the MLflow run it started
+            path = tags["loraclf.run_dir"]
+            old = [] if "'" in path else self.client.search_runs(
+                [self.exp_id], filter_string=f"tags.`loraclf.run_dir` = '{path}'", max_results=1,
+                order_by=["attributes.start_time DESC"])
+            if old:
+                self.run_id = old[0].info.run_id
+                self.client.update_run(self.run_id, status="RUNNING")
+                return
         self.run_id = self.client.create_run(self.exp_id, run_name=self.run_name or self.run_dir.resolve().name,
                                              tags=tags).info.run_id
         params = [Param(k, v) for k, v in track.run_params(self.run_dir).items()]
