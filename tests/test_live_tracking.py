@@ -144,3 +144,30 @@ def test_a_broken_tracker_never_stops_training(tmp_path, tiny_bert, capsys):
                                 callbacks=[Broken()])
     assert result["train"]["steps"] > 0
     assert capsys.readouterr().err.count("Broken tracking stopped") == 1
+
+
+def test_a_resumed_run_goes_on_in_its_mlflow_run(tmp_path, tiny_bert):
+    pytest.importorskip("mlflow")
+    import subprocess
+    import sys
+    from mlflow.tracking import MlflowClient
+    from test_resume import WRAPPER
+    uri, out = f"sqlite:///{tmp_path / 'mlruns.db'}", tmp_path / "run"
+    cfg = tiny_config(tiny_bert, "train.epochs=2", "train.batch_size=4", "train.save_every=5", "train.eval_every=10")
+    (tmp_path / "c.json").write_text(cfg.to_json())
+    data = tmp_path / "d.csv"
+    data.write_text("label,text\n" + "".join(f"{i % 4},{WORDS[i % 4]} {i}\n" for i in range(120)))
+    track = ["--no-report", "--track", "mlflow", "--tracking-uri", uri]
+    r = subprocess.run([sys.executable, "-c", WRAPPER.replace("SIG)", "SIGINT)"), "train", "--config", str(tmp_path / "c.json"),
+                        "--data", str(data), "--out", str(out), *track], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 130, r.stderr[-2000:]
+    client = MlflowClient(tracking_uri=uri)
+    exp = client.get_experiment_by_name("loraclf").experiment_id
+    [killed] = client.search_runs([exp])
+    assert killed.info.status == "KILLED"
+    assert cli.main(["train", "--resume", "--out", str(out), *track]) == 0
+    [run] = client.search_runs([exp])
+    assert run.info.run_id == killed.info.run_id and run.info.status == "FINISHED"
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    steps = sorted(m.step for m in client.get_metric_history(run.info.run_id, "train_loss"))
+    assert steps == [r["step"] for r in records if "train_loss" in r], "every step once, before and after the resume"
