@@ -70,7 +70,8 @@ def test_predict_on_missing_run(tmp_path, capsys):
 
 def test_every_command_is_registered():
     actions = [a for a in cli.parser()._actions if a.dest == "command"][0]
-    assert {"train", "evaluate", "predict", "plan", "presets", "report", "compare", "export", "serve"} <= set(actions.choices)
+    assert {"train", "evaluate", "predict", "plan", "search", "presets", "report", "compare", "export", "serve"} \
+        <= set(actions.choices)
 
 
 def test_runs_in_one_process_may_use_different_precisions():

@@ -320,12 +320,3 @@ def test_own_positive_weights_are_checked_and_used(tmp_path, tiny_bert):
     with pytest.raises(UserError, match="2 weights for 4 labels"):
         pipeline.train_run(cfg, [str(tmp_path / "t.jsonl")], tmp_path / "run", log=lambda *a, **k: None)
     assert not (tmp_path / "run").exists()
-
-
-def test_sweep_files_keep_label_sets(tmp_path):
-    from loraclf import search
-    _write(tmp_path / "t.jsonl", _rows(8), "jsonl")
-    ex = data.load(str(tmp_path / "t.jsonl"), label_names=LABELS, task="multi_label")
-    (tmp_path / "round.csv").write_text(search._csv(ex, LABELS, range(8), ";"))
-    back = data.load(str(tmp_path / "round.csv"), label_names=LABELS, task="multi_label", label_delimiter=";")
-    assert back.labels == ex.labels and back.texts == ex.texts

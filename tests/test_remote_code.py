@@ -145,7 +145,7 @@ def test_the_opt_in_is_never_read_from_a_saved_config(tmp_path, tiny_run, evil_m
 
 def test_every_model_loading_command_has_the_flag():
     sub = next(a for a in cli.parser()._actions if a.dest == "command")
-    for name in ("train", "evaluate", "predict", "plan", "export", "serve"):
+    for name in ("train", "evaluate", "predict", "plan", "search", "export", "serve"):
         assert "--trust-remote-code" in sub.choices[name]._option_string_actions, name
 
 

@@ -83,9 +83,22 @@ def test_track_args_and_errors(tmp_path, capsys):
     args = ap.parse_args(["--track", "tensorboard"])
     assert args.track == "tensorboard" and args.tracking_uri is None
     with pytest.raises(SystemExit):
-        ap.parse_args(["--track", "wandb"])
+        ap.parse_args(["--track", "neptune"])
     with pytest.raises(UserError, match="not a run directory"):
         track.log_run(tmp_path, "mlflow")
     with pytest.raises(UserError, match="only used with --track mlflow"):
         report_cli.maybe_track(tmp_path, ap.parse_args(["--tracking-uri", "sqlite:///x.db"]))
     report_cli.maybe_track(tmp_path, ap.parse_args([]))  # nothing asked, nothing done
+
+
+def test_wandb_offline_run_holds_every_record(fake_run):
+    pytest.importorskip("wandb", reason="--track wandb is optional: pip install wandb")
+    import time
+    from test_live_tracking import wandb_steps
+    where = track.log_run(fake_run, "wandb")
+    assert where == str(fake_run / "wandb")
+    expected = [r["step"] for r in map(json.loads, (fake_run / "metrics.jsonl").read_text().splitlines()) if "train_loss" in r]
+    deadline = time.time() + 20
+    while sorted(wandb_steps(fake_run, "train_loss")) != expected and time.time() < deadline:
+        time.sleep(0.2)
+    assert sorted(wandb_steps(fake_run, "train_loss")) == expected

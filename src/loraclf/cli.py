@@ -34,12 +34,13 @@ def cmd_train(args) -> int:
     out = Path(args.out or f"runs/{cfg.preset or 'run'}-{time.strftime('%Y%m%d-%H%M%S')}")
     if not args.data and not args.resume:
         raise UserError("no training data", "give --data FILE_OR_FOLDER (repeat it for several files)")
+    callbacks = report_cli.live_callbacks(args) if _is_main_process() else []
     result = pipeline.train_run(cfg, args.data or [], out, args.test_data or [], args.predict_data, resume=args.resume,
-                            overwrite=args.overwrite, trust_pickle=args.trust_pickle)
+                            overwrite=args.overwrite, trust_pickle=args.trust_pickle, callbacks=callbacks)
     if not _is_main_process():
         return 0
     _maybe_report(out, args)
-    report_cli.maybe_track(out, args)
+    report_cli.maybe_track(out, args, live=bool(callbacks))
     t = result["train"]
     line = f"run: {out}   trainable {result['budget']['trainable']:,}   train {t['wall_seconds']:.0f}s ({t['samples_per_s']:.1f} samples/s)"
     for split in ("val", "test"):
@@ -102,11 +103,14 @@ def cmd_plan(args) -> int:
 
 def _plan(args) -> int:
     from . import budget, families
+    if args.sweep is not None:
+        raise UserError("plan --sweep is gone: `loraclf search` finds the best model under the budget",
+                        "loraclf search --preset ... --data TRAIN_FILE --trials 20 (docs/search.md)")
     cfg = _config(args)
     num_labels = _num_labels(args.num_labels)
     names = cfg.data.label_names if cfg.data.label_names and not num_labels else [str(i) for i in range(num_labels or 2)]
     limit = cfg.budget.max_trainable
-    if (args.preset or args.config or args.set) and not args.sweep and not args.all_ranks:
+    if (args.preset or args.config or args.set) and not args.all_ranks:
         b = budget.count_config(cfg, names)
         fits = b.trainable <= limit
         if args.json:
@@ -122,13 +126,6 @@ def _plan(args) -> int:
                 print(f"  (total includes the {b.frozen_head_copy:,} parameters of the original head that peft keeps frozen beside the trained copy)")
             print(f"budget {limit:,}: {'fits' if fits else 'OVER BUDGET'}")
         return 0 if fits else 1
-    if args.sweep:
-        from . import search
-        if not args.data:
-            raise UserError("--sweep trains candidates, so it needs --data", "add --data TRAIN_FILE [...]")
-        search.sweep(cfg, args.data, args.sweep, args.sweep_rows, Path(args.out or "sweep"), val_rows=args.sweep_val_rows,
-                     overwrite=args.overwrite, trust_pickle=args.trust_pickle)
-        return 0
     rows = budget.plan(cfg, names, limit, all_ranks=args.all_ranks)
     if args.json:
         print(json.dumps({"model": cfg.model.name, "budget": limit, "options": rows}))
@@ -284,16 +281,11 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--num-labels", help="classes, 2 or more (default: the preset's, else 2)")
     p.add_argument("--json", action="store_true")
     p.add_argument("--all-ranks", action="store_true", help="list every standard rank that fits, not only the largest")
-    p.add_argument("--sweep", type=int, default=0, metavar="N",
-                   help="train the N most promising plans briefly and rank them by successive halving (needs --data)")
-    p.add_argument("--data", action="append", help="training data for --sweep (repeatable, as for train)")
-    p.add_argument("--sweep-rows", type=int, default=1000, help="training rows in the first round (doubled each round)")
-    p.add_argument("--sweep-val-rows", type=int, default=500, help="held-out rows every candidate is scored on")
-    p.add_argument("--out", help="sweep folder (default ./sweep): a run per candidate, sweep.json, best-config.json")
-    p.add_argument("--overwrite", action="store_true")
-    p.add_argument("--trust-pickle", action="store_true")
+    p.add_argument("--sweep", nargs="?", const="", help=argparse.SUPPRESS)  # gone: says to use `loraclf search`
     remote_code.add_argument(p)
     p.set_defaults(func=cmd_plan)
+
+    _add_search_command(sub)
 
     p = sub.add_parser("presets", help="list the built-in presets")
     p.set_defaults(func=cmd_presets)
@@ -301,6 +293,74 @@ def parser() -> argparse.ArgumentParser:
     _add_export_command(sub)
     _add_serve_command(sub)
     return ap
+
+
+def cmd_search(args) -> int:
+    _select_device(args.device)  # before anything imports torch
+    from . import search
+    if not args.data:
+        raise UserError("a search trains its trials, so it needs --data", "add --data TRAIN_FILE (repeatable)")
+    cfg = _config(args)
+    out = Path(args.out)
+    search.run(cfg, args.data, out, _whole(args.trials, "--trials"), args.space, args.storage, args.study_name,
+               _seconds(args.timeout), args.track or [], args.tracking_uri, args.trust_pickle)
+    return 0
+
+
+def _select_device(device: str | None) -> None:
+    """--device cpu | cuda | cuda:N: this process sees that device only (CUDA_VISIBLE_DEVICES), so N processes
+    with --device cuda:0 ... cuda:N-1 share one study, one GPU each."""
+    if device is None:
+        return
+    if device == "cpu":
+        os.environ["CUDA_VISIBLE_DEVICES"] = ""
+    elif device.startswith("cuda:") and device[5:].isdigit() and len(device) <= 9:
+        os.environ["CUDA_VISIBLE_DEVICES"] = str(int(device[5:]))
+    elif device != "cuda":
+        raise UserError(f"--device {device[:30]!r} is not cpu, cuda or cuda:N", "e.g. --device cuda:1")
+
+
+def _whole(text: str, flag: str) -> int:
+    if not (isinstance(text, str) and text.strip().isdigit() and len(text.strip()) <= 6):
+        raise UserError(f"{flag} {str(text)[:20]!r} is not a whole number from 1 to 100,000", f"e.g. {flag} 20")
+    return int(text)
+
+
+def _seconds(text: str | None) -> float | None:
+    if text is None:
+        return None
+    try:
+        value = float(text) if len(text) <= 20 else float("nan")
+    except ValueError:
+        value = float("nan")
+    if not (value > 0 and value < 1e9):
+        raise UserError(f"--timeout {text[:20]!r} is not a positive number of seconds", "e.g. --timeout 1800")
+    return value
+
+
+def _add_search_command(sub) -> None:
+    from .live import BACKENDS
+    p = sub.add_parser("search", help="find the best config under the budget with Optuna (resumable, runs on many workers)")
+    _add_common_config(p)
+    p.add_argument("--data", action="append", help="training data (repeatable); trials are scored on its validation split")
+    p.add_argument("--out", default="search", help="study folder: trials/, study.db, leaderboard.md, report.html, "
+                   "best-config.toml (default ./search)")
+    p.add_argument("--trials", default="20", help="finished trials the study should have, over all its workers (default 20)")
+    p.add_argument("--space", help="TOML file with the search space and study settings (docs/search.md)")
+    p.add_argument("--storage", help="Optuna storage, any SQLAlchemy URL (default sqlite:///OUT/study.db)")
+    p.add_argument("--study-name", default="search", help="study name in the storage (default search)")
+    p.add_argument("--timeout", help="stop starting trials after this many seconds (this worker)")
+    p.add_argument("--device", help="cpu, cuda or cuda:N: the device this worker trains on")
+    p.add_argument("--track", action="append", choices=BACKENDS,
+                   help="stream every trial to MLflow, TensorBoard (OUT/tensorboard) or W&B offline (OUT/wandb); repeatable")
+    p.add_argument("--tracking-uri", help="MLflow tracking URI (default sqlite:///mlruns.db)")
+    p.add_argument("--budget", help="budget.max_trainable: trainable parameters, at most")
+    p.add_argument("--model", help="override model.name (Hub name or local folder)")
+    p.add_argument("--max-train-samples", help="data.max_train_samples")
+    p.add_argument("--seed", help="train.seed (every trial trains with it)")
+    p.add_argument("--trust-pickle", action="store_true")
+    remote_code.add_argument(p)
+    p.set_defaults(func=cmd_search)
 
 
 def _add_report_commands(sub) -> None:

@@ -75,15 +75,26 @@ def environment(device) -> dict:
 
 
 def train_run(cfg: Config, data: list[str], out: Path, test_data: list[str] = (), predict_data: str | None = None,
-          resume: bool = False, overwrite: bool = False, trust_pickle: bool = False, log=print) -> dict:
+          resume: bool = False, overwrite: bool = False, trust_pickle: bool = False, log=print, callbacks=()) -> dict:
     """Train one run into `out`. A UserError before the run is complete leaves no half-written run directory: one
-    this call created is deleted unless it holds a resumable checkpoint, which is kept, and the error says so."""
+    this call created is deleted unless it holds a resumable checkpoint, which is kept, and the error says so.
+    callbacks: live.Callback objects (live tracking, a search's pruner), started once the run's config is written."""
+    from . import live
+    try:
+        result = _guarded(cfg, data, Path(out), test_data, predict_data, resume, overwrite, trust_pickle, log, callbacks)
+    except BaseException as e:
+        live.end_all(callbacks, None, e)
+        raise
+    live.end_all(callbacks, result)
+    return result
+
+
+def _guarded(cfg, data, out: Path, test_data, predict_data, resume, overwrite, trust_pickle, log, callbacks) -> dict:
     import errno
-    out = Path(out)
     existed = out.exists()
     fresh = not existed or (out.is_dir() and not any(out.iterdir()))
     try:
-        return _train(cfg, data, out, test_data, predict_data, resume, overwrite, trust_pickle, log)
+        return _train(cfg, data, out, test_data, predict_data, resume, overwrite, trust_pickle, log, callbacks)
     except UserError as e:
         raise failed_run(e, out, fresh, existed) from None
     except OSError as e:  # a disk that fills (or turns read-only) where no write_bytes converted it
@@ -120,7 +131,7 @@ def failed_run(error: UserError, out: Path, fresh: bool, existed: bool) -> UserE
 
 
 def _train(cfg: Config, data: list[str], out: Path, test_data, predict_data, resume: bool, overwrite: bool,
-           trust_pickle: bool, log) -> dict:
+           trust_pickle: bool, log, callbacks=()) -> dict:
     from transformers import AutoTokenizer
 
     if resume:  # the run goes on exactly as it started: same config, same data
@@ -182,11 +193,15 @@ def _train(cfg: Config, data: list[str], out: Path, test_data, predict_data, res
         rundir.write_json(out / "inputs.json", {"data": [_abs(d) for d in data], "test_data": [_abs(d) for d in test_data],
                                                 "predict_data": _abs(predict_data) if predict_data else None})
         save_folder(out / "tokenizer", lambda tmp: tokenizer.save_pretrained(str(tmp)))
+    callbacks = list(callbacks) if main else []
+    if callbacks:
+        from . import live
+        live.start_all(callbacks, out, cfg)
 
     # 3. train
     start = time.perf_counter()
     prog = train_mod.fit(model, cfg, train_enc, val_enc, label_names, tokenizer.pad_token_id, out, accelerator,
-                         resume=resume, log=log)
+                         resume=resume, log=log, callbacks=callbacks)
     model = accelerator.unwrap_model(model)
     wall = time.perf_counter() - start
     accelerator.wait_for_everyone()

@@ -1,109 +1,248 @@
-"""`loraclf plan --sweep N`: which way of spending the budget works best on *your* data.
+"""`loraclf search`: the best model under the budget, found by Optuna, on as many processes as you start.
 
-The planner (budget.plan) lists every head strategy x targets x layers at the largest rank that fits.
-The sweep trains the N most promising of them on a short schedule and ranks them by successive halving:
-every candidate trains on `rows` examples and is scored on one fixed held-out set; the better half goes
-on to the next round with twice the examples, until one is left. Why not Optuna: the space is a short
-discrete list whose members are already ranked by the planner, and halving spends a predictable compute
-budget (about N x rows x log2 N examples) with no extra dependency and the same result on every rerun.
+The study lives in an Optuna RDB storage (default sqlite:///OUT/study.db; any SQLAlchemy URL works), so every
+`loraclf search` process pointed at the same storage and study name works on the same study: several on one
+machine, one per GPU (`--device cuda:N`), or several machines sharing a database. Each trial sends a heartbeat;
+a trial whose worker died (SIGKILL, a lost machine) is failed after two missed heartbeat periods by the next
+worker that starts a trial, and queued again with the same parameters (Optuna's RetryHeartbeatStaleTrialCallback).
+Running the command again resumes the study: `--trials N` is the study's total of finished (complete or
+pruned) trials, not a count per process.
 
-Each candidate's run is an ordinary run directory (OUT/round-K/NAME), so any of them can be inspected
-with `loraclf report`. OUT/sweep.json holds every score; OUT/best-config.json is ready for
-`loraclf train --config OUT/best-config.json`.
+A trial samples a config from the space (space.py: the budget is a hard constraint), trains it into
+OUT/trials/trial-NNNN (an ordinary run directory with its full config and seed), and is scored on the validation
+split that pipeline cuts from the training data (data.val_size): test data is never given to a search. The
+pruner reads the validation curve (train.eval_every is set to study.evals_per_epoch evaluations per epoch) and
+stops a trial that is doing worse than the others at the same step. The results (leaderboard, plots,
+best-config.toml) are rewritten by every worker when it finishes (studyreport.py).
 """
 from __future__ import annotations
 
 import copy
-import csv
-import io
+import json
 import math
+import os
+import random
+import socket
+import time
 from pathlib import Path
 
 from . import budget as budget_mod
-from . import data as data_mod
-from . import pipeline, rundir
-from .config import SECTIONS, Config
-from .errors import UserError
+from . import live, pipeline, space, studyreport
+from .config import Config
+from .errors import Interrupted, UserError
+
+MAX_RETRIES = 2  # a trial whose worker died is run again at most this often (then it stays failed)
 
 
-def candidates(cfg: Config, label_names: list[str], n: int) -> list[tuple[str, Config]]:
-    """The n most promising plans: the largest rank per (head, targets, layers), most adapter
-    parameters first (the budget study's lesson: spend on adapters, not on the head)."""
-    rows = [r for r in budget_mod.plan(cfg, label_names, cfg.budget.max_trainable) if r["largest"]]
-    out = []
-    for row in rows[:n]:
-        c = copy.deepcopy(cfg)
-        c.model.head, c.adapter.r = row["head"], row["r"]
-        c.adapter.target_modules, c.adapter.layers = row["targets"].split(","), row["layer_list"]
-        c.adapter.alpha = 2.0 * row["r"] if cfg.adapter.method != "rslora" else cfg.adapter.alpha
-        name = f"{row['head']}-{row['targets'].replace(',', '+')}-layers{row['layers']}-r{row['r']}"
-        out.append((name, c))
-    return out
+def _optuna():
+    try:
+        import optuna
+    except ImportError:
+        raise UserError("loraclf search needs optuna", 'pip install -e ".[search]" (optuna, plotly)') from None
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    return optuna
 
 
-def _csv(examples, label_names: list[str], index, delimiter: str = "|") -> str:
-    """label,text rows; a multi-label row's label set joined by `delimiter`, as data.load reads it back."""
-    from . import multilabel
-    buf = io.StringIO()
-    w = csv.writer(buf)
-    w.writerow(["label", "text"])
-    w.writerows((multilabel.label_set(y, label_names, True, delimiter) if isinstance(y, list) else label_names[y],
-                 examples.texts[i]) for i, y in ((i, examples.labels[i]) for i in index))
-    return buf.getvalue()
+def storage(url: str, heartbeat_s: int):
+    """Optuna's RDB storage with heartbeats; SQLite waits for a busy lock instead of failing at once."""
+    optuna = _optuna()
+    import warnings
+    kwargs = {"connect_args": {"timeout": 120}} if url.startswith("sqlite:") else {}
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)  # heartbeats: stable for years
+    for attempt in range(6):
+        try:
+            return optuna.storages.RDBStorage(
+                url, engine_kwargs=kwargs, heartbeat_interval=heartbeat_s, grace_period=2 * heartbeat_s,
+                heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRIES))
+        except Exception as e:  # a bad URL, a missing driver, an unreachable server, a foreign database
+            if attempt < 5 and any(w in str(e) for w in ("already exists", "locked", "UNIQUE constraint")):
+                time.sleep(0.5 + random.random())  # another worker is creating the same new database
+                continue
+            raise UserError(f"cannot open the study storage {url} ({type(e).__name__}: {str(e).splitlines()[0][:200]})",
+                            "give --storage as a SQLAlchemy URL, e.g. sqlite:///study.db or postgresql://user@host/db") from None
 
 
-def sweep(cfg: Config, sources: list[str], n: int, rows: int, out: Path, val_rows: int = 500,
-          overwrite: bool = False, trust_pickle: bool = False, log=print) -> dict:
-    if n < 2:
-        raise UserError(f"--sweep {n}: a sweep needs at least 2 candidates", "use --sweep 4 or more")
-    pool, _ = pipeline.load_training_data(_no_val(cfg), sources, trust_pickle)
-    label_names = pool.label_names
-    if len(pool) < val_rows + rows:
-        raise UserError(f"{len(pool)} labelled rows are too few for --sweep-rows {rows} plus {val_rows} held out",
-                        "lower --sweep-rows, or give more training data")
-    train_pool, held_out = data_mod.split(pool, val_rows, cfg.train.seed)
-    cands = candidates(cfg, label_names, n)
-    if len(cands) < 2:
-        raise UserError(f"only {len(cands)} plan fits the budget of {cfg.budget.max_trainable:,}", "raise --budget, or train it directly")
-    out = rundir.prepare(Path(out), resume=False, overwrite=overwrite)
-    rundir.write_text(out / "held_out.csv", _csv(held_out, label_names, range(len(held_out)), cfg.data.label_delimiter))
-    order = data_mod.random_batches(len(train_pool), 1, cfg.train.seed)  # a fixed shuffle; rounds take prefixes
-    rounds, alive, k = [], cands, 0
-    while True:
-        n_rows = min(rows * 2 ** k, len(train_pool))
-        train_file = out / f"round-{k}" / "train.csv"
-        train_file.parent.mkdir(parents=True, exist_ok=True)
-        rundir.write_text(train_file, _csv(train_pool, label_names, [b[0] for b in order[:n_rows]], cfg.data.label_delimiter))
-        log(f"round {k}: {len(alive)} candidates x {n_rows} rows")
-        scores = []
-        for name, c in alive:
-            c = _no_val(c)
-            res = pipeline.train_run(c, [str(train_file)], out / f"round-{k}" / name, test_data=[str(out / "held_out.csv")],
-                                 overwrite=overwrite, log=lambda *a, **kw: None)
-            t = res["test"]
-            scores.append({"name": name, "accuracy": t["accuracy"], "macro_f1": t["macro_f1"],
-                           "trainable": res["budget"]["trainable"], "seconds": res["train"]["wall_seconds"]})
-            log(f"  {name:<55} acc {100 * t['accuracy']:6.2f}  F1 {100 * t['macro_f1']:6.2f}  "
-                f"{res['budget']['trainable']:>10,} trainable  {res['train']['wall_seconds']:6.1f} s")
-        ranked = sorted(range(len(alive)), key=lambda i: (-scores[i]["accuracy"], -scores[i]["macro_f1"], scores[i]["trainable"]))
-        rounds.append({"round": k, "rows": n_rows, "scores": [scores[i] for i in ranked]})
-        alive = [alive[i] for i in ranked[:math.ceil(len(alive) / 2)]]
-        k += 1
-        if len(alive) == 1 or n_rows >= len(train_pool):
-            break
-    best_name, best = alive[0]
-    best_cfg = {s: getattr(best, s).__dict__ for s in SECTIONS}
-    best_cfg["data"] = best_cfg["data"] | {"val_size": cfg.data.val_size, "max_train_samples": cfg.data.max_train_samples}
-    result = {"budget": cfg.budget.max_trainable, "held_out_rows": len(held_out), "rounds": rounds, "best": best_name,
-              "method": "successive halving"}
-    rundir.write_json(out / "best-config.json", best_cfg)
-    rundir.write_json(out / "sweep.json", result)
-    log(f"best: {best_name}; train it with: loraclf train --config {out / 'best-config.json'} --data ...")
-    return result
+def open_study(url: str, name: str, sp: space.Space, identity: dict):
+    """Create the study, or load it; a study started with another space, budget, model or data is refused
+    (its trials' plans and ranks would not mean the same)."""
+    optuna = _optuna()
+    sampler = (optuna.samplers.TPESampler(n_startup_trials=max(1, sp.study["startup_trials"]), seed=None)
+               if sp.study["sampler"] == "tpe" else optuna.samplers.RandomSampler())
+    pruner = {"median": lambda: optuna.pruners.MedianPruner(n_startup_trials=sp.study["startup_trials"],
+                                                            n_warmup_steps=0, n_min_trials=1),
+              "hyperband": lambda: optuna.pruners.HyperbandPruner(),
+              "none": lambda: optuna.pruners.NopPruner()}[sp.study["pruner"]]()
+    study = optuna.create_study(storage=storage(url, sp.study["heartbeat_s"]), study_name=name, direction="maximize",
+                                sampler=sampler, pruner=pruner, load_if_exists=True)
+    found = study.user_attrs.get("loraclf")
+    if found is None:
+        study.set_user_attr("loraclf", identity)
+    elif found != identity:
+        diff = sorted(k for k in identity if found.get(k) != identity[k])
+        raise UserError(f"study {name!r} in {url} was started with another {', '.join(diff) or 'setup'}",
+                        "rerun with the study's settings, or start a new study with --study-name (or another --out)")
+    return study
 
 
-def _no_val(cfg: Config) -> Config:
-    c = copy.deepcopy(cfg)
-    c.data.val_size, c.data.max_train_samples, c.train.patience, c.train.save_every = 0, 0, 0, 0
-    c.train.epochs, c.train.eval_every = 1.0, 0  # the short schedule: one pass over the round's rows
-    return c
+def finished(study) -> int:
+    from optuna.trial import TrialState
+    return len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)))
+
+
+class Pruning(live.Callback):
+    """Reports each validation evaluation to the trial; the pruner's verdict stops the run (optuna.TrialPruned)."""
+
+    def __init__(self, trial, monitor: str = "val_accuracy", warmup_evals: int = 0):
+        self.trial, self.monitor, self.warmup, self.evals = trial, monitor, warmup_evals, 0
+
+    def on_record(self, record: dict) -> None:
+        if self.monitor not in record:
+            return
+        import optuna
+        self.evals += 1
+        self.trial.report(float(record[self.monitor]), int(record["step"]))
+        if self.evals > self.warmup and self.trial.should_prune():
+            raise optuna.TrialPruned(f"pruned at step {record['step']} ({self.monitor} {record[self.monitor]:.4f})")
+
+
+def run(cfg: Config, sources: list[str], out: Path, trials: int, space_file: str | None = None,
+        storage_url: str | None = None, study_name: str = "search", timeout: float | None = None,
+        track: list[str] = (), tracking_uri: str | None = None, trust_pickle: bool = False, log=print) -> dict:
+    """Work on the study until it has `trials` finished trials (or `timeout` seconds pass); then write the results."""
+    optuna = _optuna()
+    if not 1 <= trials <= 100_000:
+        raise UserError(f"--trials {trials} is not from 1 to 100,000", "e.g. --trials 20")
+    if timeout is not None and not (math.isfinite(timeout) and timeout > 0):
+        raise UserError(f"--timeout {timeout} is not a positive number of seconds", "e.g. --timeout 1800")
+    sp = space.load(space_file)
+    out = Path(out)
+    from transformers.utils import logging as hf_logging
+    hf_logging.disable_progress_bar()  # one line per trial, not a weight-loading bar each
+    if cfg.data.val_size == 0:
+        raise UserError("a search scores trials on the validation split, and data.val_size is 0",
+                        "set data.val_size (e.g. --set data.val_size=0.1)")
+    train_ex, val_ex = pipeline.load_training_data(cfg, sources, trust_pickle)  # its mistakes show before any trial
+    labels = train_ex.label_names
+    plan_table = space.plans(sp, cfg, labels)
+    if not plan_table:
+        raise UserError(f"nothing in the search space fits the budget of {cfg.budget.max_trainable:,} at "
+                        f"r={sp.ranges['r'][0]}", "raise --budget, or allow cheaper heads and targets in the space")
+    base = copy.deepcopy(cfg)
+    steps_per_epoch = math.ceil(len(train_ex) / cfg.train.batch_size / cfg.train.grad_accum)
+    base.train.eval_every = max(1, steps_per_epoch // sp.study["evals_per_epoch"])
+    base.train.save_every, base.train.monitor = 0, "val_accuracy"
+    out.mkdir(parents=True, exist_ok=True)
+    url = storage_url or f"sqlite:///{(out / 'study.db').resolve()}"
+    # what makes trials comparable, in terms that hold on every machine (paths may differ): the plans' exact counts
+    # stand for the model's architecture, the split's sizes and classes for the data
+    identity = {"budget": cfg.budget.max_trainable, "space": sp.to_dict(), "data": {
+        "train": len(train_ex), "val": len(val_ex), "labels": list(labels)},
+        "plans": {k: [p["fixed"], p["per_rank"], p["r_max"]] for k, p in sorted(plan_table.items())}}
+    study = open_study(url, study_name, sp, identity)
+    if sp.study["enqueue_base"] and not study.user_attrs.get("base_enqueued"):
+        study.set_user_attr("base_enqueued", True)
+        base_params = space.params_of(cfg, sp, plan_table)
+        if base_params:  # the base config (the preset) is trial 0: the best trial is at least as good on validation
+            study.enqueue_trial(base_params, skip_if_exists=True)
+    trackers = _Trackers(track, tracking_uri, study, study_name, out)
+    limit = cfg.budget.max_trainable
+
+    def objective(trial) -> float:
+        c = space.sample(trial, sp, plan_table, base)
+        trainable = budget_mod.count_config(c, labels).trainable
+        if trainable > limit:  # space.plans cut the ranks to fit: reaching this is a bug, never a trial to score
+            raise RuntimeError(f"budget accounting bug: trial {trial.number} has {trainable:,} > {limit:,} trainable")
+        run_dir = out / "trials" / f"trial-{trial.number:04d}"
+        for k, v in {"trainable": trainable, "run_dir": str(run_dir), "r": c.adapter.r, "alpha": c.adapter.alpha,
+                     "dropout": c.adapter.dropout, "lr": c.train.lr, "epochs": c.train.epochs,
+                     "warmup_ratio": c.train.warmup_ratio, "seed": c.train.seed,
+                     "worker": f"{socket.gethostname()}:{os.getpid()}"}.items():  # the values used, fixed ones too
+            trial.set_user_attr(k, v)
+        callbacks = [Pruning(trial, "val_accuracy", sp.study["warmup_evals"])] + trackers.child(trial.number)
+        start = time.perf_counter()
+        try:
+            res = pipeline.train_run(c, list(sources), run_dir, overwrite=True, trust_pickle=trust_pickle,
+                                     log=lambda *a, **k: None, callbacks=callbacks)
+        except optuna.TrialPruned as e:
+            log(f"trial {trial.number}: {e}")
+            raise
+        except Interrupted:  # Ctrl-C stops the worker (the trial is failed; rerunning resumes the study)
+            raise KeyboardInterrupt from None
+        except UserError as e:  # e.g. a diverged trial: failed, and the study goes on
+            trial.set_user_attr("error", str(e)[:500])
+            log(f"trial {trial.number} failed: {str(e).splitlines()[0][:200]}")
+            raise
+        finally:
+            trial.set_user_attr("seconds", round(time.perf_counter() - start, 1))
+        val = res["val"]
+        trial.set_user_attr("val_macro_f1", val["macro_f1"])
+        log(f"trial {trial.number}: val accuracy {100 * val['accuracy']:.2f}%  {trainable:,} trainable  "
+            f"{c.model.head}/{','.join(c.adapter.target_modules)} r={c.adapter.r}  lr {c.train.lr:.2e}  "
+            f"{time.perf_counter() - start:.0f} s")
+        return val["accuracy"]
+
+    left = trials - finished(study)
+    log(f"study {study_name!r} in {url}: {finished(study)} of {trials} trials finished; {len(plan_table)} plans fit "
+        f"the budget of {limit:,}")
+    if left > 0:
+        study.optimize(objective, n_trials=left, timeout=timeout, catch=(UserError,), gc_after_trial=True,
+                       callbacks=[optuna.study.MaxTrialsCallback(trials, states=(
+                           optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED))])
+    summary = studyreport.write(study, out, limit)
+    trackers.finish(summary)
+    if summary.get("best"):
+        b = summary["best"]
+        log(f"best: trial {b['number']}, val accuracy {100 * b['value']:.2f}%, {b['trainable']:,} trainable; "
+            f"train it with: loraclf train --config {out / 'best-config.toml'} --data ...")
+    log(f"wrote {out / 'leaderboard.md'} and {out / 'report.html'}")
+    return summary
+
+
+class _Trackers:
+    """One parent per study (an MLflow run whose id the study keeps; a TensorBoard folder; a W&B group) and a
+    child per trial."""
+
+    def __init__(self, backends, uri, study, study_name: str, out: Path):
+        self.backends, self.uri, self.study, self.name, self.out = list(dict.fromkeys(backends)), uri, study, study_name, out
+        self.parent = None
+        if "mlflow" in self.backends:
+            from . import track
+            self.client, exp_id = track.mlflow_client(uri or track.DEFAULT_URI, "loraclf")
+            self.parent = study.user_attrs.get("mlflow_parent_run")
+            if not self.parent:
+                self.parent = self.client.create_run(exp_id, run_name=study_name, tags={
+                    "loraclf.study": study_name, "mlflow.source.name": "loraclf search"}).info.run_id
+                study.set_user_attr("mlflow_parent_run", self.parent)
+        for b in self.backends:  # fail on a missing package now, not in the first trial
+            if b == "tensorboard":
+                live.TensorBoard(out / "tensorboard")
+            elif b == "wandb":
+                live.WandB(out)
+
+    def child(self, number: int) -> list[live.Callback]:
+        name, cbs = f"trial-{number:04d}", []
+        for b in self.backends:
+            if b == "mlflow":
+                parent = self.study.user_attrs.get("mlflow_parent_run", self.parent)  # one parent, if two workers raced
+                cbs.append(live.MLflow(self.uri, parent_id=parent, run_name=name))
+            elif b == "tensorboard":
+                cbs.append(live.TensorBoard(self.out / "tensorboard" / name))
+            elif b == "wandb":
+                cbs.append(live.WandB(self.out, group=self.name, run_name=name))
+        return cbs
+
+    def finish(self, summary: dict) -> None:
+        if not self.parent:
+            return
+        from mlflow.entities import Metric
+        best = summary.get("best") or {}
+        now = int(time.time() * 1000)
+        metrics = [Metric(k, float(v), now, 0) for k, v in (("best_val_accuracy", best.get("value")),
+                   ("finished_trials", summary.get("finished"))) if v is not None]
+        parent = self.study.user_attrs.get("mlflow_parent_run", self.parent)
+        self.client.log_batch(parent, metrics=metrics, params=[])
+        for name in ("leaderboard.md", "report.html", "best-config.toml"):
+            if (self.out / name).is_file():
+                self.client.log_artifact(parent, str(self.out / name))
+        self.client.set_tag(parent, "loraclf.best", json.dumps({k: best.get(k) for k in ("number", "value")}))
+        self.client.set_terminated(parent)

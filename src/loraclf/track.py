@@ -1,11 +1,13 @@
-"""Experiment tracking, post hoc from the run directory: `--track mlflow` or `--track tensorboard`.
+"""Experiment tracking, post hoc from the run directory: `--track mlflow`, `--track tensorboard` or `--track wandb`
+(live.py streams the same metrics while a run trains; this module logs what a finished run directory holds).
 
 MLflow: params = the resolved config (flattened, e.g. adapter.r) and the budget; metrics = every metrics.jsonl
 record at its step, plus the final val/test/eval-* metrics and throughput from metrics.json; artifacts = the
 report, plots and metrics files. One MLflow run per run directory (tagged loraclf.run_dir): logging the same
 directory again (train, then evaluate) continues that MLflow run and adds only what is new.
 
-TensorBoard: event files in RUN/tensorboard (rewritten whole on every call, so they never hold duplicates)."""
+TensorBoard: event files in RUN/tensorboard (rewritten whole on every call, so they never hold duplicates).
+W&B: an offline run in RUN/wandb (never online; `wandb sync` uploads it) with every record and the final metrics."""
 from __future__ import annotations
 
 import json
@@ -16,7 +18,7 @@ from pathlib import Path
 from . import rundir
 from .errors import UserError
 
-BACKENDS = ("mlflow", "tensorboard")
+BACKENDS = ("mlflow", "tensorboard", "wandb")
 DEFAULT_URI = "sqlite:///mlruns.db"
 ARTIFACTS = ("report.html", "report.md", "metrics.json", "metrics.jsonl", "config.json", "budget.json", "labels.json")
 
@@ -28,6 +30,8 @@ def log_run(run_dir, backend: str, tracking_uri: str | None = None, experiment: 
         return _mlflow(run, tracking_uri or DEFAULT_URI, experiment)
     if backend == "tensorboard":
         return str(_tensorboard(run))
+    if backend == "wandb":
+        return str(_wandb(run))
     raise UserError(f"unknown tracking backend {backend!r}", f"use one of {', '.join(BACKENDS)}")
 
 
@@ -71,14 +75,15 @@ def _num(v) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
-def _params(run: Path) -> dict[str, str]:
+def run_params(run: Path) -> dict[str, str]:
+    """The resolved config of a run directory as MLflow params (flattened, within MLflow's length limits)."""
     p = flatten(rundir.read_json(run / "config.json"))
     return {k[:250]: v[:6000] for k, v in p.items()}
 
 
-def _mlflow(run: Path, uri: str, experiment: str) -> str:
+def mlflow_client(uri: str, experiment: str):
+    """(MlflowClient, experiment id), the experiment created if new; UserError if MLflow or the store is unusable."""
     try:
-        from mlflow.entities import Metric, Param, RunTag
         from mlflow.tracking import MlflowClient
     except ImportError:
         raise UserError("--track mlflow needs the mlflow package", "pip install mlflow-skinny sqlalchemy alembic "
@@ -86,11 +91,20 @@ def _mlflow(run: Path, uri: str, experiment: str) -> str:
     try:
         client = MlflowClient(tracking_uri=uri)
         exp = client.get_experiment_by_name(experiment)
-        exp_id = exp.experiment_id if exp else client.create_experiment(experiment, _artifact_location(uri))
+        try:
+            exp_id = exp.experiment_id if exp else client.create_experiment(experiment, _artifact_location(uri))
+        except Exception:  # another process created it first
+            exp_id = client.get_experiment_by_name(experiment).experiment_id
     except Exception as e:  # a bad URI, an unreachable server, a locked or foreign database
         raise UserError(f"cannot use the MLflow tracking store {uri} ({type(e).__name__}: {str(e).splitlines()[0][:200]})",
                         "check --tracking-uri (default sqlite:///mlruns.db in the current folder)") from None
-    path, params = str(run.resolve()), _params(run)
+    return client, exp_id
+
+
+def _mlflow(run: Path, uri: str, experiment: str) -> str:
+    client, exp_id = mlflow_client(uri, experiment)
+    from mlflow.entities import Metric, Param, RunTag
+    path, params = str(run.resolve()), run_params(run)
     old = [] if "'" in path else client.search_runs(
         [exp_id], filter_string=f"tags.`loraclf.run_dir` = '{path}'", max_results=1, order_by=["attributes.start_time DESC"])
     run_id = None
@@ -128,6 +142,16 @@ def _artifact_location(uri: str) -> str | None:
         return None
     db = Path(uri[len("sqlite:///"):]).resolve()
     return (db.parent / "mlruns").as_uri()
+
+
+def _wandb(run: Path) -> Path:
+    from . import live
+    w = live.WandB(run)
+    live.start_all([w], run, None)
+    for r in rundir.read_jsonl(run / "metrics.jsonl"):
+        w.on_record(r)
+    live.end_all([w], {})
+    return run / "wandb"
 
 
 def _tensorboard(run: Path) -> Path:

@@ -143,7 +143,8 @@ def frozen_layer_cache(model, cfg: Config, encoded: data_mod.Encoded, world: int
 
 
 def fit(model, cfg: Config, train_enc: data_mod.Encoded, val_enc: data_mod.Encoded | None, label_names: list[str],
-        pad_id: int, run_dir: Path, accelerator, resume: bool = False, log=print) -> Progress:
+        pad_id: int, run_dir: Path, accelerator, resume: bool = False, log=print, callbacks=()) -> Progress:
+    """callbacks: live.Callback objects, each told every metrics.jsonl record as it is made (live tracking, pruning)."""
     t = cfg.train
     device = accelerator.device
     precision = precision_mod.from_accelerate(accelerator.mixed_precision)
@@ -179,6 +180,11 @@ def fit(model, cfg: Config, train_enc: data_mod.Encoded, val_enc: data_mod.Encod
     eval_every = t.eval_every or steps_per_epoch
     log_every = max(1, total_steps // RECORDS_PER_RUN)
     interrupted = {"flag": False}
+
+    def emit(record: dict) -> None:
+        prog.history.append(record)
+        for cb in callbacks:
+            cb.on_record(record)
 
     def on_sigint(signum, frame):  # finish the current step, then checkpoint and leave
         interrupted["flag"] = True
@@ -242,13 +248,13 @@ def fit(model, cfg: Config, train_enc: data_mod.Encoded, val_enc: data_mod.Encod
                     bar.set_postfix(loss=f"{step_loss:.4f}", samples_s=f"{world * prog.samples / max(prog.train_seconds, 1e-9):.1f}")
 
                     if prog.step % log_every == 0 or prog.step == total_steps:
-                        prog.history.append(_record(prog, scheduler, prog.running_loss / prog.running_n, world, steps_per_epoch))
+                        emit(_record(prog, scheduler, prog.running_loss / prog.running_n, world, steps_per_epoch))
                         prog.running_loss, prog.running_n = 0.0, 0
                     if prog.step % eval_every == 0 or prog.step == total_steps:
                         if val_enc is not None:  # a best model is never kept from non-finite weights
                             check_finite_weights(unwrapped, prog.step)
                         best_state = _eval_step(model, cfg, val_enc, label_names, pad_id, device, precision, accelerator,
-                                                prog, best_state, steps_per_epoch, log, bar)
+                                                prog, best_state, steps_per_epoch, log, bar, emit)
                         model.train()
                     if main:
                         _flush_history(run_dir, prog)
@@ -309,13 +315,12 @@ def _record(prog: Progress, scheduler, loss: float, world: int, steps_per_epoch:
 
 
 def _eval_step(model, cfg, val_enc, label_names, pad_id, device, precision, accelerator, prog, best_state,
-               steps_per_epoch, log, bar):
+               steps_per_epoch, log, bar, emit):
     if val_enc is None:
         return best_state
     m = scoring.evaluate_encoded(model, val_enc, cfg, label_names, pad_id, device, precision, accelerator)
     rec = {"step": prog.step, "epoch": round(prog.step / steps_per_epoch, 4), "val_loss": m["loss"],
            "val_accuracy": m["accuracy"], "val_macro_f1": m["macro_f1"]}
-    prog.history.append(rec)
     value = rec[cfg.train.monitor]
     if better(cfg.train.monitor, value, prog.best):
         prog.best, prog.best_step, prog.bad_evals = value, prog.step, 0
@@ -327,6 +332,7 @@ def _eval_step(model, cfg, val_enc, label_names, pad_id, device, precision, acce
     msg = (f"step {prog.step} epoch {rec['epoch']:.2f}: val_loss {m['loss']:.4f} val_acc {100 * m['accuracy']:.2f}% "
            f"val_f1 {m['macro_f1']:.4f}" + ("  (stopping early)" if prog.stopped_early else ""))
     (bar.write if bar is not None and not bar.disable else log)(msg)
+    emit(rec)  # last: a pruner that stops the run here sees the record, and the run keeps what came before
     return best_state
 
 
