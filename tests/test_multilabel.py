@@ -320,3 +320,29 @@ def test_own_positive_weights_are_checked_and_used(tmp_path, tiny_bert):
     with pytest.raises(UserError, match="2 weights for 4 labels"):
         pipeline.train_run(cfg, [str(tmp_path / "t.jsonl")], tmp_path / "run", log=lambda *a, **k: None)
     assert not (tmp_path / "run").exists()
+
+
+# ------------------------------------------------------------------------------------------ with the other input kinds
+
+@pytest.mark.parametrize("kind", ["chunks", "pairs"])
+def test_multi_label_with_long_documents_or_sentence_pairs(tmp_path, tiny_bert, kind):
+    """Label sets go through the window expansion (one score row per document) and the pair input alike."""
+    rows = [(i, (t + " ") * (8 if kind == "chunks" else 1), ls) for i, t, ls in _rows(32)]
+    if kind == "chunks":
+        _write(tmp_path / "d.jsonl", rows, "jsonl")
+        extra = ["data.long_text=chunks", "data.max_length=16", "data.chunk_stride=4"]
+    else:
+        (tmp_path / "d.jsonl").write_text("".join(json.dumps({"id": i, "a": t, "b": t[::-1], "label": ls}) + "\n"
+                                                  for i, t, ls in rows))
+        extra = ["data.text_columns=a,b"]
+    cfg = tiny_config(tiny_bert, "data.task=multi_label", *extra)
+    out = tmp_path / "run"
+    result = pipeline.train_run(cfg, [str(tmp_path / "d.jsonl")], out, test_data=[str(tmp_path / "d.jsonl")],
+                                log=lambda *a, **k: None)
+    assert set(result["test"]) >= {"micro_f1", "hamming_loss"} and result["long_text"]["test"]["rows"] == len(rows)
+    assert len(json.loads((out / multilabel.THRESHOLDS).read_text())["thresholds"]) == len(LABELS)
+    r = predict.write_predictions(out, str(tmp_path / "d.jsonl"), tmp_path / "sub.csv")
+    lines = (tmp_path / "sub.csv").read_text().strip().splitlines()
+    assert r["rows"] == len(rows) == len(lines) - 1 and lines[0] == "ID,Labels" and r["logits"].shape == (len(rows), 4)
+    if kind == "chunks":
+        assert r["long_text"]["longer"] == len(rows)
