@@ -69,7 +69,7 @@ CORPUS = {
     "negative id (JSONL)": (".jsonl", OK + '{"label": -2, "text": "b"}\n', "label -2 is out of range 0..3"),
     "id beyond the label set": (".csv", "label,text\n0,a\n4,b\n", "label 4 is out of range 0..3 (4 classes"),
     "ids mixed with names": (".jsonl", OK + '{"label": "Sports", "text": "b"}\n', "labels mix class ids and class names"),
-    "list label": (".jsonl", '{"label": [0], "text": "a"}\n', "label [0] is a list"),
+    "list label": (".jsonl", '{"label": [0], "text": "a"}\n', "label [0] is a set of labels"),
     "object label": (".jsonl", '{"label": {"id": 0}, "text": "a"}\n', "is a dict, not a class id"),
     "decimal label (Parquet)": (".parquet", _decimal_label_parquet, "is a Decimal, not a class id"),
     # texts
@@ -106,7 +106,7 @@ CORPUS = {
     "Parquet list text": (".parquet", lambda: _parquet_table(text=[["a"]], label=[0]), "list value ['a'], not text"),
     "Parquet struct text": (".parquet", lambda: _parquet_table(text=[{"a": "x"}], label=[0]), "dict value"),
     "Parquet binary text": (".parquet", _binary_parquet, "bytes value"),
-    "Parquet list label": (".parquet", lambda: _parquet_table(text=["a"], label=[[0]]), "is a list, not a class id"),
+    "Parquet list label": (".parquet", lambda: _parquet_table(text=["a"], label=[[0]]), "is a set of labels"),
     "Parquet boolean label": (".parquet", lambda: _parquet_table(text=["a"], label=[True]), "is a boolean"),
     "Parquet repeated column": (".parquet", lambda: _parquet_arrays(["text", "text", "label"], [["a"], ["b"], [0]]),
                                 "the schema repeats a column name (text, text, label)"),

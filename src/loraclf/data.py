@@ -143,7 +143,7 @@ def _read_delimited(path: Path, encoding: str, text_col: str) -> _Table:
     if len(rows) == 1:
         raise UserError(f"{path} has a header but no rows", "add data rows below the header")
     if len(set(header)) != len(header):
-        raise UserError(f"{path}: the header repeats a column name ({_columns(header)})", "give every column a unique name")
+        raise UserError(f"{path}: the header repeats a column name ({column_list(header)})", "give every column a unique name")
     for i, row in enumerate(rows[1:], start=2):
         if len(row) != len(header):
             hint = "" if delimiter == "\t" or ";" not in header[0] else " (the header contains ';': is it semicolon-separated?)"
@@ -164,7 +164,7 @@ def _agnews_table(rows: list[list[str]], path: Path, encoding: str) -> _Table:
     names = [n.strip() for n in _read_text(classes, encoding, allow_empty=True).splitlines() if n.strip()] \
         if classes.is_file() else []
     if len(set(names)) != len(names):
-        raise UserError(f"{classes} names a class twice ({_columns(names)})", "list every class once, in id order")
+        raise UserError(f"{classes} names a class twice ({column_list(names)})", "list every class once, in id order")
     return _Table({"text": texts, "label": [r[0].strip() for r in rows]}, str(path), "line", 1, names, True)
 
 
@@ -227,7 +227,7 @@ def _json_document(path: Path, doc) -> _Table:
         lengths = {k: len(v) for k, v in doc.items()}
         if len(set(lengths.values())) != 1:
             raise UserError(f"{path}: the column lists have different lengths "
-                            f"({', '.join(f'{_column(k)}: {n}' for k, n in list(lengths.items())[:10])})",
+                            f"({', '.join(f'{column_label(k)}: {n}' for k, n in list(lengths.items())[:10])})",
                             "give every column the same number of values")
         return _Table(doc, str(path), "record", 1)
     if all(isinstance(v, dict) for v in values):
@@ -245,7 +245,7 @@ def _read_parquet(path: Path) -> _Table:
         with pq.ParquetFile(path) as f:
             names = f.schema_arrow.names
             if len(set(names)) != len(names):
-                raise UserError(f"{path}: the schema repeats a column name ({_columns(names)})",
+                raise UserError(f"{path}: the schema repeats a column name ({column_list(names)})",
                                 "give every column a unique name")
             columns = f.read().to_pydict()
     except (pa.ArrowException, OSError) as e:
@@ -335,7 +335,7 @@ def _read(source: str, split: str, encoding: str, text_col: str, trust_pickle: b
 
 # ------------------------------------------------------------------------------ labels and texts
 
-def _row_label(t: _Table, i: int) -> str:
+def row_label(t: _Table, i: int) -> str:
     lines = getattr(t, "line_numbers", None)
     return f"{t.where} {t.row_name} {lines[i] if lines else t.first_row + i}"
 
@@ -346,16 +346,16 @@ def _brief(e: Exception, limit: int = 200) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-def _column(name) -> str:
+def column_label(name) -> str:
     """A column name as messages show it: on one line, and printable even when it is not valid Unicode."""
     text = " ".join(str(name).split()) if isinstance(name, str) else untrusted.show(name)
     text = text.encode("utf-8", "backslashreplace").decode("utf-8")
     return text if len(text) <= 60 else text[:57] + "..."
 
 
-def _columns(names, limit: int = 20) -> str:
+def column_list(names, limit: int = 20) -> str:
     names = list(names)
-    shown = ", ".join(_column(n) for n in names[:limit])
+    shown = ", ".join(column_label(n) for n in names[:limit])
     return shown + (f", ... ({len(names)} in all)" if len(names) > limit else "")
 
 
@@ -364,26 +364,26 @@ def _is_missing(v) -> bool:
     return v is None or (isinstance(v, float) and v != v)
 
 
-def _is_blank(v) -> bool:
+def is_blank(v) -> bool:
     return _is_missing(v) or (isinstance(v, str) and not v.strip())
 
 
 def _texts(t: _Table, text_col: str) -> list[str]:
     if text_col not in t.columns:
-        raise UserError(f"{t.where} has no column {_column(text_col)!r} (columns: {_columns(t.columns)})",
+        raise UserError(f"{t.where} has no column {column_label(text_col)!r} (columns: {column_list(t.columns)})",
                         "name the text column with --set data.text_column=<name>")
     texts = []
     for i, v in enumerate(t.columns[text_col]):
-        if _is_blank(v):
-            raise UserError(f"{_row_label(t, i)} column {text_col!r}: empty or missing text",
+        if is_blank(v):
+            raise UserError(f"{row_label(t, i)} column {text_col!r}: empty or missing text",
                             "fill in the text or remove that row")
         if not isinstance(v, str):
-            raise UserError(f"{_row_label(t, i)} column {text_col!r}: {type(v).__name__} value {untrusted.show(v)}, not text",
+            raise UserError(f"{row_label(t, i)} column {text_col!r}: {type(v).__name__} value {untrusted.show(v)}, not text",
                             f"store {text_col!r} as strings, or name the text column with --set data.text_column=<name>")
         v = v[:MAX_TEXT_CHARS]
         problem = untrusted.unicode_problem(v)
         if problem:  # the tokenizer cannot take it, and the outputs could not be written
-            raise UserError(f"{_row_label(t, i)} column {text_col!r}: the text has {problem}",
+            raise UserError(f"{row_label(t, i)} column {text_col!r}: the text has {problem}",
                             "fix that text (a JSON \\ud800-\\udbff escape must be followed by a \\udc00-\\udfff one)")
         texts.append(v)
     if not texts:
@@ -394,8 +394,8 @@ def _texts(t: _Table, text_col: str) -> list[str]:
 def _pair_texts(t: _Table, columns: list[str]) -> list[tuple[str, str]]:
     missing = [c for c in columns if c not in t.columns]
     if missing:
-        raise UserError(f"{t.where} has no column {_column(missing[0])!r} for the "
-                        f"{'first' if missing[0] == columns[0] else 'second'} text of a pair (columns: {_columns(t.columns)})",
+        raise UserError(f"{t.where} has no column {column_label(missing[0])!r} for the "
+                        f"{'first' if missing[0] == columns[0] else 'second'} text of a pair (columns: {column_list(t.columns)})",
                         "name the two text columns with --set data.text_columns=<first>,<second>")
     return list(zip(_texts(t, columns[0]), _texts(t, columns[1])))
 
@@ -408,24 +408,24 @@ _DIGITS = re.compile(r"[0-9]+")
 _BIG = 10**18  # stands for any id with more digits than that: out of every range
 
 
-class _NotALabel(ValueError):
+class NotALabel(ValueError):
     """A value that is neither a class id nor a class name."""
 
 
-def _class_id_or_name(v, names: list[str]):
-    """An int for a class id, a str for a class name; _NotALabel for anything else (booleans, NaN, 1.5, lists...)."""
+def class_id_or_name(v, names: list[str]):
+    """An int for a class id, a str for a class name; NotALabel for anything else (booleans, NaN, 1.5, lists...)."""
     if isinstance(v, (bool, np.bool_)):
-        raise _NotALabel("is a boolean, not a class id or name (store labels as ids 0..K-1 or as names)")
+        raise NotALabel("is a boolean, not a class id or name (store labels as ids 0..K-1 or as names)")
     if isinstance(v, (int, np.integer)):
         return int(v)
     if isinstance(v, (float, np.floating)):
         if not math.isfinite(v):
-            raise _NotALabel("is not a finite number")
+            raise NotALabel("is not a finite number")
         if not float(v).is_integer():
-            raise _NotALabel("is not a whole number")
+            raise NotALabel("is not a whole number")
         return int(v) if abs(v) < _BIG else _BIG
     if not isinstance(v, str):
-        raise _NotALabel(f"is a {type(v).__name__}, not a class id or name (labels are ids 0..K-1 or names)")
+        raise NotALabel(f"is a {type(v).__name__}, not a class id or name (labels are ids 0..K-1 or names)")
     text = v.strip()
     m = _CLASS_ID.fullmatch(text)
     if m:  # ids win over names that are digits, as data.label_names documents
@@ -439,32 +439,32 @@ def _class_id_or_name(v, names: list[str]):
             pass
         else:  # "1.5", "1e3", "nan", "inf", "1_0": numbers, but not class ids
             if not math.isfinite(number):
-                raise _NotALabel("is not a finite number")
+                raise NotALabel("is not a finite number")
             if not number.is_integer():
-                raise _NotALabel("is not a whole number")
-            raise _NotALabel("is a number but not a class id (write ids with the digits 0-9)")
+                raise NotALabel("is not a whole number")
+            raise NotALabel("is a number but not a class id (write ids with the digits 0-9)")
         problem = untrusted.unicode_problem(text)
         if problem:
-            raise _NotALabel(f"has {problem}")
+            raise NotALabel(f"has {problem}")
     return text
 
 
 def _labels(t: _Table, label_col: str, names: list[str]) -> tuple[list[int], list[str]]:
     """Resolve a label column (ids or names) against known names; returns ids and the names used."""
     if label_col not in t.columns:
-        raise UserError(f"{t.where} has no column {_column(label_col)!r} (columns: {_columns(t.columns)})",
+        raise UserError(f"{t.where} has no column {column_label(label_col)!r} (columns: {column_list(t.columns)})",
                         "name the label column with --set data.label_column=<name>")
     if len(set(names)) != len(names):
-        raise UserError(f"the class names repeat a name ({_columns(names)})", "list every class once, in id order")
+        raise UserError(f"the class names repeat a name ({column_list(names)})", "list every class once, in id order")
     raw = t.columns[label_col]
     values = []
     for i, v in enumerate(raw):
-        if _is_blank(v):
-            raise UserError(f"{_row_label(t, i)} column {label_col!r}: missing label", "fill in the label or remove the row")
+        if is_blank(v):
+            raise UserError(f"{row_label(t, i)} column {label_col!r}: missing label", "fill in the label or remove the row")
         try:
-            values.append(_class_id_or_name(v, names))
-        except _NotALabel as e:
-            raise UserError(f"{_row_label(t, i)} column {label_col!r}: label {untrusted.show(v)} {e}",
+            values.append(class_id_or_name(v, names))
+        except NotALabel as e:
+            raise UserError(f"{row_label(t, i)} column {label_col!r}: label {untrusted.show(v)} {e}",
                             "labels are class ids 0..K-1 or class names; fix that row") from None
     as_int = [isinstance(v, int) for v in values]
     if all(as_int):
@@ -474,10 +474,10 @@ def _labels(t: _Table, label_col: str, names: list[str]) -> tuple[list[int], lis
             if v < lo or v > hi:
                 shown = untrusted.show(raw[i]) if v == _BIG or -v == _BIG else str(v)
                 if names:
-                    raise UserError(f"{_row_label(t, i)} column {label_col!r}: label {shown} is out of range {lo}..{hi}"
-                                    f" ({len(names)} classes: {_columns(names)})",
+                    raise UserError(f"{row_label(t, i)} column {label_col!r}: label {shown} is out of range {lo}..{hi}"
+                                    f" ({len(names)} classes: {column_list(names)})",
                                     "fix the label, or set data.label_names to the full class list")
-                raise UserError(f"{_row_label(t, i)} column {label_col!r}: label {shown} is out of range "
+                raise UserError(f"{row_label(t, i)} column {label_col!r}: label {shown} is out of range "
                                 f"{lo}..{hi} (class ids count up from {lo}, at most {MAX_CLASSES:,} classes)",
                                 "fix the label, or set data.label_names to the full class list")
         ids = [v - offset for v in values]
@@ -486,15 +486,15 @@ def _labels(t: _Table, label_col: str, names: list[str]) -> tuple[list[int], lis
         return ids, names
     if any(as_int):
         i = as_int.index(not as_int[0])
-        raise UserError(f"{_row_label(t, i)} column {label_col!r}: labels mix class ids and class names "
+        raise UserError(f"{row_label(t, i)} column {label_col!r}: labels mix class ids and class names "
                         f"(label {untrusted.show(raw[i])})", "use only ids (0..K-1) or only names in one file")
     if not names:
         names = sorted(set(values))
     index = {n: j for j, n in enumerate(names)}
     for i, v in enumerate(values):
         if v not in index:
-            raise UserError(f"{_row_label(t, i)} column {label_col!r}: unknown label {untrusted.show(v)}",
-                            f"labels must be one of: {_columns(names)}")
+            raise UserError(f"{row_label(t, i)} column {label_col!r}: unknown label {untrusted.show(v)}",
+                            f"labels must be one of: {column_list(names)}")
     return [index[v] for v in values], names
 
 
@@ -502,17 +502,17 @@ def _check_ids(t: _Table, ids: list) -> None:
     seen = set()
     for i, v in enumerate(ids):
         if _is_missing(v):
-            raise UserError(f"{_row_label(t, i)} column 'id': missing id", "give every row an id, or drop the id column")
+            raise UserError(f"{row_label(t, i)} column 'id': missing id", "give every row an id, or drop the id column")
         if isinstance(v, (bool, np.bool_)) or not isinstance(v, (str, int, float, np.integer, np.floating)):
-            raise UserError(f"{_row_label(t, i)} column 'id': a {type(v).__name__}, not an id",
+            raise UserError(f"{row_label(t, i)} column 'id': a {type(v).__name__}, not an id",
                             "ids must be numbers or strings")
         if isinstance(v, str) and untrusted.unicode_problem(v):
-            raise UserError(f"{_row_label(t, i)} column 'id': the id has {untrusted.unicode_problem(v)}",
+            raise UserError(f"{row_label(t, i)} column 'id': the id has {untrusted.unicode_problem(v)}",
                             "ids must be valid text")
         if isinstance(v, (float, np.floating)) and not math.isfinite(v):
-            raise UserError(f"{_row_label(t, i)} column 'id': id {v} is not a finite number", "fix that id")
+            raise UserError(f"{row_label(t, i)} column 'id': id {v} is not a finite number", "fix that id")
         if v in seen:
-            raise UserError(f"{_row_label(t, i)} column 'id': duplicate id {untrusted.show(v)}", "ids must be unique")
+            raise UserError(f"{row_label(t, i)} column 'id': duplicate id {untrusted.show(v)}", "ids must be unique")
         seen.add(v)
 
 

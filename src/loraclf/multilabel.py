@@ -43,15 +43,15 @@ def _items(v, delimiter: str):
 
 def label_sets(t, label_col: str, names: list[str], delimiter: str) -> tuple[list[list[int]], list[str]]:
     """A label column of sets (lists, or strings joined by `delimiter`) -> multi-hot rows and the label names.
-    Ids and names as data._labels reads them; a row may hold no label (an empty list)."""
+    Ids and names as data.load reads single labels; a row may hold no label (an empty list)."""
     from . import data
     if label_col not in t.columns:
-        raise UserError(f"{t.where} has no column {data._column(label_col)!r} (columns: {data._columns(t.columns)})",
+        raise UserError(f"{t.where} has no column {data.column_label(label_col)!r} (columns: {data.column_list(t.columns)})",
                         "name the label column with --set data.label_column=<name>")
     rows = []
     for i, v in enumerate(t.columns[label_col]):
-        if data._is_blank(v):
-            raise UserError(f"{data._row_label(t, i)} column {label_col!r}: missing labels",
+        if data.is_blank(v):
+            raise UserError(f"{data.row_label(t, i)} column {label_col!r}: missing labels",
                             "fill in the labels (an empty list [] in JSON for none) or remove the row")
         items = _items(v, delimiter)
         if items is None:
@@ -59,15 +59,15 @@ def label_sets(t, label_col: str, names: list[str], delimiter: str) -> tuple[lis
         values = []
         for x in items:
             try:
-                values.append(data._class_id_or_name(x, names))
-            except data._NotALabel as e:
-                raise UserError(f"{data._row_label(t, i)} column {label_col!r}: label {untrusted.show(x)} {e}",
+                values.append(data.class_id_or_name(x, names))
+            except data.NotALabel as e:
+                raise UserError(f"{data.row_label(t, i)} column {label_col!r}: label {untrusted.show(x)} {e}",
                                 f"give each row a list of class ids or names (in CSV joined by {delimiter!r})") from None
         rows.append(values)
     flat = [x for r in rows for x in r]
     if flat and any(isinstance(x, int) for x in flat) and not all(isinstance(x, int) for x in flat):
         i = next(i for i, r in enumerate(rows) if any(isinstance(x, int) != isinstance(flat[0], int) for x in r))
-        raise UserError(f"{data._row_label(t, i)} column {label_col!r}: labels mix class ids and class names",
+        raise UserError(f"{data.row_label(t, i)} column {label_col!r}: labels mix class ids and class names",
                         "use only ids (0..K-1) or only names in one file")
     if flat and isinstance(flat[0], int):
         offset = 1 if t.labels_one_based else 0
@@ -75,7 +75,7 @@ def label_sets(t, label_col: str, names: list[str], delimiter: str) -> tuple[lis
         for i, r in enumerate(rows):
             bad = [x for x in r if not offset <= x <= hi]
             if bad:
-                raise UserError(f"{data._row_label(t, i)} column {label_col!r}: label {bad[0]} is out of range {offset}..{hi}",
+                raise UserError(f"{data.row_label(t, i)} column {label_col!r}: label {bad[0]} is out of range {offset}..{hi}",
                                 "fix the label, or set data.label_names to the full label list")
         rows = [[x - offset for x in r] for r in rows]
         names = names or [str(j) for j in range(max(x for r in rows for x in r) + 1)]
@@ -86,8 +86,8 @@ def label_sets(t, label_col: str, names: list[str], delimiter: str) -> tuple[lis
         for i, r in enumerate(rows):
             unknown = [x for x in r if x not in index]
             if unknown:
-                raise UserError(f"{data._row_label(t, i)} column {label_col!r}: unknown label {untrusted.show(unknown[0])}",
-                                f"labels must be among: {data._columns(names)}")
+                raise UserError(f"{data.row_label(t, i)} column {label_col!r}: unknown label {untrusted.show(unknown[0])}",
+                                f"labels must be among: {data.column_list(names)}")
     hot = []
     for r in rows:
         row = [0] * len(names)
@@ -104,10 +104,11 @@ def refuse_label_sets(t, label_col: str, names: list[str], delimiter: str) -> No
         several = isinstance(v, (list, tuple, np.ndarray)) or (
             isinstance(v, str) and v.strip() not in names and len(_items(v, delimiter)) > 1)
         if several:
-            raise UserError(f"{data._row_label(t, i)} column {label_col!r}: label {untrusted.show(v)} is a set of "
-                            "labels, but data.task is single_label",
-                            "for multi-label data --set data.task=multi_label; if the delimiter "
-                            f"{delimiter!r} is part of a class name, --set data.label_delimiter to another character")
+            fix = "for multi-label data --set data.task=multi_label"
+            if isinstance(v, str):
+                fix += f"; if {delimiter!r} is part of a class name, --set data.label_delimiter to another character"
+            raise UserError(f"{data.row_label(t, i)} column {label_col!r}: label {untrusted.show(v)} is a set of "
+                            "labels, but data.task is single_label", fix)
 
 
 def check_classes(examples, sources: list[str]) -> None:
