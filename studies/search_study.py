@@ -21,7 +21,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -78,6 +77,25 @@ def train(name: str, common: list[str], cfg_args: list[str], out: Path, test: Pa
     return json.loads((run / "metrics.json").read_text())
 
 
+def search_span(study_dir: Path) -> float:
+    """Seconds from the study's first trial start to its last trial end: the search's wall time, resume-proof."""
+    import optuna
+    study = optuna.load_study(study_name="search", storage=f"sqlite:///{study_dir / 'study.db'}")
+    trials = [t for t in study.trials if t.datetime_start]
+    if not trials:
+        return 0.0
+    end = max(t.datetime_complete or t.datetime_start for t in trials)
+    return (end - min(t.datetime_start for t in trials)).total_seconds()
+
+
+def search_done(study_dir: Path, trials: int, minutes: float) -> bool:
+    """A finished search is not searched again: it reached its trial count or its time, and wrote its results."""
+    results = study_dir / "results.json"
+    if not results.is_file():
+        return False
+    return json.loads(results.read_text())["finished"] >= trials or search_span(study_dir) >= 60 * minutes * 0.95
+
+
 def main(argv=None) -> int:
     shared = Path(os.environ.get("AGNEWS_DIR", REPO.parent / "shared" / "data" / "ag_news"))
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -102,14 +120,14 @@ def main(argv=None) -> int:
                                                          "--set", f"data.val_size={args.val_size}"]
     test = test_subset(shared, args.test_rows, out)
 
-    t0 = time.time()
-    workers = [loraclf("search", "--preset", "agnews-quick", *common, "--out", str(out / "study"), "--trials",
-                       str(args.trials), "--space", str(out / "space.toml"), "--timeout", str(60 * args.minutes),
-                       "--set", "cpu.threads=1", threads=1) for _ in range(args.workers)]
-    codes = [w.wait() for w in workers]
-    search_s = time.time() - t0
-    if any(codes):
-        raise SystemExit(f"a search worker failed: exit codes {codes}")
+    if not search_done(out / "study", args.trials, args.minutes):
+        workers = [loraclf("search", "--preset", "agnews-quick", *common, "--out", str(out / "study"), "--trials",
+                           str(args.trials), "--space", str(out / "space.toml"), "--timeout", str(60 * args.minutes),
+                           "--set", "cpu.threads=1", threads=1) for _ in range(args.workers)]
+        codes = [w.wait() for w in workers]
+        if any(codes):
+            raise SystemExit(f"a search worker failed: exit codes {codes}")
+    search_s = search_span(out / "study")
     results = json.loads((out / "study" / "results.json").read_text())
     best = results["best"]
 

@@ -191,6 +191,28 @@ def test_search_command_mistakes_are_one_line(argv, message, capsys):
     assert message in err and len(err.strip().splitlines()) == 1
 
 
+@pytest.mark.parametrize("device, visible", [("cpu", ""), ("cuda:3", "3"), ("cuda:0", "0")])
+def test_device_flag_pins_the_worker_to_one_gpu(device, visible, monkeypatch):
+    """--device cuda:N makes GPU N the process's only GPU (so N workers share one study, one GPU each); without a
+    GPU it is a one-line error instead of a silent CPU run."""
+    import torch
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "unset")
+    if device == "cpu" or torch.cuda.is_available():
+        cli._select_device(device)
+    else:
+        with pytest.raises(UserError, match="sees none"):
+            cli._select_device(device)
+    assert os.environ["CUDA_VISIBLE_DEVICES"] == visible
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="checks the no-GPU message")
+def test_device_cuda_without_a_gpu_is_one_line(monkeypatch, capsys):
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    assert cli.main(["search", "--data", "x.csv", "--device", "cuda:1"]) == 2
+    err = capsys.readouterr().err
+    assert "CUDA GPU" in err and len(err.strip().splitlines()) == 1
+
+
 @pytest.mark.parametrize("value", [{"a": 1.5e-05, "b": ["x", "y\"z"], "c": {"query": 8}, "d": True, "e": ""}])
 def test_config_toml_writer_round_trips(value):
     import tomllib

@@ -318,6 +318,12 @@ def _select_device(device: str | None) -> None:
         os.environ["CUDA_VISIBLE_DEVICES"] = str(int(device[5:]))
     elif device != "cuda":
         raise UserError(f"--device {device[:30]!r} is not cpu, cuda or cuda:N", "e.g. --device cuda:1")
+    if device != "cpu":
+        import torch
+        if not torch.cuda.is_available():
+            raise UserError(f"--device {device} asks for a CUDA GPU, but this process sees none "
+                            f"(CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES', '')!r})",
+                            "give a GPU index this machine has (nvidia-smi lists them), or --device cpu")
 
 
 def _whole(text: str, flag: str) -> int:
