@@ -167,10 +167,11 @@ def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="extra config override for every contender")
     p.add_argument("--in-process", action="store_true", help="no subprocess per contender (peak RSS is then shared)")
     p.add_argument("--levers", action="store_true", help="measure each speed lever in isolation instead (docs/performance.md)")
-    p.add_argument("--lever", choices=["all", "last-layer", "pad-multiple", "malloc", "frozen-cache", "tokenize", "ceiling"],
+    p.add_argument("--lever", choices=["all", "last-layer", "pad-multiple", "malloc", "frozen-cache", "tokenize", "ceiling",
+                                       "scoring"],
                    default="all", help="with --levers: every lever, or only one of (scoring.cls_only_last_layer, "
                    "data.PAD_MULTIPLE, cpu.tune_malloc in fresh processes, train.cache_frozen_layers, pre-tokenized "
-                   "data, what the kernels allow: bench/ceiling.py)")
+                   "data, what the kernels allow: bench/ceiling.py, every scoring lever on this CPU kind)")
     p.add_argument("--malloc-probe", choices=["glibc", "tuned", "glibc-scoring", "tuned-scoring"], help=argparse.SUPPRESS)  # --levers' fresh processes
 
 

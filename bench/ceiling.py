@@ -154,14 +154,14 @@ def ceiling_lever(model, steps, tokens: int, many, scorer, trainer_side, fast: s
     merged = model.merge_and_unload().eval()
     go = scorer(merged)
     scoring_calls = frozen_linear_calls(merged, go)
-    ov_score, setup = openvino_scorer(merged, many, pad_id, fast, 64, scoring.CPU_SCORING_TOKENS)
+    ov_score, setup = openvino_scorer(merged, many, pad_id, fast, 64, scoring.cpu_scoring_tokens())
     lever = f"ceiling ({fast} scoring, merged, {len(many)} rows)"
     if ov_score is None:
         log('  OpenVINO: not installed (pip install -e ".[openvino]"), its scoring row skipped')
     else:  # loraclf's logits only to compare OpenVINO's with
         with torch.inference_mode():
             reference = scoring.predict_logits(merged, many, 64, pad_id, torch.device("cpu"), fast,
-                                               max_tokens=scoring.CPU_SCORING_TOKENS, full_cast=True)
+                                               max_tokens=scoring.cpu_scoring_tokens(), full_cast=True)
         ov_logits = ov_score()
         log(f"  OpenVINO: converted and compiled in {setup:.1f} s; its predictions agree with loraclf's on "
             f"{agreement(ov_logits, reference):.2%} of the rows; logits differ by at most "

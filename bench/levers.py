@@ -103,7 +103,7 @@ def levers(opts, log=None, malloc_probe: str | None = None) -> list[dict]:
         model, cfg = build()
         if malloc_probe.endswith("-scoring"):
             merged = model.merge_and_unload().eval()
-            go = infer_fn(merged, 64, fast, scoring.CPU_SCORING_TOKENS, many, full_cast=True, cls_only=True)
+            go = infer_fn(merged, 64, fast, scoring.cpu_scoring_tokens(), many, full_cast=True, cls_only=True)
             record(f"glibc malloc thresholds ({fast} inference, merged)", malloc_probe.removesuffix("-scoring"),
                    timed(go, max(1, reps - 1)), len(many), "rows")
             return results
@@ -143,13 +143,15 @@ def levers(opts, log=None, malloc_probe: str | None = None) -> list[dict]:
         steps = [train_step_fn(model, cfg, fast, cheap_dropout=True, cast_once=True, attn=fastpath.TRAIN_ATTENTION,
                                index=ix, cls_only=True) for ix in groups]
         tokens = int(sum(enc.lengths[i] for ix in groups for i in ix))
-        scorer = lambda m: infer_fn(m, 64, fast, scoring.CPU_SCORING_TOKENS, many, full_cast=True,  # noqa: E731
+        scorer = lambda m: infer_fn(m, 64, fast, scoring.cpu_scoring_tokens(), many, full_cast=True,  # noqa: E731
                                     cls_only=True)
         trainer_cfg = bench_config(str(model_dir), "trainer", list(opts.set or []))
         ceiling_lever(model, steps, tokens, many, scorer, (tok, many_ex.texts, trainer_cfg), fast, opts.peak_size or 2048,
                       record, log, reps)
         if only == "ceiling":
             return results
+    if only == "scoring":
+        return results + scoring_levers(model, infer_fn, many, fast, record, opts, log)
     if only in ("all", "tokenize"):
         tokenize_lever(tok, ex, record, reps)
         if only == "tokenize":
@@ -359,10 +361,40 @@ def frozen_cache_lever(build, encoded, pad_id: int, record, n_layers: int) -> No
                            f"cache_frozen_layers={choice}", res["seconds"], res["samples"], "samples")
 
 
-def _malloc_probes(opts, log) -> list[dict]:
+def scoring_levers(model, infer_fn, many, fast, record, opts, log) -> list[dict]:
+    """Every scoring lever on this CPU kind, as predict scores (merged model, `many` rows): the precision, the
+    first-token last layer, the token cap, the whole-model bf16 cast (where bf16 is native), the batch size, each
+    against the resolved default with the others at their defaults; all alternated, twice; then glibc's malloc
+    thresholds in fresh processes. Run it once per CPU kind (ONEDNN_MAX_CPU_ISA holds an AMX CPU to a lower
+    kind's kernels) and compare each lever's rows within the run."""
+    from loraclf import precision as precision_mod
+    from loraclf import scoring
+    kind = precision_mod.cpu_kind()
+    cap = scoring.scoring_tokens(-1, "cpu")
+    merged = model.merge_and_unload().eval()
+
+    def row(lever, variant, prec=fast, tokens=cap, full=True, cls_only=True, batch=64):
+        go = infer_fn(merged, batch, prec, tokens, many, full_cast=full, cls_only=cls_only)
+        record(f"{lever} ({kind}, {prec} scoring)", variant, timed(go, 1), len(many), "rows")
+    for _ in range(2):
+        for prec in ("fp32", "bf16"):
+            row("precision", prec, prec=prec)
+        for variant, on in (("every row", False), ("first token only", True)):
+            row("last layer", variant, cls_only=on)
+        for tokens in (0, 1024, 2048, 4096, 8192):
+            row("token cap", f"64 rows, <= {tokens} tokens" if tokens else "64 rows", tokens=tokens)
+        if fast == "bf16":
+            for variant, full in (("linears cast once", False), ("whole model bf16", True)):
+                row("bf16 cast", variant, full=full)
+        for batch in (32, 64, 128):
+            row("batch rows", str(batch), batch=batch)
+    return _malloc_probes(opts, log, ("-scoring",))
+
+
+def _malloc_probes(opts, log, whats=("", "-scoring")) -> list[dict]:
     """malloc thresholds are process-wide and permanent: one fresh process per variant, alternating, twice;
     for fit's step, then for predict's scoring."""
-    return [r for what in ("", "-scoring") for variant in ("glibc", "tuned", "glibc", "tuned")
+    return [r for what in whats for variant in ("glibc", "tuned", "glibc", "tuned")
             for r in _malloc_probe(opts, variant + what, log)]
 
 

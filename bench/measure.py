@@ -101,7 +101,7 @@ def machine() -> dict:
     import peft
     import torch
     import transformers
-    from loraclf.precision import cpu_has_native_bf16
+    from loraclf.precision import cpu_has_native_bf16, cpu_kind
     cpu = platform.processor() or platform.machine()
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -111,7 +111,7 @@ def machine() -> dict:
     except OSError:
         pass
     return {"host": socket.gethostname(), "cpu": cpu, "cores": os.cpu_count(), "threads": torch.get_num_threads(),
-            "native_bf16": cpu_has_native_bf16(), "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+            "cpu_kind": cpu_kind(), "native_bf16": cpu_has_native_bf16(), "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
             "python": platform.python_version(), "torch": torch.__version__, "transformers": transformers.__version__,
             "peft": peft.__version__, "accelerate": accelerate.__version__,
             "loadavg_start": list(os.getloadavg()) if hasattr(os, "getloadavg") else None}

@@ -55,7 +55,7 @@ def worker(spec: dict) -> dict:
             if spec.get("onnx"):
                 result["infer_onnx"] = run_onnx_infer(work / "run", tokenizer, infer_texts, work / "onnx", cfg)
             if spec.get("openvino"):
-                result["infer_openvino"] = run_openvino_infer(work / "run", infer_texts)
+                result["infer_openvino"] = run_openvino_infer(work / "run", infer_texts, work / "openvino")
         elif contender == "trainer":
             model = report_a_model(cfg)  # the same peft model a Trainer user builds
             result["rss_setup_mb"] = current_rss_mb()

@@ -144,6 +144,26 @@ def test_old_run_config_round_trips_to_the_same_config(runs, capsys):
     assert len(notes) == 1 and all(f"{k} -> {v}" in notes[0] for k, v in config.RENAMED.items())
 
 
+def test_a_run_config_records_what_auto_resolved_to_and_trains_again_as_given(runs, tmp_path):
+    """config.json keeps the settings as given (auto stays auto, so another machine resolves it afresh) and beside
+    them what this machine resolved: `--config` reads the file back to the same config, the record left out."""
+    from loraclf import precision, scoring
+    new, _ = runs
+    saved = json.loads((new / "config.json").read_text())
+    r = saved["resolved"]
+    assert r["device"] == "cpu" and r["cpu_kind"] == precision.cpu_kind() in precision.CPU_KINDS
+    assert r["train.precision"] == precision.resolve(saved["train"]["precision"], "cpu")
+    assert r["scoring.max_tokens"] == scoring.scoring_tokens(saved["scoring"]["max_tokens"], "cpu") > 0
+    assert r["scoring.cls_only_last_layer"] is True and r["cpu.tune_malloc"] is True  # tiny BERT: exact there
+    assert r["scoring.bf16_full_cast"] is (r["train.precision"] == "bf16")
+    assert r["model.attn_implementation"] in ("sdpa", "eager")
+    assert config.load(config_file=str(new / "config.json")) == config.from_dict(saved)
+    newer = tmp_path / "newer.json"
+    newer.write_text(json.dumps(saved | {"format_version": 99}))
+    with pytest.raises(UserError, match="newer loraclf"):
+        config.load(config_file=str(newer))
+
+
 def test_old_run_directory_predicts_and_evaluates(runs, tmp_path, capsys):
     new, old = runs
     texts = tmp_path / "texts.csv"

@@ -192,3 +192,36 @@ def test_roberta_merged_matches(tiny_roberta, tmp_path, head):
     model = AutoModelForSequenceClassification.from_pretrained(str(out)).eval()
     got = scoring.logits_for(model, AutoTokenizer.from_pretrained(str(out)), OWN_TEXTS, 32, precision="fp32")
     np.testing.assert_allclose(got, _run_logits(run, OWN_TEXTS), atol=1e-4, rtol=0)
+
+
+def test_openvino_export_converts_once_and_predicts_as_torch(tiny_run, tmp_path, agnews_texts, monkeypatch, capsys):
+    """`export --openvino DIR`: the merged model converted once and saved; predict and serve on the folder compile
+    it without converting again, within 1e-3 of PyTorch's fp32 logits and with the same submission."""
+    pytest.importorskip("openvino")
+    out = tmp_path / "ov"
+    assert _cli(["export", str(tiny_run), "--openvino", str(out)]) == 0
+    assert (out / export.OPENVINO_XML).is_file() and (out / "openvino_model.bin").is_file()
+    meta = json.loads((out / "loraclf.json").read_text())
+    assert meta["kind"] == "openvino" and meta["labels"] == LABELS and "(OpenVINO)" in (out / "README.md").read_text()
+    monkeypatch.setattr(scoring, "openvino_convert", lambda *a, **k: 1 / 0)  # a saved model is never converted again
+    texts = agnews_texts + [t for t in OWN_TEXTS if t]
+    predictor = scoring.load_predictor(out, precision="fp32")
+    assert predictor.info["backend"] == "openvino" and predictor.info["kind"] == "openvino"
+    np.testing.assert_allclose(predictor.logits(texts), _run_logits(tiny_run, texts), atol=1e-3, rtol=0)
+    src = tmp_path / "in.csv"
+    src.write_text("id,text\n" + "".join(f"r{i},\"{t}\"\n" for i, t in enumerate(OWN_TEXTS) if t))
+    predict.write_predictions(tiny_run, str(src), tmp_path / "torch.csv", names=True, precision="fp32")
+    assert _cli(["predict", str(out), str(src), "-o", str(tmp_path / "ov.csv"), "--label-names", "--precision", "fp32"]) == 0
+    assert (tmp_path / "torch.csv").read_text() == (tmp_path / "ov.csv").read_text()
+    with pytest.raises(UserError, match="is an OpenVINO export"):
+        predict.write_predictions(out, str(src), tmp_path / "x.csv", backend="torch")
+    assert not (tmp_path / "x.csv").exists()
+
+
+def test_openvino_export_without_openvino_is_one_line(tiny_run, tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "openvino", None)  # as if not installed
+    assert _cli(["export", str(tiny_run), "--openvino", str(tmp_path / "ov")]) == 2
+    err = capsys.readouterr().err
+    assert "openvino package" in err and len(err.strip().splitlines()) == 1 and not (tmp_path / "ov").exists()
+    assert _cli(["export", str(tiny_run), "--merged", str(tmp_path / "same"), "--openvino", str(tmp_path / "same")]) == 2
+    assert "same folder" in capsys.readouterr().err and not (tmp_path / "same").exists()

@@ -34,6 +34,39 @@ def test_resolution_table(monkeypatch, choice, device, cuda_bf16, native_bf16, e
     assert precision.auto_is_bf16(device) == (precision.resolve("auto", device) == "bf16")
 
 
+AMX = {"amx_bf16", "amx_tile", "avx512_bf16", "avx512f", "avx512bw", "avx2"}
+ZEN4 = {"avx512_bf16", "avx512f", "avx512bw", "avx2"}
+ICE_LAKE = {"avx512f", "avx512bw", "avx2"}
+
+
+@pytest.mark.parametrize("flags, cap, kind", [
+    (AMX, None, "amx"),
+    (AMX, "AVX512_CORE_BF16", "avx512-bf16"),   # oneDNN held to the non-AMX kernels: that kind's choices
+    (AMX, "avx512_core", "avx512"),
+    (AMX, "AVX2", "avx2"),
+    (ZEN4, None, "avx512-bf16"),
+    (ICE_LAKE, None, "avx512"),
+    ({"avx2", "fma"}, None, "avx2"),
+    ({"avx2"}, "AVX512_CORE_AMX", "avx2"),      # a cap lowers the kind, never raises it
+    ({"avx2"}, "ALL", "avx2"),
+    (set(), None, "other"),
+])
+def test_cpu_kind_from_flags_and_onednn_cap(monkeypatch, flags, cap, kind):
+    from loraclf import scoring
+    monkeypatch.setattr(precision, "_cpu_flags", lambda: frozenset(flags))
+    if cap:
+        monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", cap)
+    else:
+        monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)
+    assert precision.cpu_kind() == kind
+    assert precision.resolve("auto", "cpu") == ("bf16" if kind in ("amx", "avx512-bf16") else "fp32")
+    assert scoring.scoring_tokens(-1, "cpu") == scoring.CPU_SCORING_TOKENS.get(kind, scoring.CPU_SCORING_TOKENS["amx"])
+
+
+def test_this_machines_cpu_kind_is_one_of_the_kinds():
+    assert precision.cpu_kind() in precision.CPU_KINDS
+
+
 def test_unknown_choice_is_a_user_error():
     with pytest.raises(UserError, match="not one of auto, fp32, bf16, fp16"):
         precision.resolve("int8", "cpu")

@@ -40,7 +40,7 @@ def test_token_cap_changes_batches_not_predictions(tmp_path, tiny_run, capsys):
     uncapped = scoring.logits_for(model, tok, texts, 32, precision="fp32", max_tokens=0)
     capped = scoring.logits_for(model, tok, texts, 32, precision="fp32", max_tokens=24)  # a row or a few a batch
     np.testing.assert_allclose(capped, uncapped, atol=1e-5)
-    assert scoring.scoring_tokens(-1, torch.device("cpu")) == scoring.CPU_SCORING_TOKENS
+    assert scoring.scoring_tokens(-1, torch.device("cpu")) == scoring.cpu_scoring_tokens()
     assert scoring.scoring_tokens(-1, torch.device("cuda")) == 0 and scoring.scoring_tokens(512, "cuda") == 512
     src = tmp_path / "in.csv"
     src.write_text("text\n" + "".join(f"{t}\n" for t in texts))

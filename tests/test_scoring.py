@@ -25,7 +25,7 @@ def test_in_input_order_and_softmax():
 
 
 @pytest.mark.parametrize("max_tokens, device, expected", [
-    (-1, "cpu", scoring.CPU_SCORING_TOKENS), (-1, "cuda", 0), (0, "cpu", 0), (512, "cuda", 512), (24, "cpu", 24)])
+    (-1, "cpu", scoring.cpu_scoring_tokens()), (-1, "cuda", 0), (0, "cpu", 0), (512, "cuda", 512), (24, "cpu", 24)])
 def test_scoring_tokens(max_tokens, device, expected):
     assert scoring.scoring_tokens(max_tokens, torch.device(device)) == expected == scoring.scoring_tokens(max_tokens, device)
 
@@ -167,13 +167,16 @@ def test_onnx_export_runs_on_onnxruntime_with_its_data_settings(tmp_path, monkey
     ("merged", "onnx", "not an ONNX export"),
     ("onnx", "torch", "is an ONNX export"),
     ("onnx", "openvino", "is an ONNX export"),
+    ("openvino", "torch", "is an OpenVINO export"),
+    ("openvino", "onnx", "not an ONNX export"),
     ("run", "tensorrt", "unknown backend"),
     ("missing", "auto", "does not exist"),
     ("empty", "auto", "is not a run directory"),
 ])
 def test_dispatch_refuses_what_cannot_run(tmp_path, folder, backend, message):
     path = {"run": lambda p: _fake_run(p), "merged": lambda p: _fake_export(p, "merged"),
-            "onnx": lambda p: _fake_export(p, "onnx"), "missing": lambda p: p,
+            "onnx": lambda p: _fake_export(p, "onnx"), "openvino": lambda p: _fake_export(p, "openvino"),
+            "missing": lambda p: p,
             "empty": lambda p: p.mkdir() or p}[folder](tmp_path / folder)
     with pytest.raises(UserError, match=message):
         scoring.load_predictor(path, backend)
@@ -225,4 +228,4 @@ def test_the_command_line_offers_the_dispatchs_backends():
     from loraclf import cli
     subs = [a for a in cli.parser()._actions if a.dest == "command"][0].choices
     (opt,) = [a for a in subs["predict"]._actions if a.dest == "backend"]
-    assert tuple(opt.choices) == cli.PREDICT_BACKENDS == scoring.PREDICT_BACKENDS
+    assert tuple(opt.choices) == ("auto",) + cli.PREDICT_BACKENDS and cli.PREDICT_BACKENDS == scoring.PREDICT_BACKENDS

@@ -186,11 +186,15 @@ def cmd_compare(args) -> int:
 
 def cmd_export(args) -> int:
     from . import export
-    written = export.export_run(Path(args.run), args.merged, args.onnx, args.overwrite, args.opset, args.onnx_exporter)
+    written = export.export_run(Path(args.run), args.merged, args.onnx, args.overwrite, args.opset, args.onnx_exporter,
+                                args.openvino)
     if "merged" in written:
         print(f"wrote merged model to {written['merged']} (loads with AutoModelForSequenceClassification.from_pretrained)")
     if "onnx" in written:
-        print(f"wrote ONNX model to {written['onnx'] / 'model.onnx'} (use: loraclf predict {written['onnx']} INPUT --backend onnx)")
+        print(f"wrote ONNX model to {written['onnx'] / 'model.onnx'} (use: loraclf predict {written['onnx']} INPUT)")
+    if "openvino" in written:
+        print(f"wrote OpenVINO model to {written['openvino'] / export.OPENVINO_XML} (use: loraclf predict "
+              f"{written['openvino']} INPUT)")
     return 0
 
 
@@ -266,10 +270,11 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--precision", default="auto", choices=precision.PRECISION_CHOICES)
     p.add_argument("--text-column", action="append",
                    help="text column of the input (default: the run's); twice for a run on sentence pairs")
-    p.add_argument("--backend", default="torch", choices=PREDICT_BACKENDS,
-                   help="openvino: the run's merged model converted in-process and scored on OpenVINO's CPU runtime "
-                   "(pip install -e \".[openvino]\"); onnx: RUN is a folder from `loraclf export RUN --onnx DIR`, "
-                   "run with onnxruntime")
+    p.add_argument("--backend", default="auto", choices=("auto",) + PREDICT_BACKENDS,
+                   help="auto (default): the folder's own (onnx for an --onnx export, openvino for an --openvino one, "
+                   "else torch); openvino on a run or --merged folder: its model converted in-process and scored on "
+                   "OpenVINO's CPU runtime (pip install -e \".[openvino]\"; `loraclf export RUN --openvino DIR` "
+                   "converts once instead); onnx: RUN is a folder from `loraclf export RUN --onnx DIR`")
     p.add_argument("--trust-pickle", action="store_true")
     remote_code.add_argument(p)
     p.set_defaults(func=cmd_predict)
@@ -384,10 +389,12 @@ def _add_report_commands(sub) -> None:
 
 
 def _add_export_command(sub) -> None:
-    p = sub.add_parser("export", help="merge the adapter into the base model: Hugging Face folder and/or ONNX")
+    p = sub.add_parser("export", help="merge the adapter into the base model: Hugging Face folder, ONNX and/or OpenVINO")
     p.add_argument("run", help="run directory")
     p.add_argument("--merged", metavar="DIR", help="write a plain Hugging Face model folder (no peft needed)")
     p.add_argument("--onnx", metavar="DIR", help="write an ONNX export (model.onnx + tokenizer)")
+    p.add_argument("--openvino", metavar="DIR", help="write an OpenVINO export (openvino_model.xml/.bin + tokenizer), "
+                   "converted once, for predict/serve on OpenVINO's CPU runtime (pip install -e \".[openvino]\")")
     p.add_argument("--overwrite", action="store_true", help="replace an existing export folder")
     p.add_argument("--opset", type=int, default=18, help="ONNX opset (default 18)")
     p.add_argument("--onnx-exporter", default="auto", choices=["auto", "dynamo", "legacy"],

@@ -361,7 +361,10 @@ def load(preset: str | None = None, config_file: str | None = None, overrides: l
         path = Path(config_file)
         if not path.is_file():
             raise UserError(f"config file {path} does not exist", "check the path given to --config")
-        apply(cfg, _read_file(path), f" in {path}", renamed)
+        data = _read_file(path)
+        if isinstance(data, dict) and ("format_version" in data or "resolved" in data):  # a run's config.json
+            data = saved_settings(data)
+        apply(cfg, data, f" in {path}", renamed)
     for item in overrides:
         key, sep, value = item.partition("=")
         if not sep:
@@ -372,22 +375,29 @@ def load(preset: str | None = None, config_file: str | None = None, overrides: l
     return cfg
 
 
-def from_dict(data: dict) -> Config:
-    """A saved config.json back to a Config (its format_version checked). Configs saved before keys moved
-    (RENAMED) load as they are, with one note."""
+def saved_settings(data: dict) -> dict:
+    """A run's saved config.json as settings: its format_version checked, and the record of what `auto`
+    resolved to on the training machine left out (it is not a setting)."""
     from .rundir import FORMAT_VERSION
     if not isinstance(data, dict):
         raise UserError(f"the run's config.json holds a {type(data).__name__}, not a config",
                         "restore the run's config.json, or train the run again")
     data = dict(data)
     version = data.pop("format_version", FORMAT_VERSION)
+    data.pop("resolved", None)
     if isinstance(version, bool) or not isinstance(version, int):
         raise UserError(f"the run's config.json has format_version {_show(version)}, not a version number",
                         "restore the run's config.json, or train the run again")
     if version > FORMAT_VERSION:
         raise UserError(f"this run was written by a newer loraclf (format {version}, this one reads {FORMAT_VERSION})",
                         "upgrade loraclf")
-    return apply(Config(), data, " in the run's config.json")
+    return data
+
+
+def from_dict(data: dict) -> Config:
+    """A saved config.json back to a Config (its format_version checked). Configs saved before keys moved
+    (RENAMED) load as they are, with one note."""
+    return apply(Config(), saved_settings(data), " in the run's config.json")
 
 
 CHOICES = {

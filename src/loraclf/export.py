@@ -1,20 +1,23 @@
-"""`loraclf export RUN --merged DIR` and `--onnx DIR`: a run's adapter merged into its base model, as a plain
-Hugging Face folder (loads with transformers alone, no peft) or as an ONNX graph for onnxruntime.
+"""`loraclf export RUN --merged DIR`, `--onnx DIR` and `--openvino DIR`: a run's adapter merged into its base
+model, as a plain Hugging Face folder (loads with transformers alone, no peft), as an ONNX graph for onnxruntime,
+or as an OpenVINO model converted once (so `predict --backend openvino` does not convert on every call).
 
 An export folder holds:
   config.json            the Hugging Face config (id2label/label2id = the run's class names; nothing about peft)
   model.safetensors      merged fp32 weights (--merged only)
   model.onnx             the graph, inputs input_ids + attention_mask (+ token_type_ids for sentence pairs where the
                          tokenizer makes them; int64), output logits (--onnx only)
+  openvino_model.xml/.bin  the OpenVINO model, same inputs and output, fp32 weights, the last layer computing only
+                         the head's row where that is exact for the family (--openvino only)
   tokenizer files        the run's tokenizer
   labels.json            class names, in id order
-  loraclf.json           what serving and `predict --backend onnx` need: kind, max_length, labels, budget, metrics,
+  loraclf.json           what serving and `predict` need: kind, max_length, labels, budget, metrics,
                          the run's config
   README.md              model card: base model, data, budget breakdown, metrics, intended use
 
 The merge is done in fp32. Every export is checked before it is put in place: the merged folder reloaded by
-transformers must give the unmerged peft model's logits within 1e-4, and onnxruntime the PyTorch logits within
-1e-3. The folder is written to a temp folder and swapped in, so a failed export leaves nothing half-written.
+transformers must give the unmerged peft model's logits within 1e-4, onnxruntime the PyTorch logits within
+1e-3, and the saved OpenVINO model (reloaded, fp32) the PyTorch logits within 1e-3. The folder is written to a temp folder and swapped in, so a failed export leaves nothing half-written.
 """
 from __future__ import annotations
 
@@ -32,7 +35,8 @@ from .errors import UserError
 
 META = "loraclf.json"
 EXPORT_FORMAT = "loraclf-export"
-MERGED_ATOL, ONNX_ATOL = 1e-4, 1e-3
+MERGED_ATOL, ONNX_ATOL, OPENVINO_ATOL = 1e-4, 1e-3, 1e-3
+OPENVINO_XML = "openvino_model.xml"
 # Texts of varied length (so the check batches mix padding and none) for the built-in export checks.
 CHECK_TEXTS = [
     "Stocks rallied on Wall Street after the central bank held interest rates steady.",
@@ -58,7 +62,7 @@ def read_meta(export_dir) -> dict:
     meta = rundir.read_json_or(export_dir / META)
     if not isinstance(meta, dict) or meta.get("format") != EXPORT_FORMAT:
         raise UserError(f"{export_dir} is not a loraclf export (no valid {META})",
-                        "give a folder written by `loraclf export RUN --merged DIR` or `--onnx DIR`")
+                        "give a folder written by `loraclf export RUN --merged DIR`, `--onnx DIR` or `--openvino DIR`")
     return meta
 
 
@@ -182,7 +186,7 @@ def _check_texts(cfg, texts: list[str]) -> list:
     return texts
 
 
-def _tokenizer(path: Path):
+def export_tokenizer(path: Path):
     """An export's tokenizer, from its folder only."""
     from transformers import AutoTokenizer
     from . import remote_code
@@ -314,6 +318,37 @@ def export_onnx(run_dir, out, overwrite: bool = False, opset: int = 18, exporter
     return _build(Path(out), overwrite, fill)
 
 
+# ------------------------------------------------------------------------------------------ OpenVINO
+
+def export_openvino(run_dir, out, overwrite: bool = False, check_texts: list[str] | None = None, _loaded=None) -> Path:
+    """The merged fp32 model converted to OpenVINO once and saved (openvino_model.xml + .bin); reloaded and checked
+    against PyTorch before it is kept. `predict --backend openvino` on the folder compiles it without converting."""
+    scoring.require_openvino()
+    run = _check_run(run_dir)
+    run_dir = run.path
+    merged, _, cfg, label_names = _loaded or merged_model(run)
+    tokenizer = run.tokenizer()
+    texts = _check_texts(cfg, list(check_texts or CHECK_TEXTS))
+    types = len(longtext.text_columns(cfg.data)) == 2 and "token_type_ids" in tokenizer.model_input_names
+    cls_only = bool(cfg.scoring.cls_only_last_layer)
+
+    def fill(tmp: Path) -> None:
+        import openvino as ov
+        _clean_config(merged, label_names)
+        reference = _torch_logits(merged, tokenizer, texts, cfg)
+        ov.save_model(scoring.openvino_convert(merged, cls_only, types), str(tmp / OPENVINO_XML), compress_to_fp16=False)
+        meta = _meta("openvino", run_dir, cfg, label_names, {"openvino": OPENVINO_XML, "dtype": "float32",
+                                                                "token_type_ids": types, "cls_only_last_layer": cls_only})
+        _write_common(tmp, run_dir, meta, merged.config)
+        got = scoring.load_predictor(tmp, "openvino", precision="fp32").logits(texts)
+        diff = float(np.abs(got - reference).max())
+        if not diff <= OPENVINO_ATOL:
+            raise UserError(f"OpenVINO's logits differ from PyTorch's by {diff:.2e} (limit {OPENVINO_ATOL:g})",
+                            "use the --merged export and predict with --backend torch")
+
+    return _build(Path(out), overwrite, fill)
+
+
 def _require_onnxruntime():
     try:
         import onnxruntime
@@ -338,7 +373,7 @@ class OnnxClassifier:
         opts.log_severity_level = 3
         self.session = ort.InferenceSession(str(self.dir / "model.onnx"), opts, providers=["CPUExecutionProvider"])
         self.inputs = {i.name for i in self.session.get_inputs()}
-        self.tokenizer = _tokenizer(self.dir)
+        self.tokenizer = export_tokenizer(self.dir)
         self.labels = self.meta["labels"]
         self.max_length = int(self.meta["max_length"])
         self.treatment = longtext.Treatment.of((self.meta.get("run_config") or {}).get("data", {}))
@@ -401,13 +436,14 @@ def model_card(meta: dict) -> str:
     labels = meta.get("labels", [])
     kind = meta.get("kind")
     hub_base = not (os.path.isabs(base) or base.startswith((".", "pkg:")) or os.path.exists(base))
-    front = ["---", "library_name: " + ("transformers" if kind == "merged" else "onnx"),
+    title = {"merged": "merged", "onnx": "ONNX", "openvino": "OpenVINO"}.get(kind, kind)
+    front = ["---", "library_name: " + {"merged": "transformers", "openvino": "openvino"}.get(kind, "onnx"),
              "pipeline_tag: text-classification", "tags: [loraclf, lora, text-classification]"]
     if hub_base:
         front.append(f"base_model: {base}")
     front.append("---")
     run_name = Path(meta.get("source_run", "run")).name
-    lines = front + ["", f"# {run_name}: {_source_name(base)} + {a.get('method', 'lora')} ({'merged' if kind == 'merged' else 'ONNX'})", ""]
+    lines = front + ["", f"# {run_name}: {_source_name(base)} + {a.get('method', 'lora')} ({title})", ""]
     lines += ["## Model", "",
               f"- Base model: `{_source_name(base)}`",
               f"- Adapter: {a.get('method')} r={a.get('r')} alpha={a.get('alpha')} on "
@@ -421,6 +457,10 @@ def model_card(meta: dict) -> str:
                       "validation (" + ", ".join(f"{n} {t:.4f}" for n, t in zip(labels, meta.get("thresholds") or [])) + ")", ""]
     if kind == "merged":
         lines += ["Plain Hugging Face format (config.json, model.safetensors, tokenizer); peft is not needed to load it.", ""]
+    elif kind == "openvino":
+        lines += ["OpenVINO IR (openvino_model.xml + .bin, fp32 weights): inputs `input_ids`, `attention_mask` (int64, "
+                  "batch x sequence), output logits (batch x classes). OpenVINO's CPU runtime may compute in bf16 "
+                  "where the CPU has native bf16 (its INFERENCE_PRECISION_HINT).", ""]
     else:
         lines += [f"ONNX (opset {meta.get('opset')}, {meta.get('exporter')} exporter): inputs `input_ids`, `attention_mask` "
                   "(int64, batch x sequence), output `logits` (batch x classes).", ""]
@@ -468,6 +508,13 @@ def model_card(meta: dict) -> str:
                   "label = model.config.id2label[model(**enc).logits.argmax(-1).item()]" if not multi else
                   f"labels = [model.config.id2label[k] for k, p in enumerate(model(**enc).logits.sigmoid()[0]) "
                   f"if p >= {[round(t, 6) for t in meta.get('thresholds') or []]}[k]]"]
+    elif kind == "openvino":
+        lines += ["import openvino as ov",
+                  "from transformers import AutoTokenizer",
+                  "tok = AutoTokenizer.from_pretrained(\"EXPORT_DIR\")",
+                  "model = ov.Core().compile_model(\"EXPORT_DIR/openvino_model.xml\", \"CPU\")",
+                  f"enc = tok([\"some text\"], truncation=True, max_length={meta.get('max_length')}, padding=True, return_tensors=\"np\")",
+                  "logits = model({\"input_ids\": enc[\"input_ids\"], \"attention_mask\": enc[\"attention_mask\"]})[0]"]
     else:
         lines += ["import onnxruntime as ort",
                   "from transformers import AutoTokenizer",
@@ -475,7 +522,7 @@ def model_card(meta: dict) -> str:
                   "sess = ort.InferenceSession(\"EXPORT_DIR/model.onnx\")",
                   f"enc = tok([\"some text\"], truncation=True, max_length={meta.get('max_length')}, padding=True, return_tensors=\"np\")",
                   "logits = sess.run([\"logits\"], {\"input_ids\": enc[\"input_ids\"], \"attention_mask\": enc[\"attention_mask\"]})[0]"]
-    lines += ["```", "", "Or: `loraclf serve EXPORT_DIR`" + (", `loraclf predict EXPORT_DIR INPUT --backend onnx`" if kind == "onnx" else "") + ".",
+    lines += ["```", "", "Or: `loraclf serve EXPORT_DIR`, `loraclf predict EXPORT_DIR INPUT`.",
               "", f"Exported by loraclf from run `{run_name}` on {meta.get('created', '')}.", ""]
     return "\n".join(lines)
 
@@ -483,22 +530,28 @@ def model_card(meta: dict) -> str:
 # ------------------------------------------------------------------------------------------ both
 
 def export_run(run_dir, merged_dir=None, onnx_dir=None, overwrite: bool = False, opset: int = 18,
-               exporter: str = "auto") -> dict:
+               exporter: str = "auto", openvino_dir=None) -> dict:
     """`loraclf export`: the run merged once, written as a --merged folder and/or an --onnx one; every output
     folder and onnxruntime are checked before the merge starts. Returns {"merged": path, "onnx": path} of what
     was written."""
-    if not merged_dir and not onnx_dir:
-        raise UserError("nothing to export", "give --merged DIR and/or --onnx DIR")
+    if not merged_dir and not onnx_dir and not openvino_dir:
+        raise UserError("nothing to export", "give --merged DIR, --onnx DIR and/or --openvino DIR")
+    dirs = [Path(d).resolve() for d in (merged_dir, onnx_dir, openvino_dir) if d]
+    if len(set(dirs)) < len(dirs):
+        raise UserError("two exports were given the same folder", "give each of --merged, --onnx, --openvino its own")
     run = _check_run(Path(run_dir))
-    for d in (merged_dir, onnx_dir):
-        if d:
-            _check_out(Path(d), overwrite)
+    for d in dirs:
+        _check_out(d, overwrite)
     if onnx_dir:
         _require_onnxruntime()
+    if openvino_dir:
+        scoring.require_openvino()
     loaded = merged_model(run)
     written = {}
     if merged_dir:
         written["merged"] = export_merged(run, merged_dir, overwrite, _loaded=loaded)
     if onnx_dir:
         written["onnx"] = export_onnx(run, onnx_dir, overwrite, opset, exporter, _loaded=loaded)
+    if openvino_dir:
+        written["openvino"] = export_openvino(run, openvino_dir, overwrite, _loaded=loaded)
     return written

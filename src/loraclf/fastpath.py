@@ -235,6 +235,18 @@ def bert_family_layers(model):
     return (body, layers) if layers else None
 
 
+def first_token_layer_applies(model) -> bool:
+    """Whether cls_only_last_layer is exact, hence used, for this model (its family and attention)."""
+    return _last_layer_if_supported(model) is not None
+
+
+def bf16_whole_model_applies(model) -> bool:
+    """Whether whole-model bf16 scoring (scoring.bf16_full_cast) is checked for this model's family."""
+    from . import families
+    family = families.family_of(transformers_model(model))
+    return family is not None and family.bf16_whole_model
+
+
 def _last_layer_if_supported(model):
     """The last encoder layer where cls_only_last_layer applies, else None."""
     found = bert_family_layers(model)

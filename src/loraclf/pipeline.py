@@ -74,6 +74,21 @@ def environment(device) -> dict:
             "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
 
 
+def resolved(cfg: Config, precision: str, device_type: str, model) -> dict:
+    """What this machine made of the config's automatic choices, saved beside it in config.json (for the reader:
+    the config itself keeps `auto`, so the run resolves them afresh on another machine)."""
+    from . import fastpath
+    return {"device": device_type, "cpu_kind": precision_mod.cpu_kind() if device_type == "cpu" else None,
+            "train.precision": precision,
+            "model.attn_implementation": getattr(fastpath.transformers_model(model).config, "_attn_implementation", None),
+            "scoring.max_tokens": scoring.scoring_tokens(cfg.scoring.max_tokens, device_type),
+            "scoring.bf16_full_cast": precision_mod.casts_whole_model(precision, cfg.scoring.bf16_full_cast)
+            and fastpath.bf16_whole_model_applies(model),
+            "scoring.cls_only_last_layer": bool(cfg.scoring.cls_only_last_layer)
+            and fastpath.first_token_layer_applies(model),
+            "cpu.tune_malloc": bool(cfg.cpu.tune_malloc) and device_type == "cpu"}
+
+
 def train_run(cfg: Config, data: list[str], out: Path, test_data: list[str] = (), predict_data: str | None = None,
           resume: bool = False, overwrite: bool = False, trust_pickle: bool = False, log=print, callbacks=()) -> dict:
     """Train one run into `out`. A UserError before the run is complete leaves no half-written run directory: one
@@ -187,7 +202,8 @@ def _train(cfg: Config, data: list[str], out: Path, test_data, predict_data, res
     if cfg.train.cache_frozen_layers == "on":  # refuses where it cannot cache: say so before the run's files are written
         layercache.plan(model, "on", int(train_enc.lengths.sum()), accelerator.num_processes, log=lambda *a, **k: None)
     if main and not resume:
-        rundir.write_json(out / "config.json", cfg.to_dict() | {"format_version": rundir.FORMAT_VERSION})
+        rundir.write_json(out / "config.json", cfg.to_dict() | {"format_version": rundir.FORMAT_VERSION,
+                                                                "resolved": resolved(cfg, precision, device_type, model)})
         rundir.write_json(out / "labels.json", label_names)
         rundir.write_json(out / "budget.json", built.to_dict())
         rundir.write_json(out / "inputs.json", {"data": [_abs(d) for d in data], "test_data": [_abs(d) for d in test_data],

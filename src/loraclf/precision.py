@@ -9,6 +9,8 @@ bf16 scoring may cast the whole model (`casts_whole_model`). OpenVINO scores in 
 from __future__ import annotations
 
 import contextlib
+import functools
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -22,12 +24,46 @@ PRECISION_CHOICES = ("auto", "fp32", "bf16", "fp16")
 OPENVINO_CHOICES = ("auto", "fp32", "bf16")
 
 
-def cpu_has_native_bf16() -> bool:
+# CPU kinds, fastest matmul units first: what decides whether bf16 is native and how CPU scoring batches
+CPU_KINDS = ("amx", "avx512-bf16", "avx512", "avx2", "other")
+# oneDNN's ISA cap (ONEDNN_MAX_CPU_ISA) as the kind it leaves: a capped AMX CPU runs the kernels of the kind named
+_ONEDNN_ISA_KIND = {"AVX512_CORE_AMX_FP16": "amx", "AVX512_CORE_AMX": "amx", "AVX10_1_512_AMX_FP16": "amx",
+                    "AVX10_1_512_AMX": "amx", "AVX512_CORE_FP16": "avx512-bf16", "AVX10_1_512": "avx512-bf16",
+                    "AVX512_CORE_BF16": "avx512-bf16", "AVX512_CORE_VNNI": "avx512", "AVX512_CORE": "avx512",
+                    "AVX2_VNNI_2": "avx2", "AVX2_VNNI": "avx2", "AVX2": "avx2", "AVX": "other", "SSE41": "other"}
+
+
+@functools.lru_cache(maxsize=1)
+def _cpu_flags() -> frozenset[str]:
     try:
-        flags = Path("/proc/cpuinfo").read_text()
+        text = Path("/proc/cpuinfo").read_text()
     except OSError:
-        return False
-    return "amx_bf16" in flags or "avx512_bf16" in flags
+        return frozenset()
+    line = next((ln for ln in text.splitlines() if ln.startswith(("flags", "Features"))), "")
+    return frozenset(line.partition(":")[2].split())
+
+
+def cpu_kind() -> str:
+    """This CPU's kind (CPU_KINDS) from its flags: amx (AMX bf16 tiles), avx512-bf16 (native bf16 dot products, no
+    AMX), avx512, avx2 or other; lowered to oneDNN's ISA cap where ONEDNN_MAX_CPU_ISA sets one, since the
+    kernels that run are then the cap's."""
+    flags = _cpu_flags()
+    if "amx_bf16" in flags and "amx_tile" in flags:
+        kind = "amx"
+    elif "avx512_bf16" in flags:
+        kind = "avx512-bf16"
+    elif {"avx512f", "avx512bw"} <= flags:
+        kind = "avx512"
+    elif "avx2" in flags:
+        kind = "avx2"
+    else:
+        kind = "other"
+    cap = _ONEDNN_ISA_KIND.get(os.environ.get("ONEDNN_MAX_CPU_ISA", "").strip().upper())
+    return max(kind, cap, key=CPU_KINDS.index) if cap else kind
+
+
+def cpu_has_native_bf16() -> bool:
+    return cpu_kind() in ("amx", "avx512-bf16")
 
 
 def resolve(precision: str, device) -> str:

@@ -54,10 +54,10 @@ def predictions_csv(examples, logits: np.ndarray, label_names: list[str], thresh
 
 def write_predictions(path: Path, source: str, out: Path, names: bool = False, probs: bool = False,
                       batch_size: int = 64, precision: str = "auto", trust_pickle: bool = False,
-                      text_column: str | list[str] | None = None, max_tokens: int = -1, backend: str = "torch") -> dict:
+                      text_column: str | list[str] | None = None, max_tokens: int = -1, backend: str = "auto") -> dict:
     """Predict every row of `source` and write the submission atomically. `path`: a run directory or an export;
-    `backend` (scoring.load_predictor): torch, openvino (the merged model converted in-process and run on
-    OpenVINO's CPU runtime) or onnx (an --onnx export on onnxruntime). `text_column`: the input's text column
+    `backend` (scoring.load_predictor): auto (the folder's own), torch, openvino (an --openvino export, or the
+    merged model converted in-process, on OpenVINO's CPU runtime) or onnx (an --onnx export on onnxruntime). `text_column`: the input's text column
     (two for a run on sentence pairs) when it is not the run's."""
     rundir.check_output_file(Path(out), "-o")
     predictor = scoring.load_predictor(path, backend, batch_size, precision, max_tokens=max_tokens)

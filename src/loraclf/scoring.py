@@ -25,7 +25,9 @@ from . import precision as precision_mod
 from . import rundir
 from .errors import UserError
 
-CPU_SCORING_TOKENS = 2048  # `python bench/bench.py --levers`, "scoring batches": the fastest cap measured on CPU
+# padded tokens per CPU scoring batch, by CPU kind (precision.cpu_kind): the fastest cap that `python bench/bench.py
+# --levers --lever scoring` measured on that kind (docs/performance.md); a kind not measured yet takes AMX's
+CPU_SCORING_TOKENS = {"amx": 2048, "avx2": 1024}
 PREDICT_BACKENDS = ("torch", "openvino", "onnx")
 
 
@@ -41,11 +43,17 @@ def check_batching(batch_size: int, max_tokens: int) -> None:
                         "use a batch size of at least 1 and max tokens >= 1, 0 (no cap) or -1 (auto)")
 
 
+def cpu_scoring_tokens() -> int:
+    """This CPU kind's cap on padded tokens per scoring batch (CPU_SCORING_TOKENS)."""
+    return CPU_SCORING_TOKENS.get(precision_mod.cpu_kind(), CPU_SCORING_TOKENS["amx"])
+
+
 def scoring_tokens(max_tokens: int, device) -> int:
-    """scoring.max_tokens resolved: -1 (auto) caps CPU batches at CPU_SCORING_TOKENS padded tokens (smaller
-    activations measured faster there than 64 long rows at once) and leaves GPU batches uncapped; 0: no cap."""
+    """scoring.max_tokens resolved: -1 (auto) caps CPU batches at this CPU kind's cpu_scoring_tokens() padded tokens
+    (smaller activations measured faster there than 64 long rows at once) and leaves GPU batches uncapped; 0: no
+    cap."""
     if max_tokens < 0:
-        return CPU_SCORING_TOKENS if torch.device(device).type == "cpu" else 0
+        return cpu_scoring_tokens() if torch.device(device).type == "cpu" else 0
     return max_tokens
 
 
@@ -159,18 +167,21 @@ def logits_for(model, tokenizer, texts: list[str], max_length: int, batch_size: 
 
 # ------------------------------------------------------------------------------------------ OpenVINO
 
-def openvino_compile(model, precision: str = "auto", cls_only: bool = True, types: bool = False):
-    """The merged `model` converted to OpenVINO and compiled for the CPU (a few seconds; nothing is written):
-    an infer request. `precision` as predict's on CPU (precision.openvino_hint); OpenVINO runs its own fused
-    kernels in that precision. `cls_only`: converted with the last layer computing only the head's row
-    (scoring.cls_only_last_layer), as the torch backend scores. `types`: a third input, token_type_ids (pairs)."""
+def require_openvino():
     try:
         import openvino as ov
     except ImportError:
-        raise UserError("--backend openvino needs the openvino package, which is not installed",
+        raise UserError("OpenVINO scoring needs the openvino package, which is not installed",
                         'install it with pip install -e ".[openvino]" (or pip install openvino), or use --backend torch')
+    return ov
+
+
+def openvino_convert(model, cls_only: bool = True, types: bool = False):
+    """The merged `model` converted to an OpenVINO model (an ov.Model, in memory). `cls_only`: the last layer
+    computes only the head's row (scoring.cls_only_last_layer), as the torch backend scores. `types`: a third
+    input, token_type_ids (pairs)."""
+    ov = require_openvino()
     import warnings
-    hint = getattr(ov.Type, precision_mod.openvino_hint(precision))
 
     class Logits(torch.nn.Module):
         def __init__(self, m):
@@ -187,9 +198,25 @@ def openvino_compile(model, precision: str = "auto", cls_only: bool = True, type
     model = model.to("cpu").eval()
     with torch.no_grad(), warnings.catch_warnings(), fastpath.cls_only_last_layer(model, cls_only):
         warnings.simplefilter("ignore")  # the tracer's notes on shape checks that hold for every input
-        ir = ov.convert_model(Logits(model), example_input=example, input=dims)
-    return ov.Core().compile_model(ir, "CPU", {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": hint}) \
+        return ov.convert_model(Logits(model), example_input=example, input=dims)
+
+
+def openvino_request(ir, precision: str = "auto"):
+    """An OpenVINO model (an ov.Model, or the path of a saved model.xml) compiled for the CPU: an infer request.
+    `precision` as predict's on CPU (precision.openvino_hint); OpenVINO runs its own fused kernels in it."""
+    ov = require_openvino()
+    hint = getattr(ov.Type, precision_mod.openvino_hint(precision))
+    core = ov.Core()
+    if not isinstance(ir, ov.Model):
+        ir = core.read_model(str(ir))
+    return core.compile_model(ir, "CPU", {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": hint}) \
         .create_infer_request()
+
+
+def openvino_compile(model, precision: str = "auto", cls_only: bool = True, types: bool = False):
+    """The merged `model` converted and compiled in-process (a few seconds; nothing is written): an infer request.
+    `loraclf export --openvino` converts once and saves the model instead."""
+    return openvino_request(openvino_convert(model, cls_only, types), precision)
 
 
 def openvino_scores(request, encoded, pad_id: int, batch_size: int = 64, max_tokens: int = -1) -> np.ndarray:
@@ -268,7 +295,10 @@ def load_predictor(path, backend: str = "auto", batch_size: int = 64, precision:
     if backend in ("torch", "openvino") and kind == "onnx":
         raise UserError(f"{path} is an ONNX export: it runs on onnxruntime only",
                         "use --backend onnx, or give the run directory")
-    backend = backend if backend != "auto" else ("onnx" if kind == "onnx" else "torch")
+    if backend in ("torch", "onnx") and kind == "openvino":
+        raise UserError(f"{path} is an OpenVINO export: it runs on OpenVINO only",
+                        "use --backend openvino (or auto), or give the run directory")
+    backend = backend if backend != "auto" else kind if kind in ("onnx", "openvino") else "torch"
     if kind == "run":
         return _run_predictor(path, backend, batch_size, precision, max_tokens)
     return _export_predictor(path, export.read_meta(path), backend, batch_size, precision, threads, max_tokens)
@@ -318,6 +348,19 @@ def _export_predictor(path: Path, meta: dict, backend: str, batch_size: int, pre
     settings, stats, treatment = _data_settings(data), {}, longtext.Treatment.of(data)
     info |= {"text_columns": settings["text_columns"], "long_text": treatment.mode}
     max_length = int(meta["max_length"])
+    if meta["kind"] == "openvino":
+        def make_openvino():
+            from . import export
+            tokenizer = export.export_tokenizer(path)
+            request = openvino_request(path / export.OPENVINO_XML, precision)
+
+            def openvino_fn(texts):
+                enc = longtext.encode(tokenizer, data_mod.Examples(list(texts), None, []), max_length, treatment)
+                stats.update(enc.summary())
+                return openvino_scores(request, enc, tokenizer.pad_token_id, batch_size, max_tokens)
+            return openvino_fn
+        return Predictor(meta["labels"], info | _backend_info("openvino", precision), settings, make_openvino,
+                         thresholds, delimiter, stats=stats)
     if backend == "onnx":
         def make_onnx():
             clf = export.OnnxClassifier(path, threads=threads)

@@ -293,7 +293,7 @@ def serve(path, host: str = "127.0.0.1", port: int = 8000, max_texts: int = DEFA
     if threads < 0:
         raise UserError(f"--threads must be 0 (the library default) or more, not {threads}", "give --threads 1 or more")
     from . import scoring
-    # a run directory (adapter merged on load), a --merged export or an --onnx export, each on its own backend,
+    # a run directory (adapter merged on load), a --merged, --onnx or --openvino export, each on its own backend,
     # loaded now so that a broken model fails before the server listens
     predictor = scoring.load_predictor(path, "auto", batch_size, precision, threads).load()
     app = create_app(predictor, max_texts, max_chars, max_batch, max_wait_ms, max_body_bytes)
