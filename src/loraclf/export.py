@@ -330,7 +330,8 @@ def export_openvino(run_dir, out, overwrite: bool = False, check_texts: list[str
     tokenizer = run.tokenizer()
     texts = _check_texts(cfg, list(check_texts or CHECK_TEXTS))
     types = len(longtext.text_columns(cfg.data)) == 2 and "token_type_ids" in tokenizer.model_input_names
-    cls_only = bool(cfg.scoring.cls_only_last_layer)
+    from . import fastpath
+    cls_only = bool(cfg.scoring.cls_only_last_layer) and fastpath.first_token_layer_applies(merged)
 
     def fill(tmp: Path) -> None:
         import openvino as ov

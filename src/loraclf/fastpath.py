@@ -117,13 +117,12 @@ def frozen_weights_as(model, dtype: torch.dtype | None, whole_model: bool = Fals
     `dtype` inside the block, fp32 originals put back after (so evaluation, saving and merging afterwards see
     exactly the weights they saw before). Yields how many modules had parameters cast."""
     saved, n_modules = [], 0  # (parameter, its fp32 data)
-    if whole_model and dtype is not None:
+    if whole_model and dtype is not None and not bf16_whole_model_applies(model):
         from . import families
         family = families.family_of(transformers_model(model))
-        if family is None or not family.bf16_whole_model:
-            families.note_once(f"{family.name if family else 'this model'}: whole-model bf16 scoring is not checked "
-                               "for this family; scoring uses autocast's bf16 (scoring.bf16_full_cast)")
-            whole_model = False
+        families.note_once(f"{family.name if family else 'this model'}: whole-model bf16 scoring is not checked "
+                           "for this family; scoring uses autocast's bf16 (scoring.bf16_full_cast)")
+        whole_model = False
     if dtype is not None:
         for m in model.modules():
             if whole_model:

@@ -353,12 +353,7 @@ def _export_predictor(path: Path, meta: dict, backend: str, batch_size: int, pre
             from . import export
             tokenizer = export.export_tokenizer(path)
             request = openvino_request(path / export.OPENVINO_XML, precision)
-
-            def openvino_fn(texts):
-                enc = longtext.encode(tokenizer, data_mod.Examples(list(texts), None, []), max_length, treatment)
-                stats.update(enc.summary())
-                return openvino_scores(request, enc, tokenizer.pad_token_id, batch_size, max_tokens)
-            return openvino_fn
+            return _openvino_logits(request, tokenizer, max_length, batch_size, max_tokens, treatment, stats)
         return Predictor(meta["labels"], info | _backend_info("openvino", precision), settings, make_openvino,
                          thresholds, delimiter, stats=stats)
     if backend == "onnx":
@@ -391,16 +386,21 @@ def _model_logits(model, tokenizer, max_length: int, backend: str, batch_size: i
     """texts (or pairs) -> logits for a loaded (merged) model on torch or OpenVINO."""
     if backend == "openvino":
         request = openvino_compile(model, precision, cls_only, pairs and "token_type_ids" in tokenizer.model_input_names)
-
-        def openvino_fn(texts):
-            enc = longtext.encode(tokenizer, data_mod.Examples(texts, None, []), max_length, treatment)
-            if stats is not None:
-                stats.update(enc.summary())
-            return openvino_scores(request, enc, tokenizer.pad_token_id, batch_size, max_tokens)
-        return openvino_fn
+        return _openvino_logits(request, tokenizer, max_length, batch_size, max_tokens, treatment, stats)
     return lambda texts: logits_for(model, tokenizer, texts, max_length, batch_size, precision, max_tokens=max_tokens,
                                     full_cast=full_cast, cls_only=cls_only, tune_malloc=tune_malloc,
                                     treatment=treatment, stats=stats)
+
+
+def _openvino_logits(request, tokenizer, max_length: int, batch_size: int, max_tokens: int,
+                     treatment: longtext.Treatment, stats: dict | None):
+    """texts (or pairs) -> logits on a compiled OpenVINO model, encoded and batched as the torch backend does."""
+    def openvino_fn(texts):
+        enc = longtext.encode(tokenizer, data_mod.Examples(list(texts), None, []), max_length, treatment)
+        if stats is not None:
+            stats.update(enc.summary())
+        return openvino_scores(request, enc, tokenizer.pad_token_id, batch_size, max_tokens)
+    return openvino_fn
 
 
 def _backend_info(backend: str, precision: str) -> dict:
