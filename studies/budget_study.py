@@ -120,8 +120,9 @@ def summarize(rows: list[dict]) -> str:
         values = [v * scale for v in values if v is not None]
         if not values:
             return "n/a"
-        sd = statistics.stdev(values) if len(values) > 1 else 0.0
-        return f"{fmt.format(statistics.mean(values))} ± {fmt.format(sd)}"
+        if len(values) == 1:  # one seed so far: no spread to show
+            return fmt.format(values[0])
+        return f"{fmt.format(statistics.mean(values))} ± {fmt.format(statistics.stdev(values))}"
 
     lines = ["| budget | variant | r | trainable | head | seeds | test accuracy % | macro-F1 % | wall s | train samples/s |",
              "|---|---|---|---|---|---|---|---|---|---|"]

@@ -82,8 +82,10 @@ def test_subset(args, rows: int) -> str:
 def run_one(args, name: str, seed: int, train_rows: int, test_csv: str, test_rows: int) -> dict:
     cfg = make_config(args, name, seed, train_rows)
     with tempfile.TemporaryDirectory() as tmp:
+        run_dir = Path(args.keep_runs) / f"{name}-seed{seed}-{train_rows}" if args.keep_runs else Path(tmp) / "run"
         t0 = time.perf_counter()
-        res = pipeline.train_run(cfg, args.train, Path(tmp) / "run", test_data=[test_csv], log=lambda *a, **k: None)
+        res = pipeline.train_run(cfg, args.train, run_dir, test_data=[test_csv], overwrite=True,
+                                 log=lambda *a, **k: print(f"[{name} seed {seed}]", *a, file=sys.stderr, flush=True))
         wall = time.perf_counter() - t0
     return {"variant": name, "budget": LIMIT if name != "full-ft" else None, "seed": seed, "r": cfg.adapter.r,
             "trainable": res["budget"]["trainable"], "head_params": res["budget"]["groups"].get("head", 0),
@@ -100,9 +102,10 @@ def main(argv=None) -> int:
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--train-rows", type=int, default=4000)
     p.add_argument("--test-rows", type=int, default=2000, help="stratified subset of test.csv; 0: all 7,600")
-    p.add_argument("--epochs", type=float, default=2.0)
+    p.add_argument("--epochs", type=float, default=1.0)
     p.add_argument("--only", default="", help="comma-separated variant names (default: all)")
     p.add_argument("--final", default="", help="train this variant on the whole pool (seed 0) and score all test rows")
+    p.add_argument("--keep-runs", default="", help="keep each run directory under this folder (default: deleted)")
     p.add_argument("--out", default=str(REPO / "studies" / "results" / "mpnet-study.jsonl"))
     args = p.parse_args(argv)
     unknown = [n for n in [*args.only.split(","), args.final] if n and n not in VARIANTS]

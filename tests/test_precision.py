@@ -107,7 +107,8 @@ def test_every_choice_list_is_the_policys():
     subs = [a for a in parser._actions if a.dest == "command"][0].choices
     for command in ("predict", "serve"):
         (opt,) = [a for a in subs[command]._actions if a.dest == "precision"]
-        assert tuple(opt.choices) == precision.PRECISION_CHOICES and opt.default == "auto"
+        assert tuple(opt.choices) == precision.SCORING_CHOICES and opt.default == "auto"
+    assert precision.SCORING_CHOICES == precision.PRECISION_CHOICES + ("int8",)
 
 
 def test_no_other_module_decides_precision():

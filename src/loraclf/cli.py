@@ -222,7 +222,8 @@ class _Parser(argparse.ArgumentParser):
 def _add_scoring_batch_args(p) -> None:
     p.add_argument("--batch-size", type=int, default=64, help="rows per forward batch, at most")
     p.add_argument("--max-tokens", type=int, default=-1,
-                   help="padded tokens per forward batch, at most (-1: auto, 2048 on CPU and no cap on GPU; 0: no cap)")
+                   help="padded tokens per forward batch, at most (-1: auto, the fastest cap measured for "
+                   "this CPU kind and no cap on GPU; 0: no cap)")
 
 
 def parser() -> argparse.ArgumentParser:
@@ -267,7 +268,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--label-names", action="store_true", help="write class names instead of ids")
     p.add_argument("--probs", action="store_true", help="add one probability column per class")
     _add_scoring_batch_args(p)
-    p.add_argument("--precision", default="auto", choices=precision.PRECISION_CHOICES)
+    p.add_argument("--precision", default="auto", choices=precision.SCORING_CHOICES,
+                   help="auto (default): bf16 where this CPU or GPU has native bf16, else fp32; int8: the encoder's "
+                   "linear layers in int8 on the CPU (torch backend; see docs/performance.md for its speed and "
+                   "accuracy)")
     p.add_argument("--text-column", action="append",
                    help="text column of the input (default: the run's); twice for a run on sentence pairs")
     p.add_argument("--backend", default="auto", choices=("auto",) + PREDICT_BACKENDS,
@@ -416,7 +420,10 @@ def _add_serve_command(sub) -> None:
     p.add_argument("--max-wait-ms", type=float, default=DEFAULTS["max_wait_ms"],
                    help="how long a micro-batch waits for more requests (default 2)")
     p.add_argument("--batch-size", type=int, default=64, help="forward-pass batch size inside a micro-batch")
-    p.add_argument("--precision", default="auto", choices=precision.PRECISION_CHOICES)
+    p.add_argument("--precision", default="auto", choices=precision.SCORING_CHOICES,
+                   help="auto (default): bf16 where this CPU or GPU has native bf16, else fp32; int8: the encoder's "
+                   "linear layers in int8 on the CPU (torch backend; see docs/performance.md for its speed and "
+                   "accuracy)")
     p.add_argument("--drain-timeout", type=float, default=30, help="seconds to finish in-flight requests on SIGTERM")
     p.add_argument("--threads", type=int, default=0,
                    help="CPU threads per forward pass (default 0: torch's/onnxruntime's default; 1 is often fastest "

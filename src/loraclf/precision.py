@@ -22,6 +22,8 @@ if TYPE_CHECKING:
 # torch is imported where it is used: the command line reads the choices before anything heavy is loaded
 PRECISION_CHOICES = ("auto", "fp32", "bf16", "fp16")
 OPENVINO_CHOICES = ("auto", "fp32", "bf16")
+# predict and serve may also score int8 (int8.py): opt-in, CPU only, the torch backend
+SCORING_CHOICES = PRECISION_CHOICES + ("int8",)
 
 
 # CPU kinds, fastest matmul units first: what decides whether bf16 is native and how CPU scoring batches

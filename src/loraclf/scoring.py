@@ -19,6 +19,7 @@ import torch
 
 from . import data as data_mod
 from . import fastpath
+from . import int8
 from . import longtext
 from . import metrics as metrics_mod
 from . import precision as precision_mod
@@ -299,6 +300,9 @@ def load_predictor(path, backend: str = "auto", batch_size: int = 64, precision:
         raise UserError(f"{path} is an OpenVINO export: it runs on OpenVINO only",
                         "use --backend openvino (or auto), or give the run directory")
     backend = backend if backend != "auto" else kind if kind in ("onnx", "openvino") else "torch"
+    if precision == int8.PRECISION and backend != "torch":
+        raise UserError(f"int8 scoring runs on the torch backend, and {path} would score on {backend}",
+                        "give a run directory or a --merged export with --backend torch, or another precision")
     if kind == "run":
         return _run_predictor(path, backend, batch_size, precision, max_tokens)
     return _export_predictor(path, export.read_meta(path), backend, batch_size, precision, threads, max_tokens)
@@ -383,7 +387,11 @@ def _export_predictor(path: Path, meta: dict, backend: str, batch_size: int, pre
 def _model_logits(model, tokenizer, max_length: int, backend: str, batch_size: int, precision: str, max_tokens: int,
                   full_cast: bool = True, cls_only: bool = True, tune_malloc: bool = True,
                   treatment: longtext.Treatment = longtext.Treatment(), stats: dict | None = None, pairs: bool = False):
-    """texts (or pairs) -> logits for a loaded (merged) model on torch or OpenVINO."""
+    """texts (or pairs) -> logits for a loaded (merged) model on torch or OpenVINO; torch's int8 precision
+    quantizes the model once here (int8.py) and scores it in fp32 activations around int8 matmuls."""
+    if precision == int8.PRECISION:
+        int8.check_device(inference_device())
+        model, precision = int8.quantize(model), "fp32"
     if backend == "openvino":
         request = openvino_compile(model, precision, cls_only, pairs and "token_type_ids" in tokenizer.model_input_names)
         return _openvino_logits(request, tokenizer, max_length, batch_size, max_tokens, treatment, stats)
