@@ -22,7 +22,7 @@ sys.path.insert(0, str(REPO / "bench"))
 import torch  # noqa: E402
 from backends import labelled_rows  # noqa: E402
 
-from loraclf import metrics, scoring  # noqa: E402
+from loraclf import int8, metrics, scoring  # noqa: E402
 
 
 def main(argv=None) -> int:
@@ -50,8 +50,7 @@ def main(argv=None) -> int:
     print("|---|---:|---:|---:|---:|---:|")
     print(f"| fp32 | {ref_acc:.2f} | +0.00 | 100.0% | {ref_s:.0f} | 1.00x |", flush=True)
     linears = [n for n, m in model.base_model.named_modules() if type(m) is torch.nn.Linear]
-    narrowing = {n for n, m in model.base_model.named_modules()
-                 if type(m) is torch.nn.Linear and m.in_features > m.out_features}
+    narrowing = set(linears) - set(int8.quantized_linears(model.base_model))  # what --precision int8 keeps fp32
     for label, qconfig, keep in (("every linear, per tensor", default_dynamic_qconfig, set()),
                                  ("every linear, per channel", per_channel_dynamic_qconfig, set()),
                                  ("narrowing linears fp32, per tensor", default_dynamic_qconfig, narrowing),
