@@ -4,7 +4,7 @@ fbgemm/x86 kernels); the feed-forward's output projections stay fp32 (quantized_
 
 Opt-in and scoring-only: it changes the numbers, so nothing picks it by itself. The classifier head stays in
 fp32. docs/performance.md has its measured speed and accuracy against fp32 per CPU kind
-(`python bench/bench.py --levers --lever int8 --run RUN`).
+(`python bench/backends.py RUN --data FILE --backends int8`).
 """
 from __future__ import annotations
 
@@ -40,8 +40,8 @@ def quantize(model):
     if not any(e in engines for e in ("x86", "fbgemm", "onednn")):
         raise UserError(f"this torch build has no x86 int8 kernels (engines: {', '.join(engines)})",
                         "score in fp32 or bf16 (--precision auto)")
-    encoder = model.base_model if model.base_model is not model else None
-    if encoder is None:
+    encoder = model.base_model
+    if encoder is model:
         raise UserError(f"{type(model).__name__} has no separate encoder to quantize",
                         "score in fp32 or bf16 (--precision auto)")
     with warnings.catch_warnings():  # torch marks eager quantization deprecated in favour of torchao
