@@ -63,6 +63,28 @@ def test_cli_prints_no_traceback(tmp_path):
     assert "Traceback" not in r.stderr and "nope.csv does not exist" in r.stderr
 
 
+def test_a_model_failing_inside_its_forward_is_one_line_and_leaves_no_run(tmp_path, capsys, small_csv, tiny_bert,
+                                                                         monkeypatch):
+    """A model whose forward breaks in a way no check foresaw (Nystromformer's landmarks need a fixed length):
+    one line, exit 2, no run directory; LORACLF_TRACEBACK=1 gives the traceback."""
+    from loraclf import train
+
+    def broken(*a, **k):
+        raise RuntimeError("The size of tensor a (16) must match the size of tensor b (4)\nmore detail")
+    monkeypatch.setattr(train, "fit", broken)
+    out = tmp_path / "run"
+    args = ["train", "--data", str(small_csv), "--out", str(out), "--set", f"model.name={tiny_bert}",
+            "--set", "data.max_length=32"]
+    assert cli.main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith("loraclf: error: unexpected RuntimeError: The size of tensor a (16)") and "LORACLF_TRACEBACK" in err
+    assert not out.exists()
+    monkeypatch.setenv("LORACLF_TRACEBACK", "1")
+    with pytest.raises(RuntimeError, match="size of tensor"):
+        cli.main(args)
+    assert not out.exists()
+
+
 def test_predict_on_missing_run(tmp_path, capsys):
     assert cli.main(["predict", str(tmp_path), str(tmp_path / "x.csv")]) == 2
     assert "not a run directory (no config.json)" in capsys.readouterr().err

@@ -24,10 +24,18 @@ FAMILY_CONFIGS = {
     "electra": dict(embedding_size=16),
     "albert": dict(embedding_size=16),
     "distilbert": dict(dim=32, n_layers=2, n_heads=4, hidden_dim=37),
+    "deberta": dict(type_vocab_size=0, relative_attention=True, pos_att_type=["p2c", "c2p"], max_relative_positions=64),
     "deberta-v2": dict(type_vocab_size=0, relative_attention=True, pos_att_type=["p2c", "c2p"],
                        max_relative_positions=64, position_buckets=16),
     "mpnet": {},
     "modernbert": dict(global_attn_every_n_layers=2, local_attention=16, cls_token_id=0, sep_token_id=2),
+}
+# model types with no row in the family table: their rows are inferred from the model's modules
+INFERRED_CONFIGS = {
+    "ernie": {},
+    "roformer": dict(embedding_size=32),
+    "data2vec-text": dict(type_vocab_size=1),
+    "convbert": dict(embedding_size=32),
 }
 WORDS = ["election minister war", "football match goal", "stocks market profit", "software computer chip"]
 
@@ -38,14 +46,14 @@ def _save_family(kind: str, out: Path, tokenizer_dir: Path) -> Path:
     common = dict(vocab_size=len(tok), hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
                   intermediate_size=37, max_position_embeddings=132, pad_token_id=tok.pad_token_id,
                   bos_token_id=0, eos_token_id=2)
-    extra = FAMILY_CONFIGS[kind] | ({"mask_token_id": tok.mask_token_id} if kind == "modernbert" else {})
+    extra = (FAMILY_CONFIGS | INFERRED_CONFIGS)[kind] | ({"mask_token_id": tok.mask_token_id} if kind == "modernbert" else {})
     torch.manual_seed(0)
     AutoModel.from_config(AutoConfig.for_model(kind, **(common | extra))).save_pretrained(str(out))
     tok.save_pretrained(str(out))
     return out
 
 
-@pytest.fixture(scope="module", params=list(FAMILY_CONFIGS))
+@pytest.fixture(scope="module", params=[*FAMILY_CONFIGS, *INFERRED_CONFIGS])
 def family_dir(request, tmp_path_factory, roberta_dir) -> Path:
     return _save_family(request.param, tmp_path_factory.mktemp(request.param), roberta_dir)
 
@@ -63,9 +71,28 @@ def _train_csv(tmp: Path) -> Path:
     return path
 
 
-def test_every_family_has_a_row(family_dir):
+def test_every_family_has_a_row_or_an_inferred_one(family_dir):
     from transformers import AutoConfig
-    assert families.family_of(AutoConfig.from_pretrained(str(family_dir))) is not None
+    conf = AutoConfig.from_pretrained(str(family_dir))
+    row = families.family_of(conf)
+    assert (row is not None) == (conf.model_type in FAMILY_CONFIGS)
+    if row is None:
+        inferred = families.family_of(model.load_base(_cfg(family_dir), LABELS, meta=True))
+        assert inferred is not None and inferred.name.endswith("(inferred)")
+        assert not (inferred.first_token_exact or inferred.bf16_whole_model)  # no lever unchecked for it
+
+
+@pytest.mark.parametrize("kind", list(FAMILY_CONFIGS))
+def test_inferring_a_tabled_family_gives_its_row(kind, tmp_path, roberta_dir):
+    """The inference reads every tabled family the way its hand-written row describes it, so a family with no
+    row gets the same treatment a row would give it."""
+    base = model.load_base(_cfg(_save_family(kind, tmp_path / kind, roberta_dir)), LABELS, meta=True)
+    row, inferred = families.FAMILIES[kind], families.infer(base)
+    for role in ("attention", "attention-output", "ffn"):
+        assert inferred.roles[role] == row.roles[role], role
+    assert set(inferred.head_modules) == set(row.head_modules)
+    assert (inferred.head_dense, inferred.head_proj, inferred.shared_layers) == (row.head_dense, row.head_proj,
+                                                                                 row.shared_layers)
 
 
 @pytest.mark.parametrize("head", ["auto", "full", "linear", "lora"])
@@ -147,7 +174,7 @@ def test_predict_writes_a_submission(trained, tmp_path):
 
 @pytest.mark.parametrize("supported", [True, False])
 def test_onnx_export_matches_or_is_refused_in_one_line(trained, tmp_path, monkeypatch, supported):
-    """Every family in the table exports today; a row marked onnx=False is refused before any tracing."""
+    """Every family exports today; a row marked onnx=False is refused before any tracing."""
     import dataclasses
     pytest.importorskip("onnxruntime")
     from loraclf import export
@@ -156,6 +183,8 @@ def test_onnx_export_matches_or_is_refused_in_one_line(trained, tmp_path, monkey
     if not supported:
         family = dataclasses.replace(family, onnx=False)
         monkeypatch.setitem(families.FAMILIES, m.config.model_type, family)
+        monkeypatch.setattr(families, "infer", lambda _: family)
+        families._INFERRED.clear()
     if family.onnx:
         out = export.export_onnx(trained, tmp_path / "onnx")  # checks onnxruntime against PyTorch itself (1e-3)
         assert (out / "model.onnx").is_file()

@@ -115,7 +115,8 @@ def plan(cfg: Config, label_names: list[str], budget: int, target_sets=None, hea
     base = model_mod.load_base(cfg, label_names, meta=True)
     linears = model_mod.linear_names(base)
     family = families.family_of(base)
-    target_sets = target_sets or (default_role_sets() if family else default_target_sets(linears))
+    target_sets = target_sets or (default_role_sets() if family and family.roles.get("attention")
+                                  else default_target_sets(linears))
     n_layers = 0 if family and family.shared_layers else getattr(base.config, "num_hidden_layers", 0)
     layer_sets = layer_sets if layer_sets is not None else default_layer_sets(n_layers)
     has_dense = model_mod.lora_head_possible(base)
@@ -153,7 +154,8 @@ def default_layer_sets(n_layers: int) -> list[list[int]]:
 
 
 def default_role_sets() -> list[list[str]]:
-    """For a model in the family table: query and value, all of attention, every linear layer (as roles)."""
+    """For a model in the family table (or with an inferred row that found its attention): query and value, all of
+    attention, every linear layer (as roles)."""
     return [["attention-qv"], ["attention"], ["all-linear"]]
 
 

@@ -450,6 +450,13 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         print("loraclf: interrupted", file=sys.stderr)
         return 130
+    except Exception as e:  # a failure inside a model or a library that no check foresaw: still one line
+        if os.environ.get("LORACLF_TRACEBACK"):
+            raise
+        first = next((line.strip() for line in str(e).splitlines() if line.strip()), "")[:300]
+        print(f"loraclf: error: unexpected {type(e).__name__}{': ' + first if first else ''}. This model or input "
+              "hit a case loraclf does not handle; LORACLF_TRACEBACK=1 shows where (please report it)", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

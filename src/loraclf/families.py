@@ -5,11 +5,16 @@ A row says where a family's encoder layers are, which linear modules inside a la
 and where that head's dense layer sits, and which of loraclf's speed levers are exact for it. Attention
 (SDPA or eager) is not in the table: transformers' own model class says whether it supports SDPA.
 A new family is a new row (and a test case in tests/test_families.py).
+
+A model type with no row gets one inferred from the model's own modules (`infer`): its stack of encoder layers,
+the roles by the usual projection names, its head as the classifier's modules outside the encoder. No speed lever
+applies to an inferred family, since none has been checked exact for it.
 """
 from __future__ import annotations
 
 import re
 import sys
+import weakref
 from dataclasses import dataclass, field
 
 import torch
@@ -63,6 +68,11 @@ for _row in (
         "attention-output": ("attention.out_lin",), "ffn": ("ffn.lin1", "ffn.lin2")},
         ("pre_classifier", "classifier"), "pre_classifier", model_types=("distilbert",),
         notes="head=lora is not offered: peft's modules_to_save cannot tell `classifier` from `pre_classifier`"),
+    Family("DeBERTa", r"encoder\.layer\.(\d+)", {
+        "attention": ("attention.self.in_proj",), "attention-qv": ("attention.self.in_proj",),
+        "attention-output": ("attention.output.dense",), "ffn": ("intermediate.dense", "output.dense")},
+        ("pooler", "classifier"), "pooler.dense", model_types=("deberta",),
+        notes="v1: query, key and value are one fused in_proj; eager attention; the pooler is part of the head"),
     Family("DeBERTa-v2", r"encoder\.layer\.(\d+)", {
         "attention": ("attention.self.query_proj", "attention.self.key_proj", "attention.self.value_proj"),
         "attention-output": ("attention.output.dense",), "ffn": ("intermediate.dense", "output.dense")},
@@ -84,10 +94,104 @@ for _row in (
 
 
 def family_of(model_or_config) -> Family | None:
+    """The family table's row for this model or config; for a model whose type has no row, one inferred from its
+    modules (None where that finds no stack of encoder layers, and always for a bare config)."""
     config = getattr(model_or_config, "config", model_or_config)
     base = model_or_config.get_base_model() if hasattr(model_or_config, "get_base_model") else None
     config = getattr(base, "config", config)
-    return FAMILIES.get(getattr(config, "model_type", None))
+    row = FAMILIES.get(getattr(config, "model_type", None))
+    if row is not None or not isinstance(model_or_config, torch.nn.Module):
+        return row
+    base = base if base is not None else model_or_config
+    if base not in _INFERRED:
+        _INFERRED[base] = infer(base)
+        if _INFERRED[base] is not None:
+            note_once(f"model type {config.model_type!r} has no row in loraclf's family table: its layers, roles and "
+                      "head are read off its modules (loraclf plan shows them), and no speed lever applies")
+    return _INFERRED[base]
+
+
+_INFERRED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_WRAPPED = re.compile(r"(?:^|\.)(base_layer|original_module|modules_to_save\.default)(?=\.|$)")
+_ADAPTER = re.compile(r"(?:^|\.)(lora_[AB]|lora_embedding_[AB]|lora_magnitude_vector|vera_[AB])(\.|$)")
+# leaf names of query, key and value, as separate projections or fused into one
+QKV_LEAVES = (("query", "key", "value"), ("query_proj", "key_proj", "value_proj"), ("q_proj", "k_proj", "v_proj"),
+              ("q_lin", "k_lin", "v_lin"), ("q", "k", "v"), ("Wq", "Wk", "Wv"))
+FUSED_QKV_LEAVES = ("Wqkv", "qkv", "qkv_proj", "in_proj", "query_key_value", "c_attn")
+ATTENTION_OUTPUT_LEAVES = ("dense", "out_proj", "o_proj", "o", "out_lin", "Wo", "output_dense")
+
+
+def _linears(module) -> list[tuple[str, torch.nn.Linear]]:
+    """(path, module) of the model's own linear layers: adapters' added ones skipped, wrapped ones by their path."""
+    out = {}
+    for name, m in module.named_modules():
+        if isinstance(m, torch.nn.Linear) and not _ADAPTER.search(name):
+            out.setdefault(_WRAPPED.sub("", name), m)
+    return list(out.items())
+
+
+def infer(model) -> Family | None:
+    """A family row read off a sequence classifier whose model type has no row: the largest stack of
+    identical encoder layers, roles by projection names, the head as the top-level modules beside the encoder."""
+    prefix = getattr(model, "base_model_prefix", "")
+    body_name = prefix if prefix and hasattr(model, prefix) else None
+    stacks = []
+    for name, m in model.named_modules():
+        if isinstance(m, torch.nn.ModuleList) and len(m) and not _WRAPPED.search(name) and not _ADAPTER.search(name):
+            n = len(_linears(m[0]))
+            if n and len({type(x) for x in m}) == 1:
+                stacks.append((len(m) * n, name.count("."), name, m))
+    if not stacks or body_name is None:
+        return None
+    _, _, stack_path, stack = max(stacks, key=lambda t: t[:2])  # on a tie the inner list (ALBERT: one layer group)
+    layer_path = stack_path[len(body_name) + 1:] if stack_path.startswith(body_name + ".") else stack_path
+    inside = [p for p, _ in _linears(stack[0])]
+    leaf = {p: p.split(".")[-1] for p in inside}
+    attention: tuple[str, ...] = ()
+    for names in QKV_LEAVES:
+        by_parent = {}
+        for p in inside:
+            if leaf[p] in names:
+                by_parent.setdefault(p.rpartition(".")[0], {})[leaf[p]] = p
+        found = next((d for d in by_parent.values() if len(d) == 3), None)
+        if found:
+            attention = tuple(found[n] for n in names)
+            break
+    if not attention:
+        attention = tuple(p for p in inside if leaf[p] in FUSED_QKV_LEAVES)[:1]
+    roles: dict[str, tuple[str, ...]] = {}
+    if attention:
+        roles["attention"] = attention
+        if len(attention) == 1:
+            roles["attention-qv"] = attention
+        # the attention block: the part of the path the query projection sits under (attention., attn., self_attn.)
+        block = next((part for part in attention[0].split(".")[:-1] if "att" in part.lower()), None)
+        if block:
+            roles["attention-output"] = tuple(p for p in inside if p not in attention and leaf[p] in ATTENTION_OUTPUT_LEAVES
+                                              and block in p.split("."))
+            roles["ffn"] = tuple(p for p in inside if block not in p.split("."))
+    roles = {k: v for k, v in roles.items() if v}
+    heads, proj, dense = [], None, None
+    num_labels = getattr(model.config, "num_labels", None)
+    for name, child in model.named_children():
+        if name == body_name or not any(True for _ in child.parameters()):
+            continue
+        heads.append(name)
+        for path, m in _linears(child):
+            full = f"{name}.{path}" if path else name
+            if m.out_features == num_labels:
+                proj = full
+            elif proj is None:
+                dense = full
+    body = getattr(model, body_name)
+    if dense is None:  # BERT-style: a pretrained pooler inside the encoder, read by a one-layer classifier
+        dense = next((p for p in ("pooler.dense", "pooler") if p in dict(_linears(body))), None)
+    n_layers = getattr(model.config, "num_hidden_layers", len(stack))
+    kind = type(model).__name__.removesuffix("ForSequenceClassification")
+    return Family(f"{kind or model.config.model_type} (inferred)", rf"{re.escape(layer_path)}\.(\d+)", roles,
+                  tuple(heads), dense, proj or "classifier", shared_layers=len(stack) < n_layers,
+                  notes="not in the family table: roles and head inferred from the model's modules",
+                  model_types=(getattr(model.config, "model_type", "?"),))
 
 
 def _peft_qv(model_type: str) -> tuple[str, ...] | None:
@@ -104,12 +208,12 @@ def role_paths(family: Family, role: str, model_type: str, all_linear: list[str]
     """Module paths (relative to a layer) that `role` means for `family`."""
     if role == "all-linear":
         return tuple(all_linear)
-    if role == "attention-qv" and "attention-qv" not in family.roles:
+    if role == "attention-qv" and "attention-qv" not in family.roles and family.roles.get("attention"):
         peft_names = _peft_qv(model_type)
         attn = family.roles["attention"]
-        if peft_names:  # peft's mapping names the pair by leaf
+        if peft_names and any(p.split(".")[-1] in peft_names for p in attn):  # peft's mapping names the pair by leaf
             return tuple(p for p in attn if p.split(".")[-1] in peft_names)
-        return (attn[0], attn[-1])  # query and value: the first and last of query, key, value
+        return tuple(dict.fromkeys((attn[0], attn[-1])))  # query and value: the first and last of query, key, value
     return family.roles.get(role, ())
 
 

@@ -241,7 +241,7 @@ def peft_config(cfg: Config, model):
         return VeraConfig(r=a.r, vera_dropout=a.dropout, bias=a.bias, **common)
     if a.method == "ia3":
         if resolved:
-            ffn = set(families.FAMILIES.get(model.config.model_type).roles.get("ffn", ()))
+            ffn = set(families.family_of(model).roles.get("ffn", ()))
             ff_paths = [p for t in a.target_modules if families.is_role(t) for p in resolved[t] if p in ffn]
             ff = rf"(?:.*\.)?(?:{'|'.join(re.escape(p) for p in ff_paths)})" if ff_paths else []
         else:

@@ -119,6 +119,9 @@ def _guarded(cfg, data, out: Path, test_data, predict_data, resume, overwrite, t
     except KeyboardInterrupt:  # Ctrl-C outside the training loop (which turns it into Interrupted)
         failed_run(Interrupted("interrupted"), out, fresh, existed)
         raise
+    except Exception as e:  # a model or library failing in a way no check foresaw: the folder goes all the same
+        failed_run(UserError(str(e)), out, fresh, existed)
+        raise
 
 
 def failed_run(error: UserError, out: Path, fresh: bool, existed: bool) -> UserError:
