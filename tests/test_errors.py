@@ -85,6 +85,21 @@ def test_a_model_failing_inside_its_forward_is_one_line_and_leaves_no_run(tmp_pa
     assert not out.exists()
 
 
+def test_a_pruned_search_trial_keeps_its_run(tmp_path, small_csv, tiny_bert, monkeypatch):
+    """optuna.TrialPruned is how a search stops a trial, not a failure: the trial's folder keeps what it wrote."""
+    optuna = pytest.importorskip("optuna")
+    from loraclf import config, pipeline, train
+
+    def pruned(*a, **k):
+        raise optuna.TrialPruned("pruned at step 4")
+    monkeypatch.setattr(train, "fit", pruned)
+    cfg = config.load(None, None, [f"model.name={tiny_bert}", "data.max_length=32",
+                                   'data.label_names=["World","Sports","Business","Sci/Tech"]'])
+    with pytest.raises(optuna.TrialPruned):
+        pipeline.train_run(cfg, [str(small_csv)], tmp_path / "trial", log=lambda *a, **k: None)
+    assert (tmp_path / "trial" / "config.json").is_file()
+
+
 def test_predict_on_missing_run(tmp_path, capsys):
     assert cli.main(["predict", str(tmp_path), str(tmp_path / "x.csv")]) == 2
     assert "not a run directory (no config.json)" in capsys.readouterr().err

@@ -6,6 +6,7 @@ training step, and nothing is written until it has all passed.
 from __future__ import annotations
 
 import platform
+import sys
 import time
 from pathlib import Path
 
@@ -120,7 +121,9 @@ def _guarded(cfg, data, out: Path, test_data, predict_data, resume, overwrite, t
         failed_run(Interrupted("interrupted"), out, fresh, existed)
         raise
     except Exception as e:  # a model or library failing in a way no check foresaw: the folder goes all the same
-        failed_run(UserError(str(e)), out, fresh, existed)
+        optuna = sys.modules.get("optuna")
+        if optuna is None or not isinstance(e, optuna.TrialPruned):  # a pruned trial keeps its curve (search.py)
+            failed_run(UserError(str(e)), out, fresh, existed)
         raise
 
 
