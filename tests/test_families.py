@@ -80,6 +80,11 @@ def test_every_family_has_a_row_or_an_inferred_one(family_dir):
         inferred = families.family_of(model.load_base(_cfg(family_dir), LABELS, meta=True))
         assert inferred is not None and inferred.name.endswith("(inferred)")
         assert not (inferred.first_token_exact or inferred.bf16_whole_model)  # no lever unchecked for it
+        for head in ("full", "lora"):  # read off the model after peft wrapped its linears and head: the same row
+            wrapped = model.build(_cfg(family_dir, f"model.head={head}"), LABELS)
+            again = families.infer(wrapped.get_base_model())
+            assert (again.layer, again.roles, again.head_modules, again.head_dense, again.head_proj) == \
+                   (inferred.layer, inferred.roles, inferred.head_modules, inferred.head_dense, inferred.head_proj)
 
 
 @pytest.mark.parametrize("kind", list(FAMILY_CONFIGS))

@@ -126,7 +126,7 @@ def _linears(module) -> list[tuple[str, torch.nn.Linear]]:
     out = {}
     for name, m in module.named_modules():
         if isinstance(m, torch.nn.Linear) and not _ADAPTER.search(name):
-            out.setdefault(_WRAPPED.sub("", name), m)
+            out.setdefault(_WRAPPED.sub("", name).strip("."), m)  # classifier.original_module.dense: classifier.dense
     return list(out.items())
 
 
