@@ -85,6 +85,22 @@ def test_a_model_failing_inside_its_forward_is_one_line_and_leaves_no_run(tmp_pa
     assert not out.exists()
 
 
+def test_an_unforeseen_failure_after_a_checkpoint_keeps_it_and_says_how_to_resume(tmp_path, capsys, small_csv,
+                                                                                 tiny_bert, monkeypatch):
+    from loraclf import scoring
+
+    def broken(*a, **k):
+        raise RuntimeError("scoring broke")
+    monkeypatch.setattr(scoring, "predict_logits", broken)  # after training, while scoring --predict-data
+    out = tmp_path / "run"
+    assert cli.main(["train", "--data", str(small_csv), "--predict-data", str(small_csv), "--out", str(out),
+                     "--set", f"model.name={tiny_bert}", "--set", "data.max_length=32", "--set", "train.save_every=2",
+                     "--no-report"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "unexpected RuntimeError: scoring broke" in err and "keeps the checkpoint" in err and "--resume" in err
+    assert (out / "checkpoint").is_dir() and not (out / "metrics.json").exists()
+
+
 def test_a_pruned_search_trial_keeps_its_run(tmp_path, small_csv, tiny_bert, monkeypatch):
     """optuna.TrialPruned is how a search stops a trial, not a failure: the trial's folder keeps what it wrote."""
     optuna = pytest.importorskip("optuna")

@@ -148,6 +148,35 @@ def test_attention_is_chosen_not_crashed_into(family_dir):
             model.attention_for("sdpa", conf)
 
 
+UNUSUAL = {  # model type: (its config, what the inferred row must say)
+    "bart": (dict(d_model=32, encoder_layers=2, decoder_layers=3, encoder_attention_heads=4, decoder_attention_heads=4,
+                  encoder_ffn_dim=37, decoder_ffn_dim=37),  # the decoder's larger stack is not the encoder's layers
+             dict(layer=r"encoder\.layers\.(\d+)", attention=("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"),
+                  ffn=("fc1", "fc2"), head_dense="classification_head.dense", head_proj="classification_head.out_proj")),
+    "xlm": (dict(emb_dim=32, n_layers=2, n_heads=4),  # attention and feed-forward in two parallel lists
+            dict(layer=r"(?:attentions|ffns)\.(\d+)", attention=("q_lin", "k_lin", "v_lin"), ffn=("lin1", "lin2"),
+                 head_proj="sequence_summary.summary")),
+    "mobilebert": (dict(embedding_size=32, intra_bottleneck_size=32, true_hidden_size=32),
+                   dict(**{"attention-output": ("attention.output.dense",)})),  # not the input bottleneck's dense
+    "funnel": (dict(block_sizes=[2, 2], d_model=32, n_head=4, d_head=8, d_inner=37),  # blocks of layers: not shared
+               dict(layer=r"encoder\.blocks\.(?:0|1)\.(\d+)", shared_layers=False,
+                    attention=("attention.q_head", "attention.k_head", "attention.v_head"))),
+}
+
+
+@pytest.mark.parametrize("kind", list(UNUSUAL))
+def test_inference_reads_unusual_layouts(kind):
+    from transformers import AutoConfig, AutoModelForSequenceClassification
+    conf, want = UNUSUAL[kind]
+    config = AutoConfig.for_model(kind, **({"vocab_size": 100, "num_labels": 4} | conf))
+    with torch.device("meta"):
+        base = AutoModelForSequenceClassification.from_config(config)
+    row = families.infer(base)
+    for key, value in want.items():
+        got = row.roles.get(key) if key in families.ROLES else getattr(row, key)
+        assert got == value, key
+
+
 @pytest.fixture(scope="module")
 def trained(family_dir, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("run")

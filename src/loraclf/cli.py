@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 from . import precision, remote_code, report_cli
-from .errors import Interrupted, UserError
+from .errors import Interrupted, UserError, traceback_wanted, unexpected
 
 # scoring.PREDICT_BACKENDS, named here too so that parsing the command line loads no torch
 PREDICT_BACKENDS = ("torch", "openvino", "onnx")
@@ -450,12 +450,17 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         print("loraclf: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `loraclf ... | head` stopped reading: nothing to report
+        try:  # so the flush at exit does not fail again
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        except (OSError, ValueError):  # stdout is not a file (captured)
+            pass
+        return 1
     except Exception as e:  # a failure inside a model or a library that no check foresaw: still one line
-        if os.environ.get("LORACLF_TRACEBACK"):
+        if traceback_wanted():
             raise
-        first = next((line.strip() for line in str(e).splitlines() if line.strip()), "")[:300]
-        print(f"loraclf: error: unexpected {type(e).__name__}{': ' + first if first else ''}. This model or input "
-              "hit a case loraclf does not handle; LORACLF_TRACEBACK=1 shows where (please report it)", file=sys.stderr)
+        print(f"loraclf: error: {unexpected(e)}. This model or input hit a case loraclf does not handle; "
+              "LORACLF_TRACEBACK=1 shows where (please report it)", file=sys.stderr)
         return 2
 
 

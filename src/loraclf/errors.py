@@ -11,3 +11,15 @@ class UserError(Exception):
 
 class Interrupted(UserError):
     """Ctrl-C during training: a checkpoint was saved. The CLI exits 130."""
+
+
+def traceback_wanted() -> bool:
+    """LORACLF_TRACEBACK=1: an unforeseen failure shows its traceback instead of one line."""
+    import os
+    return os.environ.get("LORACLF_TRACEBACK", "") not in ("", "0")
+
+
+def unexpected(e: Exception) -> str:
+    """One line for an exception no check foresaw: its type and the first line of its message."""
+    first = next((line.strip() for line in str(e).splitlines() if line.strip()), "")[:300]
+    return f"unexpected {type(e).__name__}{': ' + first if first else ''}"

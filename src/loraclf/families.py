@@ -116,7 +116,7 @@ _WRAPPED = re.compile(r"(?:^|\.)(base_layer|original_module|modules_to_save\.def
 _ADAPTER = re.compile(r"(?:^|\.)(lora_[AB]|lora_embedding_[AB]|lora_magnitude_vector|vera_[AB])(\.|$)")
 # leaf names of query, key and value, as separate projections or fused into one
 QKV_LEAVES = (("query", "key", "value"), ("query_proj", "key_proj", "value_proj"), ("q_proj", "k_proj", "v_proj"),
-              ("q_lin", "k_lin", "v_lin"), ("q", "k", "v"), ("Wq", "Wk", "Wv"))
+              ("q_lin", "k_lin", "v_lin"), ("q_head", "k_head", "v_head"), ("q", "k", "v"), ("Wq", "Wk", "Wv"))
 FUSED_QKV_LEAVES = ("Wqkv", "qkv", "qkv_proj", "in_proj", "query_key_value", "c_attn")
 ATTENTION_OUTPUT_LEAVES = ("dense", "out_proj", "o_proj", "o", "out_lin", "Wo", "output_dense")
 
@@ -131,46 +131,62 @@ def _linears(module) -> list[tuple[str, torch.nn.Linear]]:
 
 
 def infer(model) -> Family | None:
-    """A family row read off a sequence classifier whose model type has no row: the largest stack of
-    identical encoder layers, roles by projection names, the head as the top-level modules beside the encoder."""
+    """A family row read off a sequence classifier whose model type has no row: the largest stack of identical
+    encoder layers (never a decoder's; with its parallel stacks where attention and feed-forward are kept in separate
+    lists, as in XLM), roles by projection names, the head as the top-level modules beside the encoder."""
     prefix = getattr(model, "base_model_prefix", "")
     body_name = prefix if prefix and hasattr(model, prefix) else None
-    stacks = []
-    for name, m in model.named_modules():
-        if isinstance(m, torch.nn.ModuleList) and len(m) and not _WRAPPED.search(name) and not _ADAPTER.search(name):
-            n = len(_linears(m[0]))
-            if n and len({type(x) for x in m}) == 1:
-                stacks.append((len(m) * n, name.count("."), name, m))
-    if not stacks or body_name is None:
+    if body_name is None:
         return None
-    _, _, stack_path, stack = max(stacks, key=lambda t: t[:2])  # on a tie the inner list (ALBERT: one layer group)
-    layer_path = stack_path[len(body_name) + 1:] if stack_path.startswith(body_name + ".") else stack_path
-    inside = [p for p, _ in _linears(stack[0])]
-    leaf = {p: p.split(".")[-1] for p in inside}
+    stacks = {}
+    for name, m in model.named_modules():
+        if (isinstance(m, torch.nn.ModuleList) and len(m) and not isinstance(m[0], torch.nn.ModuleList)
+                and len({type(x) for x in m}) == 1 and not _WRAPPED.search(name) and not _ADAPTER.search(name)
+                and not any("decoder" in part for part in name.split("."))):
+            n = len(_linears(m[0]))
+            if n:
+                stacks[name] = (len(m) * n, name.count("."), m)
+    if not stacks:
+        return None
+    stack_path = max(stacks, key=lambda k: stacks[k][:2])  # on a tie the inner list (ALBERT: one layer group)
+    n_stack = len(stacks[stack_path][2])
+    parent, _, _ = stack_path.rpartition(".")
+    group = [k for k in stacks if k.rpartition(".")[0] == parent and len(stacks[k][2]) == n_stack]  # XLM: attentions, ffns
+    rel = parent[len(body_name) + 1:] if parent.startswith(body_name + ".") else "" if parent == body_name else parent
+    lists = [re.escape(k.rpartition(".")[2]) for k in group]
+    names = lists[0] if len(lists) == 1 else f"(?:{'|'.join(lists)})"
+    layer = (re.escape(rel) + r"\." if rel else "") + names + r"\.(\d+)"
+    # every linear of every layer (Reformer mixes layer kinds), qualified by its list when there are several
+    qualified = list(dict.fromkeys((f"{k.rpartition('.')[2]}.{p}" if len(group) > 1 else p)
+                                   for k in group for layer_module in stacks[k][2] for p, _ in _linears(layer_module)))
+    plain = {q: (q.split(".", 1)[1] if len(group) > 1 else q) for q in qualified}
+    leaf = {q: q.split(".")[-1] for q in qualified}
     attention: tuple[str, ...] = ()
-    for names in QKV_LEAVES:
+    for triple in QKV_LEAVES:
         by_parent = {}
-        for p in inside:
-            if leaf[p] in names:
-                by_parent.setdefault(p.rpartition(".")[0], {})[leaf[p]] = p
+        for q in qualified:
+            if leaf[q] in triple:
+                by_parent.setdefault(q.rpartition(".")[0], {})[leaf[q]] = q
         found = next((d for d in by_parent.values() if len(d) == 3), None)
         if found:
-            attention = tuple(found[n] for n in names)
+            attention = tuple(found[n] for n in triple)
             break
     if not attention:
-        attention = tuple(p for p in inside if leaf[p] in FUSED_QKV_LEAVES)[:1]
+        attention = tuple(q for q in qualified if leaf[q] in FUSED_QKV_LEAVES)[:1]
     roles: dict[str, tuple[str, ...]] = {}
     if attention:
         roles["attention"] = attention
         if len(attention) == 1:
             roles["attention-qv"] = attention
-        # the attention block: the part of the path the query projection sits under (attention., attn., self_attn.)
-        block = next((part for part in attention[0].split(".")[:-1] if "att" in part.lower()), None)
-        if block:
-            roles["attention-output"] = tuple(p for p in inside if p not in attention and leaf[p] in ATTENTION_OUTPUT_LEAVES
-                                              and block in p.split("."))
-            roles["ffn"] = tuple(p for p in inside if block not in p.split("."))
-    roles = {k: v for k, v in roles.items() if v}
+        # the attention block: the path up to the part the query projection sits under (attention., attn., self_attn.)
+        parts = attention[0].split(".")[:-1]
+        at = next((i for i, part in enumerate(parts) if "att" in part.lower()), None)
+        if at is not None:
+            block = ".".join(parts[:at + 1]) + "."
+            roles["attention-output"] = tuple(q for q in qualified if q.startswith(block) and q not in attention
+                                              and leaf[q] in ATTENTION_OUTPUT_LEAVES)
+            roles["ffn"] = tuple(q for q in qualified if not q.startswith(block))
+    roles = {k: tuple(dict.fromkeys(plain[q] for q in v)) for k, v in roles.items() if v}
     heads, proj, dense = [], None, None
     num_labels = getattr(model.config, "num_labels", None)
     for name, child in model.named_children():
@@ -183,13 +199,12 @@ def infer(model) -> Family | None:
                 proj = full
             elif proj is None:
                 dense = full
-    body = getattr(model, body_name)
     if dense is None:  # BERT-style: a pretrained pooler inside the encoder, read by a one-layer classifier
-        dense = next((p for p in ("pooler.dense", "pooler") if p in dict(_linears(body))), None)
-    n_layers = getattr(model.config, "num_hidden_layers", len(stack))
+        dense = next((p for p in ("pooler.dense", "pooler") if p in dict(_linears(getattr(model, body_name)))), None)
+    n_layers = getattr(model.config, "num_hidden_layers", n_stack)
     kind = type(model).__name__.removesuffix("ForSequenceClassification")
-    return Family(f"{kind or model.config.model_type} (inferred)", rf"{re.escape(layer_path)}\.(\d+)", roles,
-                  tuple(heads), dense, proj or "classifier", shared_layers=len(stack) < n_layers,
+    return Family(f"{kind or model.config.model_type} (inferred)", layer, roles, tuple(heads), dense,
+                  proj or "classifier", shared_layers=n_stack == 1 < n_layers,  # ALBERT: one layer serves every depth
                   notes="not in the family table: roles and head inferred from the model's modules",
                   model_types=(getattr(model.config, "model_type", "?"),))
 

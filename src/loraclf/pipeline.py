@@ -26,7 +26,7 @@ from . import rundir
 from . import scoring
 from . import train as train_mod
 from .config import Config
-from .errors import Interrupted, UserError
+from .errors import Interrupted, UserError, traceback_wanted, unexpected
 
 
 def load_training_data(cfg: Config, sources: list[str], trust_pickle: bool = False):
@@ -122,8 +122,12 @@ def _guarded(cfg, data, out: Path, test_data, predict_data, resume, overwrite, t
         raise
     except Exception as e:  # a model or library failing in a way no check foresaw: the folder goes all the same
         optuna = sys.modules.get("optuna")
-        if optuna is None or not isinstance(e, optuna.TrialPruned):  # a pruned trial keeps its curve (search.py)
-            failed_run(UserError(str(e)), out, fresh, existed)
+        if (optuna is not None and isinstance(e, optuna.TrialPruned)) or (out / "metrics.json").is_file():
+            raise  # a pruned trial keeps its curve (search.py); a run that wrote its results keeps them
+        error = UserError(unexpected(e), "LORACLF_TRACEBACK=1 shows where it happened")
+        shown = failed_run(error, out, fresh, existed)
+        if shown is not error and not traceback_wanted():  # the run kept a checkpoint: say how to resume it
+            raise shown from e
         raise
 
 
