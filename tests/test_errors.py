@@ -116,6 +116,15 @@ def test_a_pruned_search_trial_keeps_its_run(tmp_path, small_csv, tiny_bert, mon
     assert (tmp_path / "trial" / "config.json").is_file()
 
 
+def test_a_closed_pipe_exits_quietly(monkeypatch, capsys):
+    """`loraclf presets | head`: the reader went away; no error line, no traceback."""
+    def closed(args):
+        raise BrokenPipeError(32, "Broken pipe")
+    monkeypatch.setattr(cli, "cmd_presets", closed)
+    assert cli.main(["presets"]) == 1
+    assert capsys.readouterr().err == ""
+
+
 def test_predict_on_missing_run(tmp_path, capsys):
     assert cli.main(["predict", str(tmp_path), str(tmp_path / "x.csv")]) == 2
     assert "not a run directory (no config.json)" in capsys.readouterr().err
