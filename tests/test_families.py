@@ -206,6 +206,12 @@ def test_predict_writes_a_submission(trained, tmp_path):
     assert len((tmp_path / "sub.csv").read_text().strip().splitlines()) == 1 + len(WORDS)
 
 
+def test_evaluate_through_the_cli(trained, tmp_path, capsys):
+    data = _train_csv(tmp_path)
+    assert cli.main(["evaluate", str(trained), "--data", str(data), "--no-report"]) == 0
+    assert "accuracy" in capsys.readouterr().out
+
+
 @pytest.mark.parametrize("supported", [True, False])
 def test_onnx_export_matches_or_is_refused_in_one_line(trained, tmp_path, monkeypatch, supported):
     """Every family exports today; a row marked onnx=False is refused before any tracing."""
