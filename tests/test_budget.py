@@ -75,24 +75,43 @@ def test_roberta_base_reports_exact_counts(roberta_dir):
     assert ca.groups == {"lora:key": 110_592, "lora:query": 110_592, "lora:value": 110_592, "head": 593_668}
 
 
-def test_agnews_1m_preset_fits_the_million_exactly(roberta_dir):
+def test_agnews_1m_preset_spends_the_million_on_every_encoder_linear(roberta_dir):
     from loraclf import config
     cfg = config.load("agnews-1m", overrides=[f"model.name={roberta_dir}"])
     b = budget.count_config(cfg, LABELS)
-    # r=25 on query/value in 12 layers, r=25 on the head dense, out_proj in full
-    assert b.trainable == 963_076 <= cfg.budget.max_trainable == 1_000_000
-    assert b.groups == {"lora:query": 460_800, "lora:value": 460_800, "head": 25 * (768 + 768) + 3_076}
-    assert budget.max_rank(cfg, LABELS, 1_000_000) == 25  # the largest rank that fits is the one used
+    # r=2 on the 6 linears of each of 12 layers: 4 x 2 x (768 + 768) + 2 x 2 x (768 + 3072) = 27,648 a layer
+    assert b.trainable == 925_444 <= cfg.budget.max_trainable == 1_000_000
+    # the three dense layers (attention output 2 x 1,536, feed-forward 2 x 3,840 twice) share one group
+    assert b.groups == {"lora:dense": 12 * (3_072 + 7_680 + 7_680), "lora:key": 36_864, "lora:query": 36_864,
+                        "lora:value": 36_864, "head": 593_668}
+    base = model.load_base(cfg, LABELS, meta=True)
+    adapted = {n.rsplit(".", 1)[0] for n, _ in model.attach(cfg, base).named_parameters() if "lora_A" in n}
+    assert len(adapted) == 12 * 6 and not any("classifier" in n for n in adapted)  # the head trains in full
+    assert budget.max_rank(cfg, LABELS, 1_000_000) == 2  # the largest rank that fits is the one used
 
 
-@pytest.mark.parametrize("method,head", [("lora", "lora"), ("dora", "lora"), ("ia3", "full"), ("vera", "full")])
-def test_head_auto_is_lora_where_it_applies(roberta_dir, method, head):
+@pytest.mark.parametrize("method,limit,head", [
+    ("lora", 10_000_000, "full"), ("dora", 1_000_000, "full"),  # RoBERTa's head dense is new: trained in full...
+    ("lora", 800_000, "lora"),                                   # ...unless the run then exceeds the budget
+    ("ia3", 10_000_000, "full"), ("vera", 10_000_000, "full")])  # not LoRA-family: nothing else applies
+def test_head_auto_trains_a_new_dense_in_full_where_it_fits(roberta_dir, method, limit, head):
     from loraclf import config
     cfg = config.load(None, None, [f"model.name={roberta_dir}", "model.init=random", f"adapter.method={method}",
-                                   "adapter.target_modules=query,value", "budget.max_trainable=10000000"])
+                                   "adapter.target_modules=query,value", "adapter.r=8", f"budget.max_trainable={limit}"])
     assert cfg.model.head == "auto"
     base = model.load_base(cfg, LABELS, meta=True)
+    assert not model.head_dense_is_pretrained(base)
     assert model.resolve_head(cfg, base) == head and cfg.model.head == head  # the saved config names it
+    assert budget.count_config(cfg, LABELS).trainable <= limit or method not in model.LORA_FAMILY
+
+
+def test_head_auto_adapts_a_pretrained_pooler(tiny_bert):
+    """BERT's head dense is the encoder's pretrained pooler, which `full` leaves frozen: auto adapts it."""
+    cfg = tiny_config(tiny_bert)
+    assert cfg.model.head == "auto"
+    base = model.load_base(cfg, LABELS, meta=True)
+    assert model.head_dense_is_pretrained(base)
+    assert model.resolve_head(cfg, base) == "lora"
 
 
 def test_over_budget_is_refused_with_breakdown_and_largest_rank(roberta_dir):

@@ -248,7 +248,7 @@ def test_the_base_config_is_trial_zero_where_the_space_holds_it(tiny_bert, tmp_p
     path.write_text('[space]\ntargets = ["query,value", "all-linear"]\nlr = [1e-3, 1e-2]\n')
     sp = space.load(str(path))
     plans = space.plans(sp, cfg, LABELS)
-    params = space.params_of(cfg, sp, plans)
+    params = space.params_of(cfg, sp, plans, LABELS)
     assert (params is not None) == enqueued
     if enqueued:
         study = optuna.create_study(direction="maximize")
@@ -257,3 +257,14 @@ def test_the_base_config_is_trial_zero_where_the_space_holds_it(tiny_bert, tmp_p
         for section, key in (("model", "head"), ("adapter", "r"), ("adapter", "alpha"), ("adapter", "target_modules"),
                              ("train", "lr"), ("train", "epochs"), ("adapter", "dropout")):
             assert getattr(getattr(c, section), key) == pytest.approx(getattr(getattr(cfg, section), key))
+
+
+def test_the_base_config_with_head_auto_enqueues_the_head_a_run_would_train(tiny_bert, tmp_path):
+    """head=auto on BERT (a pretrained pooler) is lora: trial 0 is the lora plan, as `train` would run it."""
+    cfg = tiny_config(tiny_bert, "budget.max_trainable=20000", "train.lr=5e-3", "adapter.alpha=8")
+    assert cfg.model.head == "auto"
+    path = tmp_path / "space.toml"
+    path.write_text('[space]\ntargets = ["query,value"]\nlr = [1e-3, 1e-2]\n')
+    sp = space.load(str(path))
+    params = space.params_of(cfg, sp, space.plans(sp, cfg, LABELS), LABELS)
+    assert params is not None and params["plan"].startswith("lora/") and cfg.model.head == "auto"

@@ -24,14 +24,15 @@ def _lora_b_grads(m):
 
 
 def test_gradient_checkpointing_keeps_lora_gradients(tiny_model):
-    cfg = tiny_config(tiny_model, "train.gradient_checkpointing=true", "adapter.target_modules=query,key,value,dense")
+    cfg = tiny_config(tiny_model, "train.gradient_checkpointing=true", "adapter.target_modules=query,key,value,dense",
+                      "model.head=lora")
     m = model.build(cfg, LABELS)
     m.train()
     assert m.get_base_model().is_gradient_checkpointing
     _one_step(m)
     grads = _lora_b_grads(m)
     # 2 layers x (query, key, value, attention/intermediate/output dense), + the head's dense layer
-    # (BERT's pooler, RoBERTa's classifier.dense: model.head=auto adapts it)
+    # (BERT's pooler, RoBERTa's classifier.dense: model.head=lora adapts it)
     assert len(grads) == 2 * 6 + 1
     for name, g in grads.items():
         assert g is not None and g.abs().sum() > 0, f"{name} got no gradient"

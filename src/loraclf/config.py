@@ -24,8 +24,8 @@ from .errors import UserError
 class ModelConfig:
     name: str = "roberta-base"          # Hub name or local directory
     init: str = "pretrained"            # "pretrained" | "random" (config only: counts and speed)
-    # "auto" (lora where it applies, else full: the budget study's winner) | "full" | "linear" (only the final
-    # projection) | "lora" (LoRA on the head's dense layer + trained projection)
+    # "auto" (model.resolve_head: what the budget studies found) | "full" | "linear" (only the final projection)
+    # | "lora" (LoRA on the head's dense layer + trained projection)
     head: str = "auto"
     encoder_dropout: float = -1.0       # dropout inside the encoder; -1 keeps the pretrained config's value
     # "auto" (sdpa; on CPU the training forwards run fastpath.TRAIN_ATTENTION, eager attention in the

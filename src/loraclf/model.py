@@ -275,14 +275,36 @@ def lora_head_possible(model) -> bool:
     return dense is not None and not dense.endswith(proj)
 
 
+def head_dense_is_pretrained(model) -> bool:
+    """Whether the head's dense layer is the encoder's own pretrained pooler (BERT, ALBERT: `bert.pooler.dense`),
+    not a layer the classification head adds (RoBERTa, MPNet, ELECTRA, DeBERTa, DistilBERT: new at fine-tuning)."""
+    dense, _ = head_parts(model)
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return dense is not None and dense.split(".")[0] == base.base_model_prefix
+
+
 def resolve_head(cfg: Config, base) -> str:
-    """model.head=auto becomes lora when the head has a dense layer and the adapter is LoRA-family (the
-    budget study's winner at both budgets, studies/README), else full. Written back into cfg, so the run's
-    saved config names the strategy actually used."""
+    """model.head=auto, as the two budget studies found (studies/README.md), for a LoRA-family adapter:
+    - the dense layer is the encoder's pretrained pooler: `lora` adapts it, where `full` would leave it frozen
+      (MiniLM: lora won at 100k and 500k);
+    - the dense layer is new: `full` trains it, where the run then fits budget.max_trainable (MPNet-base at 1M:
+      full won against LoRA on it with the budget moved to rank), else `lora`;
+    - no dense layer to adapt, or another adapter: `full`.
+    Written back into cfg, so the run's saved config names the strategy actually used."""
     if cfg.model.head == "auto":
-        lora_family = cfg.adapter.method in LORA_FAMILY
-        cfg.model.head = "lora" if lora_family and lora_head_possible(base) else "full"
+        cfg.model.head = "full"
+        if cfg.adapter.method in LORA_FAMILY and lora_head_possible(base):
+            cfg.model.head = "lora" if head_dense_is_pretrained(base) or not _fits_with_full_head(cfg, base) else "full"
     return cfg.model.head
+
+
+def _fits_with_full_head(cfg: Config, base) -> bool:
+    import copy
+    from . import budget
+    full = copy.deepcopy(cfg)
+    full.model.head = "full"
+    labels = [str(base.config.id2label.get(i, i)) for i in range(base.config.num_labels)]
+    return budget.count_config(full, labels).trainable <= cfg.budget.max_trainable
 
 
 def attach(cfg: Config, base):

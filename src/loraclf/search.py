@@ -141,7 +141,7 @@ def run(cfg: Config, sources: list[str], out: Path, trials: int, space_file: str
     study = open_study(url, study_name, sp, identity)
     if sp.study["enqueue_base"] and not study.user_attrs.get("base_enqueued"):
         study.set_user_attr("base_enqueued", True)
-        base_params = space.params_of(cfg, sp, plan_table)
+        base_params = space.params_of(cfg, sp, plan_table, labels)
         if base_params:  # the base config (the preset) is trial 0: the best trial is at least as good on validation
             study.enqueue_trial(base_params, skip_if_exists=True)
     trackers = _Trackers(track, tracking_uri, study, study_name, out)

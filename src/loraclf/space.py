@@ -198,14 +198,14 @@ def _suggest(trial, sp: Space, key: str):
     return trial.suggest_int(key, low, high, log=log) if integer else trial.suggest_float(key, low, high, log=log)
 
 
-def params_of(cfg: Config, sp: Space, plan_table: dict[str, dict]) -> dict | None:
+def params_of(cfg: Config, sp: Space, plan_table: dict[str, dict], label_names: list[str]) -> dict | None:
     """The base config as a trial's parameters, or None where the space does not hold it (another plan, a rank
     that does not fit, a value out of range)."""
     layers = "all" if not cfg.adapter.layers else next(
         (k for k, p in plan_table.items() if p["layers"] == list(cfg.adapter.layers)), "").split("/")[-1]
     head = cfg.model.head
-    if head == "auto":  # model.build's choice: lora where the head has a dense layer and the adapter is LoRA-family
-        head = "lora" if any(k.startswith("lora/") for k in plan_table) else "full"
+    if head == "auto":  # the strategy a run of this config would train with
+        head = model_mod.resolve_head(copy.deepcopy(cfg), model_mod.load_base(cfg, label_names, meta=True))
     name = f"{head}/{','.join(cfg.adapter.target_modules)}/{layers}"
     if name not in plan_table or not cfg.adapter.r or not sp.ranges["r"][0] <= cfg.adapter.r <= plan_table[name]["r_max"]:
         return None
