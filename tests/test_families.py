@@ -253,10 +253,20 @@ def test_adapter_layers_on_shared_layers_is_one_line(tmp_path, roberta_dir):
 
 
 def test_presets_keep_exact_names_and_counts(roberta_dir):
-    for preset, want in (("agnews-a", 925_444), ("agnews-b", 741_124), ("agnews-1m", 963_076)):
+    for preset, want in (("agnews-a", 925_444), ("agnews-b", 741_124), ("agnews-1m", 925_444)):
         cfg = config.load(preset, None, [f"model.name={roberta_dir}"])
         assert not any(families.is_role(t) for t in cfg.adapter.target_modules)
         assert budget.count_config(cfg, LABELS).trainable == want
+
+
+def test_base_size_preset_counts_exactly(tmp_path):
+    """agnews-base on all-mpnet-base-v2's own config (no weights needed to count): the README's 925,444."""
+    from transformers import MPNetConfig
+    MPNetConfig(vocab_size=30527).save_pretrained(str(tmp_path))  # all-mpnet-base-v2: 12 x 768, intermediate 3072
+    cfg = config.load("agnews-base", None, [f"model.name={tmp_path}"])
+    b = budget.count_config(cfg, LABELS)
+    assert b.trainable == 925_444 and b.groups["head"] == 593_668
+    assert config.load("agnews-base").model.name == "pkg:all-mpnet-base-v2"
 
 
 def test_default_targets_are_a_role_every_family_has():
