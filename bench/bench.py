@@ -56,7 +56,7 @@ GPU = dict(repeats=3, train_steps=150, warmup_steps=10, report_a_train_steps=60,
 
 
 def run(opts, log=None) -> dict:
-    """The whole benchmark; returns the result dict (also written to <out-dir>/<date>-<host>.json)."""
+    """The whole benchmark; returns the result dict (also written to <out-dir>/<date>-<host>[-<cpu kind>].json)."""
     import torch
     from transformers import AutoTokenizer
     from loraclf import data as data_mod
@@ -133,7 +133,8 @@ def run(opts, log=None) -> dict:
     out_dir = Path(opts.out_dir)
     if out_dir and str(out_dir) != "-":
         out_dir.mkdir(parents=True, exist_ok=True)
-        name = f"{res['date']}-{res['machine']['host']}{'-quick' if opts.quick else ''}.json"
+        kind = res["machine"].get("cpu_kind") if not res["machine"].get("cuda") else None
+        name = f"{res['date']}-{res['machine']['host']}{'-' + kind if kind else ''}{'-quick' if opts.quick else ''}.json"
         (out_dir / name).write_text(json.dumps(res, indent=2, default=float) + "\n")
         res["written"] = str(out_dir / name)
     return res
@@ -144,7 +145,7 @@ def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print the JSON result instead of the markdown table")
     p.add_argument("--agnews-dir", default="../shared/data/ag_news")
     p.add_argument("--roberta-dir", default="../shared/models/roberta-base")
-    p.add_argument("--out-dir", default=str(RESULTS), help="where <date>-<host>.json goes ('-': nowhere)")
+    p.add_argument("--out-dir", default=str(RESULTS), help="where <date>-<host>[-<cpu kind>].json goes ('-': nowhere)")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     p.add_argument("--repeats", type=int)
     p.add_argument("--train-steps", type=int)

@@ -100,7 +100,7 @@ def markdown(res: dict) -> str:
     m, s = res["machine"], res["sizes"]
     lines = [f"## loraclf bench{' (--quick)' if res['quick'] else ''}: {res['date']} on {m['host']}",
              "",
-             f"{m['cpu']}, {m['cores']} cores, {m['threads']} torch threads, native bf16: {m['native_bf16']}, "
+             f"{m['cpu']}, {m['cores']} cores, {m['threads']} torch threads, CPU kind: {m.get('cpu_kind')}, native bf16: {m['native_bf16']}, "
              f"GPU: {m['cuda'] or 'none'}; torch {m['torch']}, transformers {m['transformers']}, peft {m['peft']}; "
              f"load average at start {m.get('loadavg_start')}",
              f"roberta-base architecture (random weights), preset {PRESET} LoRA (r=6, alpha 24, q/k/v), batch 16; "
