@@ -47,7 +47,7 @@ def run_loraclf_train(model, cfg, enc, pad_id, warmup_steps: int, steps: int, ru
     from loraclf import train as train_mod
     bs = cfg.train.batch_size
     device_type = "cuda" if torch.cuda.is_available() else "cpu"
-    precision = precision_mod.resolve(cfg.train.precision, device_type)
+    precision = precision_mod.resolve_for(cfg.train.precision, device_type, model)
     accelerator = train_mod.make_accelerator(precision, device_type)
     quiet = lambda *a, **k: None  # noqa: E731
     n = len(enc)

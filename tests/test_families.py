@@ -212,6 +212,32 @@ def test_evaluate_through_the_cli(trained, tmp_path, capsys):
     assert "accuracy" in capsys.readouterr().out
 
 
+@pytest.mark.parametrize("kind", list(FAMILY_CONFIGS))
+def test_precision_auto_trains_and_scores_where_it_means_bf16(kind, tmp_path, roberta_dir, monkeypatch):
+    """On a CPU with native bf16 (held so here on any CPU) auto trains and scores every family in bf16, except the
+    one whose attention overflows it (DeBERTa v1), which runs in fp32 under auto and refuses an explicit bf16."""
+    from loraclf import precision
+    monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda: True)
+    d = _save_family(kind, tmp_path / kind, roberta_dir)
+    out = tmp_path / "run"
+    pipeline.train_run(_cfg(d), [str(_train_csv(tmp_path))], out, log=lambda *a, **k: None)
+    half = families.FAMILIES[kind].half_autocast
+    resolved = json.loads((out / "config.json").read_text())["resolved"]
+    assert resolved["train.precision"] == ("bf16" if half else "fp32")
+    m, _, _ = model.load_run_model(out)
+    assert precision.resolve_for("auto", "cpu", m) == ("bf16" if half else "fp32")
+    from transformers import AutoTokenizer
+    logits = scoring.logits_for(m, AutoTokenizer.from_pretrained(str(out / "tokenizer")), WORDS, 32, precision="auto")
+    assert logits.shape == (len(WORDS), len(LABELS)) and torch.isfinite(torch.from_numpy(logits)).all()
+    if not half:
+        with pytest.raises(UserError, match="fp32"):
+            precision.resolve_for("bf16", "cpu", m)
+        with pytest.raises(UserError, match="fp32"):
+            pipeline.train_run(_cfg(d, "train.precision=bf16"), [str(_train_csv(tmp_path))], tmp_path / "run2",
+                               log=lambda *a, **k: None)
+        assert not (tmp_path / "run2").exists()
+
+
 @pytest.mark.parametrize("supported", [True, False])
 def test_onnx_export_matches_or_is_refused_in_one_line(trained, tmp_path, monkeypatch, supported):
     """Every family exports today; a row marked onnx=False is refused before any tracing."""

@@ -68,7 +68,7 @@ def _maybe_report(run_dir: Path, args) -> None:
 def cmd_evaluate(args) -> int:
     from . import longtext, metrics, pipeline
     m = pipeline.evaluate_run(Path(args.run), args.data, trust_pickle=args.trust_pickle, batch_size=args.batch_size,
-                          name=args.name, max_tokens=args.max_tokens)
+                          name=args.name, max_tokens=args.max_tokens, precision=args.precision)
     if m.get("long_text"):
         print(longtext.describe(m["long_text"]))
     print(metrics.metrics_table(m, f"{args.run} on {', '.join(args.data)}"))
@@ -255,6 +255,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--data", action="append", required=True)
     p.add_argument("--name", default="", help="suffix of the saved eval-<name>.json (default: the data file's stem)")
     _add_scoring_batch_args(p)
+    p.add_argument("--precision", default="auto", choices=precision.PRECISION_CHOICES,
+                   help="auto (default): bf16 where this CPU or GPU has native bf16, else fp32 (the run's own test "
+                   "figures were scored at its train.precision; bf16 scores move slightly with batch shape)")
     p.add_argument("--trust-pickle", action="store_true")
     p.add_argument("--no-report", action="store_true")
     report_cli.add_track_args(p)

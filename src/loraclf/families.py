@@ -37,6 +37,7 @@ class Family:
     first_token_exact: bool = False  # fastpath.cls_only_last_layer and layercache apply (BERT-style layers)
     bf16_whole_model: bool = False  # whole-model bf16 scoring (scoring.bf16_full_cast) checked for this family
     onnx: bool = True               # torch.onnx.export handles it (checked by tests/test_families.py)
+    half_autocast: bool = True      # runs under bf16/fp16 autocast (DeBERTa v1 does not: see precision.resolve_for)
     notes: str = ""
     model_types: tuple[str, ...] = field(default_factory=tuple)
 
@@ -71,8 +72,9 @@ for _row in (
     Family("DeBERTa", r"encoder\.layer\.(\d+)", {
         "attention": ("attention.self.in_proj",), "attention-qv": ("attention.self.in_proj",),
         "attention-output": ("attention.output.dense",), "ffn": ("intermediate.dense", "output.dense")},
-        ("pooler", "classifier"), "pooler.dense", model_types=("deberta",),
-        notes="v1: query, key and value are one fused in_proj; eager attention; the pooler is part of the head"),
+        ("pooler", "classifier"), "pooler.dense", model_types=("deberta",), half_autocast=False,
+        notes="v1: query, key and value are one fused in_proj; eager attention; the pooler is part of the head; "
+              "fp32 only (its attention mask overflows bf16 and fp16 under autocast)"),
     Family("DeBERTa-v2", r"encoder\.layer\.(\d+)", {
         "attention": ("attention.self.query_proj", "attention.self.key_proj", "attention.self.value_proj"),
         "attention-output": ("attention.output.dense",), "ffn": ("intermediate.dense", "output.dense")},

@@ -173,9 +173,9 @@ def _train(cfg: Config, data: list[str], out: Path, test_data, predict_data, res
         torch.set_num_threads(cfg.cpu.threads)
     train_mod.seed_everything(cfg.train.seed)
     device_type = "cuda" if torch.cuda.is_available() else "cpu"
-    precision = precision_mod.resolve(cfg.train.precision, device_type)
-    accelerator = train_mod.make_accelerator(precision, device_type)
-    main = accelerator.is_main_process
+    precision_mod.resolve(cfg.train.precision, device_type)  # a bad choice is refused before anything is read
+    from accelerate import PartialState
+    main = PartialState(cpu=device_type == "cpu").is_main_process
     log = log if main else (lambda *a, **k: None)
 
     # 1. everything that can be wrong with the inputs, before anything is written
@@ -206,6 +206,8 @@ def _train(cfg: Config, data: list[str], out: Path, test_data, predict_data, res
     long_rows = {"train": train_enc.summary()} | ({"val": val_enc.summary()} if val_enc else {})
     log(longtext.describe(long_rows["train"], "training rows"))
     model = model_mod.build(cfg, label_names)
+    precision = precision_mod.resolve_for(cfg.train.precision, device_type, model)
+    accelerator = train_mod.make_accelerator(precision, device_type)
     built = budget_mod.count(model)
     if built.trainable != expected.trainable or built.total != expected.total:
         raise RuntimeError(f"budget accounting bug: planned {expected.to_dict()}, built {built.to_dict()}")
@@ -314,8 +316,9 @@ def _abs(source: str) -> str:
 
 
 def evaluate_run(run_dir: Path, sources: list[str], trust_pickle: bool = False, batch_size: int = 64, name: str = "",
-             max_tokens: int = -1) -> dict:
-    """Score a finished run on labelled data; saves eval-<name>.json in the run directory."""
+             max_tokens: int = -1, precision: str = "auto") -> dict:
+    """Score a finished run on labelled data at `precision` (precision.PRECISION_CHOICES); saves eval-<name>.json
+    in the run directory."""
     run = rundir.RunDir.open(run_dir)
     run_dir = run.path
     # the data first, as predict does: its mistakes show before a model is loaded
@@ -323,7 +326,7 @@ def evaluate_run(run_dir: Path, sources: list[str], trust_pickle: bool = False, 
     thresholds = multilabel.read_thresholds(run_dir, run.labels) if multilabel.is_multi(run.config) else None
     model, tokenizer, cfg, label_names = scoring.load_for_inference(run)
     stats: dict = {}
-    logits = scoring.logits_for(model, tokenizer, ex.texts, scoring.infer_length(cfg), batch_size, max_tokens=max_tokens,
+    logits = scoring.logits_for(model, tokenizer, ex.texts, scoring.infer_length(cfg), batch_size, precision, max_tokens=max_tokens,
                                 **scoring.scoring_options(cfg), treatment=longtext.Treatment.of(cfg.data), stats=stats)
     m = multilabel.metrics(logits, ex.labels, label_names, thresholds) if thresholds is not None \
         else metrics_mod.classification(logits, ex.labels, label_names)

@@ -83,6 +83,22 @@ def resolve(precision: str, device) -> str:
     return "fp32" if precision == "fp16" else precision
 
 
+def resolve_for(precision: str, device, model_or_config) -> str:
+    """resolve(), then fp32 for a model whose family cannot run under bf16/fp16 autocast (families.Family.
+    half_autocast): `auto` says so once, an explicit bf16 or fp16 is refused in one line."""
+    from . import families
+    resolved = resolve(precision, device)
+    family = families.family_of(model_or_config)
+    if resolved == "fp32" or family is None or family.half_autocast:
+        return resolved
+    if precision != "auto":
+        raise UserError(f"{family.name} cannot run in {resolved}: transformers fills its attention mask with the "
+                        f"fp32 minimum, which overflows {resolved}", "use --precision fp32 (or auto)")
+    families.note_once(f"{family.name}: precision auto runs in fp32 here (its attention mask overflows {resolved} "
+                       "under autocast)")
+    return "fp32"
+
+
 def auto_is_bf16(device) -> bool:
     """Whether `auto` means bf16 on `device` (native bf16 there)."""
     return resolve("auto", device) == "bf16"
