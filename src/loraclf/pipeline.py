@@ -75,15 +75,15 @@ def environment(device) -> dict:
             "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
 
 
-def resolved(cfg: Config, precision: str, device_type: str, model) -> dict:
+def resolved(cfg: Config, precision: str, scoring_precision: str, device_type: str, model) -> dict:
     """What this machine made of the config's automatic choices, saved beside it in config.json (for the reader:
     the config itself keeps `auto`, so the run resolves them afresh on another machine)."""
     from . import fastpath
     return {"device": device_type, "cpu_kind": precision_mod.cpu_kind() if device_type == "cpu" else None,
-            "train.precision": precision,
+            "train.precision": precision, "scoring.precision": scoring_precision,
             "model.attn_implementation": getattr(fastpath.transformers_model(model).config, "_attn_implementation", None),
             "scoring.max_tokens": scoring.scoring_tokens(cfg.scoring.max_tokens, device_type),
-            "scoring.bf16_full_cast": precision_mod.casts_whole_model(precision, cfg.scoring.bf16_full_cast)
+            "scoring.bf16_full_cast": precision_mod.casts_whole_model(scoring_precision, cfg.scoring.bf16_full_cast)
             and fastpath.bf16_whole_model_applies(model),
             "scoring.cls_only_last_layer": bool(cfg.scoring.cls_only_last_layer)
             and fastpath.first_token_layer_applies(model),
@@ -207,6 +207,7 @@ def _train(cfg: Config, data: list[str], out: Path, test_data, predict_data, res
     log(longtext.describe(long_rows["train"], "training rows"))
     model = model_mod.build(cfg, label_names)
     precision = precision_mod.resolve_for(cfg.train.precision, device_type, model)
+    scoring_precision = precision_mod.resolve_for(cfg.scoring.precision, device_type, model, scoring=True)
     accelerator = train_mod.make_accelerator(precision, device_type)
     built = budget_mod.count(model)
     if built.trainable != expected.trainable or built.total != expected.total:
@@ -215,7 +216,8 @@ def _train(cfg: Config, data: list[str], out: Path, test_data, predict_data, res
         layercache.plan(model, "on", int(train_enc.lengths.sum()), accelerator.num_processes, log=lambda *a, **k: None)
     if main and not resume:
         rundir.write_json(out / "config.json", cfg.to_dict() | {"format_version": rundir.FORMAT_VERSION,
-                                                                "resolved": resolved(cfg, precision, device_type, model)})
+                                                                "resolved": resolved(cfg, precision, scoring_precision,
+                                                                                     device_type, model)})
         rundir.write_json(out / "labels.json", label_names)
         rundir.write_json(out / "budget.json", built.to_dict())
         rundir.write_json(out / "inputs.json", {"data": [_abs(d) for d in data], "test_data": [_abs(d) for d in test_data],
@@ -247,7 +249,7 @@ def _train(cfg: Config, data: list[str], out: Path, test_data, predict_data, res
               "long_text": long_rows, "environment": environment(device)}
     thresholds = None  # multi-label: per-label decision thresholds, chosen on validation
     if val_enc is not None:
-        val = scoring.evaluate_encoded(model, val_enc, cfg, label_names, pad, device, precision, accelerator)
+        val = scoring.evaluate_encoded(model, val_enc, cfg, label_names, pad, device, scoring_precision, accelerator)
         if multilabel.is_multi(cfg):
             val_labels = longtext.row_labels(val_enc)  # the documents', for chunks
             thresholds = multilabel.tune_thresholds(val["logits"], val_labels)
@@ -260,7 +262,7 @@ def _train(cfg: Config, data: list[str], out: Path, test_data, predict_data, res
         test_enc = longtext.encode(tokenizer, test_ex, infer_len, treatment)
         long_rows["test"] = test_enc.summary()
         log(longtext.describe(long_rows["test"], "test rows"))
-        test = scoring.evaluate_encoded(model, test_enc, cfg, label_names, pad, device, precision, accelerator,
+        test = scoring.evaluate_encoded(model, test_enc, cfg, label_names, pad, device, scoring_precision, accelerator,
                                       thresholds)
         result["test"] = {k: v for k, v in test.items() if k != "logits"}
         result["test"]["seconds"] = round(time.perf_counter() - t0, 2)
@@ -270,7 +272,7 @@ def _train(cfg: Config, data: list[str], out: Path, test_data, predict_data, res
         long_rows["predict"] = pred_enc.summary()
         log(longtext.describe(long_rows["predict"], "rows to predict"))
         pred_logits = scoring.predict_logits(model, pred_enc,
-                                             cfg.scoring.batch_size, pad, device, precision, accelerator,
+                                             cfg.scoring.batch_size, pad, device, scoring_precision, accelerator,
                                              cfg.scoring.max_tokens, cfg.scoring.bf16_full_cast,
                                              cfg.scoring.cls_only_last_layer)
     if main:
@@ -316,9 +318,9 @@ def _abs(source: str) -> str:
 
 
 def evaluate_run(run_dir: Path, sources: list[str], trust_pickle: bool = False, batch_size: int = 64, name: str = "",
-             max_tokens: int = -1, precision: str = "auto") -> dict:
-    """Score a finished run on labelled data at `precision` (precision.PRECISION_CHOICES); saves eval-<name>.json
-    in the run directory."""
+             max_tokens: int = -1, precision: str | None = None) -> dict:
+    """Score a finished run on labelled data at `precision` (precision.PRECISION_CHOICES; default: the run's
+    scoring.precision); saves eval-<name>.json in the run directory."""
     run = rundir.RunDir.open(run_dir)
     run_dir = run.path
     # the data first, as predict does: its mistakes show before a model is loaded
@@ -326,7 +328,8 @@ def evaluate_run(run_dir: Path, sources: list[str], trust_pickle: bool = False, 
     thresholds = multilabel.read_thresholds(run_dir, run.labels) if multilabel.is_multi(run.config) else None
     model, tokenizer, cfg, label_names = scoring.load_for_inference(run)
     stats: dict = {}
-    logits = scoring.logits_for(model, tokenizer, ex.texts, scoring.infer_length(cfg), batch_size, precision, max_tokens=max_tokens,
+    logits = scoring.logits_for(model, tokenizer, ex.texts, scoring.infer_length(cfg), batch_size,
+                                precision or cfg.scoring.precision, max_tokens=max_tokens,
                                 **scoring.scoring_options(cfg), treatment=longtext.Treatment.of(cfg.data), stats=stats)
     m = multilabel.metrics(logits, ex.labels, label_names, thresholds) if thresholds is not None \
         else metrics_mod.classification(logits, ex.labels, label_names)

@@ -162,7 +162,8 @@ def logits_for(model, tokenizer, texts: list[str], max_length: int, batch_size: 
         stats.update(enc.summary())
     with torch.inference_mode():
         return predict_logits(model, enc, batch_size, tokenizer.pad_token_id, device,
-                              precision_mod.resolve_for(precision, device, model), max_tokens=max_tokens, full_cast=full_cast,
+                              precision_mod.resolve_for(precision, device, model, scoring=True),
+                              max_tokens=max_tokens, full_cast=full_cast,
                               cls_only=cls_only)
 
 
