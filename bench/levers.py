@@ -92,8 +92,7 @@ def levers(opts, log=None, malloc_probe: str | None = None) -> list[dict]:
         return go
 
     bs = 16
-    fast = precision_mod.resolve("auto", "cpu")
-    fast_scoring = precision_mod.resolve_scoring("auto", "cpu")
+    fast = precision_mod.resolve("auto", "cpu")  # train.precision's and scoring.precision's auto
     long_index = [int(i) for i in order[-bs:]]  # the longest texts: attention's share grows with length
     many_ex = ex.subset(sample_rows(len(ex), 4 * len(enc), seed=3))
     many = data_mod.encode(tok, many_ex, 256)  # scoring's rows
@@ -104,8 +103,8 @@ def levers(opts, log=None, malloc_probe: str | None = None) -> list[dict]:
         model, cfg = build()
         if malloc_probe.endswith("-scoring"):
             merged = model.merge_and_unload().eval()
-            go = infer_fn(merged, 64, fast_scoring, scoring.cpu_scoring_tokens(), many, full_cast=True, cls_only=True)
-            record(f"glibc malloc thresholds ({fast_scoring} inference, merged)", malloc_probe.removesuffix("-scoring"),
+            go = infer_fn(merged, 64, fast, scoring.cpu_scoring_tokens(), many, full_cast=True, cls_only=True)
+            record(f"glibc malloc thresholds ({fast} inference, merged)", malloc_probe.removesuffix("-scoring"),
                    timed(go, max(1, reps - 1)), len(many), "rows")
             return results
         for label, index in (("median", None), ("longest", long_index)):
@@ -152,7 +151,7 @@ def levers(opts, log=None, malloc_probe: str | None = None) -> list[dict]:
         if only == "ceiling":
             return results
     if only == "scoring":
-        return results + scoring_levers(model, infer_fn, many, fast_scoring, record, opts, log)
+        return results + scoring_levers(model, infer_fn, many, fast, record, opts, log)
     if only in ("all", "tokenize"):
         tokenize_lever(tok, ex, record, reps)
         if only == "tokenize":
@@ -366,7 +365,7 @@ def scoring_levers(model, infer_fn, many, fast, record, opts, log) -> list[dict]
     """Every scoring lever on this CPU kind, as predict scores (merged model, `many` rows): the precision, the
     first-token last layer, the token cap (in fp32 and, where bf16 is native, in bf16 too, since the precision row
     decides which one scoring's auto takes), the whole-model bf16 cast (where bf16 is native), the batch size, each
-    against the resolved default (`fast`: scoring's auto) with the others at their defaults; all alternated, twice;
+    against the resolved default (`fast`: auto) with the others at their defaults; all alternated, twice;
     then glibc's malloc
     thresholds in fresh processes. Run it once per CPU kind (ONEDNN_MAX_CPU_ISA holds an AMX CPU to a lower
     kind's kernels) and compare each lever's rows within the run."""

@@ -155,7 +155,7 @@ def test_a_run_config_records_what_auto_resolved_to_and_trains_again_as_given(ru
     assert r["train.precision"] == precision.resolve(saved["train"]["precision"], "cpu")
     assert r["scoring.max_tokens"] == scoring.scoring_tokens(saved["scoring"]["max_tokens"], "cpu") > 0
     assert r["scoring.cls_only_last_layer"] is True and r["cpu.tune_malloc"] is True  # tiny BERT: exact there
-    assert r["scoring.precision"] == precision.resolve_scoring(saved["scoring"]["precision"], "cpu")
+    assert r["scoring.precision"] == precision.resolve(saved["scoring"]["precision"], "cpu")
     assert r["scoring.bf16_full_cast"] is (r["scoring.precision"] == "bf16")
     assert r["model.attn_implementation"] in ("sdpa", "eager")
     assert config.load(config_file=str(new / "config.json")) == config.from_dict(saved)

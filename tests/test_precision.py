@@ -60,9 +60,6 @@ def test_cpu_kind_from_flags_and_onednn_cap(monkeypatch, flags, cap, kind):
         monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)
     assert precision.cpu_kind() == kind
     assert precision.resolve("auto", "cpu") == ("bf16" if kind in ("amx", "avx512-bf16") else "fp32")
-    # scoring's auto: bf16 only where it measured faster than fp32 (AMX); training's wherever bf16 is native
-    assert precision.resolve_scoring("auto", "cpu") == ("bf16" if kind == "amx" else "fp32")
-    assert precision.resolve_scoring("bf16", "cpu") == "bf16" and precision.resolve_scoring("fp16", "cpu") == "fp32"
     assert scoring.scoring_tokens(-1, "cpu") == scoring.CPU_SCORING_TOKENS.get(kind, scoring.CPU_SCORING_TOKENS["amx"])
 
 
@@ -92,15 +89,8 @@ def test_autocast_runs_matmuls_in_the_precisions_dtype(resolved):
     assert out.dtype == (precision.autocast_dtype(resolved) or torch.float32)
 
 
-@pytest.mark.parametrize("choice, cuda_bf16, expected", [
-    ("auto", True, "bf16"), ("auto", False, "fp16"), ("fp32", True, "fp32"), ("fp16", True, "fp16")])
-def test_scoring_on_cuda_resolves_as_training(monkeypatch, choice, cuda_bf16, expected):
-    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: cuda_bf16)
-    assert precision.resolve_scoring(choice, "cuda") == precision.resolve(choice, "cuda") == expected
-
-
 @pytest.mark.parametrize("choice, kind, hint", [
-    ("auto", "amx", "bf16"), ("auto", "avx512-bf16", "f32"), ("auto", "avx2", "f32"), ("bf16", "avx2", "bf16"),
+    ("auto", "amx", "bf16"), ("auto", "avx512-bf16", "bf16"), ("auto", "avx2", "f32"), ("bf16", "avx2", "bf16"),
     ("fp32", "amx", "f32")])
 def test_openvino_hint(monkeypatch, choice, kind, hint):
     monkeypatch.setattr(precision, "cpu_kind", lambda: kind)
@@ -132,15 +122,16 @@ def test_no_other_module_decides_precision():
     assert offenders == []
 
 
-def test_on_avx512_bf16_a_run_trains_in_bf16_and_scores_in_fp32(monkeypatch, tiny_bert, small_csv, tmp_path):
-    """Each resolves on its own: the run's config records both, its test figures come from fp32 scoring, and
-    `evaluate` (the run's scoring.precision by default) reproduces them."""
+def test_a_run_trains_and_scores_each_in_its_own_precision(monkeypatch, tiny_bert, small_csv, tmp_path):
+    """train.precision=auto (bf16 on this CPU kind) and scoring.precision=fp32: the run's config records both, its
+    test figures come from fp32 scoring, and `evaluate` (the run's scoring.precision by default) reproduces them."""
     import json
     from conftest import tiny_config
     from loraclf import pipeline
     monkeypatch.setattr(precision, "cpu_kind", lambda: "avx512-bf16")
     out = tmp_path / "run"
-    result = pipeline.train_run(tiny_config(tiny_bert), [str(small_csv)], out, test_data=[str(small_csv)],
+    result = pipeline.train_run(tiny_config(tiny_bert, "scoring.precision=fp32"), [str(small_csv)], out,
+                                test_data=[str(small_csv)],
                                 log=lambda *a, **k: None)
     r = json.loads((out / "config.json").read_text())["resolved"]
     assert (r["cpu_kind"], r["train.precision"], r["scoring.precision"], r["scoring.bf16_full_cast"]) == \

@@ -256,7 +256,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--name", default="", help="suffix of the saved eval-<name>.json (default: the data file's stem)")
     _add_scoring_batch_args(p)
     p.add_argument("--precision", default=None, choices=precision.PRECISION_CHOICES,
-                   help="default: the run's scoring.precision (auto: bf16 on a GPU or an AMX CPU, else fp32); bf16 "
+                   help="default: the run's scoring.precision (auto: bf16 where this CPU or GPU has native bf16); bf16 "
                    "scores move slightly with batch shape, so fp32 reproduces an fp32 run's figures exactly")
     p.add_argument("--trust-pickle", action="store_true")
     p.add_argument("--no-report", action="store_true")

@@ -101,7 +101,7 @@ class TrainConfig:
 @dataclass
 class ScoringConfig:
     """How a model scores texts: validation inside training, evaluate, predict and serve alike."""
-    precision: str = "auto"             # precision.PRECISION_CHOICES; auto: bf16 on CUDA and on AMX CPUs, else fp32 (precision.resolve_scoring)
+    precision: str = "auto"             # precision.PRECISION_CHOICES, resolved as train.precision is (precision.resolve)
     batch_size: int = 64                # rows per scoring batch, at most
     max_tokens: int = -1                # padded tokens per scoring batch; -1: auto (per CPU kind, scoring.CPU_SCORING_TOKENS; no cap on GPU); 0: no cap
     bf16_full_cast: bool = True         # bf16 scoring casts the whole model (residual stream, LayerNorms); false: autocast's

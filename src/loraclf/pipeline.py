@@ -207,7 +207,7 @@ def _train(cfg: Config, data: list[str], out: Path, test_data, predict_data, res
     log(longtext.describe(long_rows["train"], "training rows"))
     model = model_mod.build(cfg, label_names)
     precision = precision_mod.resolve_for(cfg.train.precision, device_type, model)
-    scoring_precision = precision_mod.resolve_for(cfg.scoring.precision, device_type, model, scoring=True)
+    scoring_precision = precision_mod.resolve_for(cfg.scoring.precision, device_type, model)
     accelerator = train_mod.make_accelerator(precision, device_type)
     built = budget_mod.count(model)
     if built.trainable != expected.trainable or built.total != expected.total:

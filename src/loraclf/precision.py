@@ -2,8 +2,10 @@
 backends and the benchmark alike.
 
 Choices are PRECISION_CHOICES. `auto` is bf16 on CUDA that supports it (else fp16), and on CPU bf16 only with native bf16
-units (AMX or AVX512-BF16), since emulated bf16 is slower than fp32 there; fp16 on CPU falls back to fp32. Scoring's
-`auto` on CPU (`resolve_scoring`) is narrower: bf16 only where it measured faster than fp32 (BF16_SCORING_KINDS).
+units (AMX or AVX512-BF16), since emulated bf16 is slower than fp32 there; fp16 on CPU falls back to fp32.
+Measured per CPU kind (docs/performance.md): native bf16 trained and scored faster than fp32 on `amx` and on a real
+`avx512-bf16` CPU, emulated bf16 was several times slower. Training and scoring each have their own setting
+(train.precision, scoring.precision), resolved by the same rule.
 Under bf16/fp16 matmuls run in autocast (`autocast_dtype`), frozen Linear weights are held in that dtype, and
 bf16 scoring may cast the whole model (`casts_whole_model`). OpenVINO scores in fp32 or bf16 (`openvino_hint`).
 """
@@ -84,26 +86,11 @@ def resolve(precision: str, device) -> str:
     return "fp32" if precision == "fp16" else precision
 
 
-# CPU kinds on which bf16 scores faster than fp32 (`bench/bench.py --levers --lever scoring`, docs/performance.md):
-# AMX's tiles (3.1x). Without them, on avx512-bf16, bf16 dot products lose to fp32's AVX-512 FMAs at scoring's shapes,
-# so scoring's `auto` is fp32 there while training's stays bf16.
-BF16_SCORING_KINDS = ("amx",)
-
-
-def resolve_scoring(precision: str, device) -> str:
-    """resolve() for scoring: on a CPU, `auto` is bf16 only on BF16_SCORING_KINDS (fp32 elsewhere, native bf16 or
-    not); on CUDA and for an explicit choice the same as training's."""
-    import torch
-    if precision == "auto" and torch.device(device).type == "cpu":
-        return "bf16" if cpu_kind() in BF16_SCORING_KINDS else "fp32"
-    return resolve(precision, device)
-
-
-def resolve_for(precision: str, device, model_or_config, scoring: bool = False) -> str:
-    """resolve() (resolve_scoring() where `scoring`), then fp32 for a model whose family cannot run under bf16/fp16
-    autocast (families.Family.half_autocast): `auto` says so once, an explicit bf16 or fp16 is refused in one line."""
+def resolve_for(precision: str, device, model_or_config) -> str:
+    """resolve(), then fp32 for a model whose family cannot run under bf16/fp16 autocast (families.Family.
+    half_autocast): `auto` says so once, an explicit bf16 or fp16 is refused in one line."""
     from . import families
-    resolved = (resolve_scoring if scoring else resolve)(precision, device)
+    resolved = resolve(precision, device)
     family = families.family_of(model_or_config)
     if resolved == "fp32" or family is None or family.half_autocast:
         return resolved
@@ -158,4 +145,4 @@ def openvino_hint(precision: str) -> str:
     """OpenVINO's INFERENCE_PRECISION_HINT type name ("bf16" or "f32") for a choice, resolved on the CPU."""
     if precision not in OPENVINO_CHOICES:
         raise UserError(f"--backend openvino scores in fp32 or bf16, not {precision}", "use --precision auto, fp32 or bf16")
-    return {"bf16": "bf16", "fp32": "f32"}[resolve_scoring(precision, "cpu")]
+    return {"bf16": "bf16", "fp32": "f32"}[resolve(precision, "cpu")]

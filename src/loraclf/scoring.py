@@ -28,7 +28,7 @@ from .errors import UserError
 
 # padded tokens per CPU scoring batch, by CPU kind (precision.cpu_kind): the fastest cap that `python bench/bench.py
 # --levers --lever scoring` measured on that kind (docs/performance.md); a kind not measured yet takes AMX's
-CPU_SCORING_TOKENS = {"amx": 2048, "avx2": 1024}
+CPU_SCORING_TOKENS = {"amx": 2048, "avx512-bf16": 1024, "avx512": 1024, "avx2": 1024}
 PREDICT_BACKENDS = ("torch", "openvino", "onnx")
 
 
@@ -162,8 +162,7 @@ def logits_for(model, tokenizer, texts: list[str], max_length: int, batch_size: 
         stats.update(enc.summary())
     with torch.inference_mode():
         return predict_logits(model, enc, batch_size, tokenizer.pad_token_id, device,
-                              precision_mod.resolve_for(precision, device, model, scoring=True),
-                              max_tokens=max_tokens, full_cast=full_cast,
+                              precision_mod.resolve_for(precision, device, model), max_tokens=max_tokens, full_cast=full_cast,
                               cls_only=cls_only)
 
 
