@@ -232,6 +232,8 @@ def test_precision_auto_trains_and_scores_where_it_means_bf16(kind, tmp_path, ro
     if not half:
         with pytest.raises(UserError, match="fp32"):
             precision.resolve_for("bf16", "cpu", m)
+        with pytest.raises(UserError, match="fp32"):  # predict and serve: at load, not on the first request
+            scoring.load_predictor(out, precision="bf16").load()
         with pytest.raises(UserError, match="fp32"):
             pipeline.train_run(_cfg(d, "train.precision=bf16"), [str(_train_csv(tmp_path))], tmp_path / "run2",
                                log=lambda *a, **k: None)

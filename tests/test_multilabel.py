@@ -179,7 +179,8 @@ def ml_run(tmp_path_factory, tiny_bert):
     _write(tmp / "test.jsonl", _rows(24), "jsonl")
     cfg = tiny_config(tiny_bert, "data.task=multi_label", "data.label_delimiter=;", "train.epochs=3",
                       "train.class_weight=balanced",
-                      "train.precision=fp32")  # exact comparisons below: bf16 scores vary with batch shape
+                      "train.precision=fp32", "scoring.precision=fp32")  # exact comparisons below: bf16 scores
+    # vary with batch shape
     out = tmp / "run"
     result = pipeline.train_run(cfg, [str(tmp / "train.csv")], out, test_data=[str(tmp / "test.jsonl")],
                                 log=lambda *a, **k: None)

@@ -60,11 +60,13 @@ def test_cpu_kind_from_flags_and_onednn_cap(monkeypatch, flags, cap, kind):
         monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)
     assert precision.cpu_kind() == kind
     assert precision.resolve("auto", "cpu") == ("bf16" if kind in ("amx", "avx512-bf16") else "fp32")
-    assert scoring.scoring_tokens(-1, "cpu") == scoring.CPU_SCORING_TOKENS.get(kind, scoring.CPU_SCORING_TOKENS["amx"])
+    assert scoring.scoring_tokens(-1, "cpu") == scoring.CPU_SCORING_TOKENS[kind] == (2048 if kind == "amx" else 1024)
 
 
 def test_this_machines_cpu_kind_is_one_of_the_kinds():
+    from loraclf import scoring
     assert precision.cpu_kind() in precision.CPU_KINDS
+    assert set(scoring.CPU_SCORING_TOKENS) == set(precision.CPU_KINDS)  # every kind has its cap
 
 
 def test_unknown_choice_is_a_user_error():

@@ -27,8 +27,9 @@ from . import rundir
 from .errors import UserError
 
 # padded tokens per CPU scoring batch, by CPU kind (precision.cpu_kind): the fastest cap that `python bench/bench.py
-# --levers --lever scoring` measured on that kind (docs/performance.md); a kind not measured yet takes AMX's
-CPU_SCORING_TOKENS = {"amx": 2048, "avx512-bf16": 1024, "avx512": 1024, "avx2": 1024}
+# --levers --lever scoring` measured on that kind (docs/performance.md); `other` (not measured) takes the cap every
+# kind without AMX measured fastest
+CPU_SCORING_TOKENS = {"amx": 2048, "avx512-bf16": 1024, "avx512": 1024, "avx2": 1024, "other": 1024}
 PREDICT_BACKENDS = ("torch", "openvino", "onnx")
 
 
@@ -46,7 +47,7 @@ def check_batching(batch_size: int, max_tokens: int) -> None:
 
 def cpu_scoring_tokens() -> int:
     """This CPU kind's cap on padded tokens per scoring batch (CPU_SCORING_TOKENS)."""
-    return CPU_SCORING_TOKENS.get(precision_mod.cpu_kind(), CPU_SCORING_TOKENS["amx"])
+    return CPU_SCORING_TOKENS[precision_mod.cpu_kind()]
 
 
 def scoring_tokens(max_tokens: int, device) -> int:
@@ -395,6 +396,7 @@ def _model_logits(model, tokenizer, max_length: int, backend: str, batch_size: i
     if backend == "openvino":
         request = openvino_compile(model, precision, cls_only, pairs and "token_type_ids" in tokenizer.model_input_names)
         return _openvino_logits(request, tokenizer, max_length, batch_size, max_tokens, treatment, stats)
+    precision_mod.resolve_for(precision, inference_device(), model)  # refused at load, not on the first request
     return lambda texts: logits_for(model, tokenizer, texts, max_length, batch_size, precision, max_tokens=max_tokens,
                                     full_cast=full_cast, cls_only=cls_only, tune_malloc=tune_malloc,
                                     treatment=treatment, stats=stats)
