@@ -11,6 +11,8 @@ def test_presets_load_and_validate():
     b = config.load("agnews-b")
     assert b.train.gradient_checkpointing and b.train.grad_accum == 2 and b.data.val_size == 640
     assert (b.data.max_length, b.data.max_length_infer) == (128, 256)
+    # the reports scored in the precision they trained in
+    assert (a.train.precision, a.scoring.precision, b.train.precision, b.scoring.precision) == ("fp32",) * 2 + ("fp16",) * 2
 
 
 def test_set_reaches_every_field_with_types():
