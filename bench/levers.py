@@ -365,9 +365,8 @@ def scoring_levers(model, infer_fn, many, fast, record, opts, log) -> list[dict]
     """Every scoring lever on this CPU kind, as predict scores (merged model, `many` rows): the precision, the
     first-token last layer, the token cap (in fp32 and, where bf16 is native, in bf16 too, since the precision row
     decides which one scoring's auto takes), the whole-model bf16 cast (where bf16 is native), the batch size, each
-    against the resolved default (`fast`: auto) with the others at their defaults; all alternated, twice;
-    then glibc's malloc
-    thresholds in fresh processes. Run it once per CPU kind (ONEDNN_MAX_CPU_ISA holds an AMX CPU to a lower
+    against the resolved default (`fast`: auto) with the others at their defaults; all alternated, twice; then
+    glibc's malloc thresholds in fresh processes. Run it once per CPU kind (ONEDNN_MAX_CPU_ISA holds an AMX CPU to a lower
     kind's kernels) and compare each lever's rows within the run."""
     from loraclf import precision as precision_mod
     from loraclf import scoring

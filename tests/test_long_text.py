@@ -37,9 +37,9 @@ def tok(tiny_bert):
 def long_run(request, tmp_path_factory, tiny_bert):
     tmp = tmp_path_factory.mktemp("long")
     train, test = _csv(tmp / "train.csv", 0, 48), _csv(tmp / "test.csv", 100, 16)
+    # fp32: compared with predict at 1e-4, and bf16 scores vary with batch shape
     cfg = tiny_config(tiny_bert, f"data.long_text={request.param}", "data.chunk_stride=8", "train.epochs=2",
-                      "train.precision=fp32", "scoring.precision=fp32")  # compared with predict at 1e-4: bf16
-    # scores vary with batch shape
+                      "train.precision=fp32", "scoring.precision=fp32")
     logged = []
     result = pipeline.train_run(cfg, [str(train)], tmp / "run", test_data=[str(test)], log=logged.append)
     return {"mode": request.param, "run": tmp / "run", "test": test, "result": result, "log": logged}

@@ -177,10 +177,9 @@ def ml_run(tmp_path_factory, tiny_bert):
     tmp = tmp_path_factory.mktemp("multilabel")
     _write(tmp / "train.csv", _rows(96), "csv", ";")
     _write(tmp / "test.jsonl", _rows(24), "jsonl")
+    # fp32: the comparisons below are exact, and bf16 scores vary with batch shape
     cfg = tiny_config(tiny_bert, "data.task=multi_label", "data.label_delimiter=;", "train.epochs=3",
-                      "train.class_weight=balanced",
-                      "train.precision=fp32", "scoring.precision=fp32")  # exact comparisons below: bf16 scores
-    # vary with batch shape
+                      "train.class_weight=balanced", "train.precision=fp32", "scoring.precision=fp32")
     out = tmp / "run"
     result = pipeline.train_run(cfg, [str(tmp / "train.csv")], out, test_data=[str(tmp / "test.jsonl")],
                                 log=lambda *a, **k: None)

@@ -96,7 +96,9 @@ def resolve_for(precision: str, device, model_or_config) -> str:
         return resolved
     if precision != "auto":
         raise UserError(f"{family.name} cannot run in {resolved}: transformers fills its attention mask with the "
-                        f"fp32 minimum, which overflows {resolved}", "use --precision fp32 (or auto)")
+                        f"fp32 minimum, which overflows {resolved}",
+                        "use fp32 or auto: --set train.precision=... and scoring.precision=... for a run, "
+                        "--precision for evaluate, predict and serve")
     families.note_once(f"{family.name}: precision auto runs in fp32 here (its attention mask overflows {resolved} "
                        "under autocast)")
     return "fp32"
