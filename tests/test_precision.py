@@ -139,5 +139,7 @@ def test_a_run_trains_and_scores_each_in_its_own_precision(monkeypatch, tiny_ber
     assert (r["cpu_kind"], r["train.precision"], r["scoring.precision"], r["scoring.bf16_full_cast"]) == \
         ("avx512-bf16", "bf16", "fp32", False)
     again = pipeline.evaluate_run(out, [str(small_csv)])
-    assert again["accuracy"] == result["test"]["accuracy"]
-    assert again["loss"] == pytest.approx(result["test"]["loss"], abs=1e-5)
+    # to fp32 rounding (evaluate merges the adapter into the weights): bf16 autocast left on the trained model's
+    # forward moved this loss by 8e-6, the merge by 2e-10
+    assert (again["accuracy"], again["confusion"]) == (result["test"]["accuracy"], result["test"]["confusion"])
+    assert again["loss"] == pytest.approx(result["test"]["loss"], rel=1e-8, abs=0)

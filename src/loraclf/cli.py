@@ -68,7 +68,8 @@ def _maybe_report(run_dir: Path, args) -> None:
 def cmd_evaluate(args) -> int:
     from . import longtext, metrics, pipeline
     m = pipeline.evaluate_run(Path(args.run), args.data, trust_pickle=args.trust_pickle, batch_size=args.batch_size,
-                          name=args.name, max_tokens=args.max_tokens, precision=args.precision)
+                              name=args.name, max_tokens=args.max_tokens, precision=args.precision,
+                              text_column=args.text_column, label_column=args.label_column)
     if m.get("long_text"):
         print(longtext.describe(m["long_text"]))
     print(metrics.metrics_table(m, f"{args.run} on {', '.join(args.data)}"))
@@ -258,6 +259,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--precision", default=None, choices=precision.PRECISION_CHOICES,
                    help="default: the run's scoring.precision (auto: bf16 where this CPU or GPU has native bf16); bf16 "
                    "scores move slightly with batch shape, so fp32 reproduces an fp32 run's figures exactly")
+    p.add_argument("--text-column", action="append",
+                   help="text column of the data (default: the run's); twice for a run on sentence pairs")
+    p.add_argument("--label-column", help="label column of the data (default: the run's)")
     p.add_argument("--trust-pickle", action="store_true")
     p.add_argument("--no-report", action="store_true")
     report_cli.add_track_args(p)
@@ -268,7 +272,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("run")
     p.add_argument("input")
     p.add_argument("-o", "--output", default="submission.csv")
-    p.add_argument("--label-names", action="store_true", help="write class names instead of ids")
+    p.add_argument("--label-names", action="store_true",
+                   help="write class names instead of ids (classes named by numbers are always written as those numbers)")
     p.add_argument("--probs", action="store_true", help="add one probability column per class")
     _add_scoring_batch_args(p)
     p.add_argument("--precision", default="auto", choices=precision.SCORING_CHOICES,

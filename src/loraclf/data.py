@@ -27,9 +27,9 @@ MAX_TEXT_CHARS = 1_000_000  # longer texts are cut here before tokenization (the
 # csv's default cap is 128 KiB a field; one text may be megabytes (it is cut at MAX_TEXT_CHARS). A field past this
 # limit is almost always an unclosed quote that swallowed the rest of the file.
 CSV_FIELD_LIMIT = 2**31 - 1
-# Without data.label_names, class ids 0..max(id) become the classes: an id like 10**9 would otherwise make a
-# billion class names.
-MAX_CLASSES = 10_000
+MAX_CLASSES = 10_000  # distinct labels a file may bring without data.label_names
+TEXT_COLUMN_FIX = "name the text column (train: --set data.text_column=NAME; predict, evaluate: --text-column NAME)"
+LABEL_COLUMN_FIX = "name the label column (train: --set data.label_column=NAME; evaluate: --label-column NAME)"
 MAX_JSON_KEYS = 1_000  # distinct keys over all JSON records
 DELIMITERS = {",": "comma", "\t": "tab", ";": "semicolon", "|": "pipe"}
 # What a corrupt or truncated pickle raises while loading (seen by fuzzing real Dataset/DataFrame pickles);
@@ -45,6 +45,7 @@ class Examples:
     label_names: list[str]
     ids: list | None = None           # an `id` column if the source has one
     source: str = ""
+    names_from: str = "given"         # "given" (config or run), "source" (classes.txt, a ClassLabel), "labels"
 
     def __len__(self) -> int:
         return len(self.texts)
@@ -54,7 +55,7 @@ class Examples:
         return Examples([self.texts[i] for i in index],
                         None if self.labels is None else [self.labels[i] for i in index],
                         self.label_names, None if self.ids is None else [self.ids[i] for i in index],
-                        self.source)
+                        self.source, self.names_from)
 
 
 @dataclass
@@ -275,6 +276,10 @@ def _pickled_table(obj, path: Path) -> _Table | None:
     import pandas as pd
     if isinstance(obj, pd.DataFrame):
         columns = {str(c): obj[c].tolist() for c in obj.columns}
+        index = obj.index
+        if ("id" not in columns and "ID" not in columns and not index.equals(pd.RangeIndex(len(obj))) and index.is_unique
+                and all(isinstance(v, (str, int, np.integer)) and not isinstance(v, (bool, np.bool_)) for v in index)):
+            columns["id"] = index.tolist()  # a DataFrame's own row labels (not 0..n-1) are its ids
         return _Table(columns, str(path), "row", 0)
     try:
         import datasets
@@ -371,7 +376,7 @@ def is_blank(v) -> bool:
 def _texts(t: _Table, text_col: str) -> list[str]:
     if text_col not in t.columns:
         raise UserError(f"{t.where} has no column {column_label(text_col)!r} (columns: {column_list(t.columns)})",
-                        "name the text column with --set data.text_column=<name>")
+                        TEXT_COLUMN_FIX)
     texts = []
     for i, v in enumerate(t.columns[text_col]):
         if is_blank(v):
@@ -379,7 +384,7 @@ def _texts(t: _Table, text_col: str) -> list[str]:
                             "fill in the text or remove that row")
         if not isinstance(v, str):
             raise UserError(f"{row_label(t, i)} column {text_col!r}: {type(v).__name__} value {untrusted.show(v)}, not text",
-                            f"store {text_col!r} as strings, or name the text column with --set data.text_column=<name>")
+                            f"store {text_col!r} as strings, or {TEXT_COLUMN_FIX}")
         v = v[:MAX_TEXT_CHARS]
         problem = untrusted.unicode_problem(v)
         if problem:  # the tokenizer cannot take it, and the outputs could not be written
@@ -396,7 +401,8 @@ def _pair_texts(t: _Table, columns: list[str]) -> list[tuple[str, str]]:
     if missing:
         raise UserError(f"{t.where} has no column {column_label(missing[0])!r} for the "
                         f"{'first' if missing[0] == columns[0] else 'second'} text of a pair (columns: {column_list(t.columns)})",
-                        "name the two text columns with --set data.text_columns=<first>,<second>")
+                        "name the two text columns (train: --set data.text_columns=FIRST,SECOND; predict, evaluate: "
+                        "--text-column FIRST --text-column SECOND)")
     return list(zip(_texts(t, columns[0]), _texts(t, columns[1])))
 
 
@@ -428,7 +434,7 @@ def class_id_or_name(v, names: list[str]):
         raise NotALabel(f"is a {type(v).__name__}, not a class id or name (labels are ids 0..K-1 or names)")
     text = v.strip()
     m = _CLASS_ID.fullmatch(text)
-    if m:  # ids win over names that are digits, as data.label_names documents
+    if m:  # a whole number; class_map decides whether it is a class id or a class named by that number
         sign, digits = m.groups()
         value = int(digits) if len(digits) <= 18 else _BIG
         return -value if sign == "-" else value
@@ -449,11 +455,85 @@ def class_id_or_name(v, names: list[str]):
     return text
 
 
-def _labels(t: _Table, label_col: str, names: list[str]) -> tuple[list[int], list[str]]:
-    """Resolve a label column (ids or names) against known names; returns ids and the names used."""
+class BadLabel(Exception):
+    """class_map's refusal of one label value: what is wrong with it and what to do (the caller names the row)."""
+
+    def __init__(self, value, problem: str, fix: str):
+        super().__init__(problem)
+        self.value, self.problem, self.fix = value, problem, fix  # problem: "{label}" first marks where the value goes
+
+
+def number_names(names) -> dict[int, int]:
+    """{number: class index} for the class names that are whole numbers (`-1`, `3`, `07`)."""
+    out = {}
+    for j, n in enumerate(names):
+        try:
+            v = class_id_or_name(n, [])
+        except NotALabel:
+            continue
+        if isinstance(v, int) and abs(v) != _BIG:
+            out[v] = j
+    return out
+
+
+def names_are_numbers(names) -> bool:
+    """Every class is named by a whole number: predictions are written as those numbers (the labels' own values)."""
+    return bool(names) and len(number_names(names)) == len(names)
+
+
+def class_map(values, names: list[str], one_based: bool = False, origin: str = "") -> tuple[dict, list[str]]:
+    """The class index of each distinct label value (class_id_or_name's: an int for a whole number, a str for a
+    name), and the class names. With `names` of words (World, Sports, ...), whole numbers are class ids 0..K-1
+    (1..K where `one_based`, the AG News layout). With names that are numbers, a whole number is the class named
+    by it (classes -1, 0, 1 or 1..5). Without names the labels are the classes: their values sorted, numbers by
+    value. `origin` says where given names came from, for the fix of an unknown label. Raises BadLabel."""
+    numbers = sorted({v for v in values if isinstance(v, int)})
+    words = sorted({v for v in values if isinstance(v, str)})
+    numbered = number_names(names)
+    if numbers and words and not numbered:
+        odd = next(v for v in values if isinstance(v, int) != isinstance(values[0], int))
+        raise BadLabel(odd, "labels mix class ids and class names (label {label})",
+                       "use only ids (0..K-1) or only names in one file")
+    if names and numbers and not numbered or not names and numbers and one_based:
+        offset = 1 if one_based else 0
+        lo, hi = offset, (len(names) if names else MAX_CLASSES) - 1 + offset
+        for v in numbers:
+            if v < lo or v > hi:
+                if names:
+                    raise BadLabel(v, f"label {{label}} is out of range {lo}..{hi} ({len(names)} classes: "
+                                   f"{column_list(names)})",
+                                   "fix the label, or set data.label_names to the full class list")
+                raise BadLabel(v, f"label {{label}} is out of range {lo}..{hi} (class ids count up from {lo}, at most "
+                               f"{MAX_CLASSES:,} classes)", "fix the label, or set data.label_names to the full class list")
+        names = names or [str(j) for j in range(numbers[-1] + 1 - offset)]
+        return {v: v - offset for v in numbers}, list(names)
+    if names:
+        index = {n: j for j, n in enumerate(names)} | numbered
+        for v in numbers + words:
+            if v not in index:
+                raise BadLabel(v, "unknown label {label}", f"labels must be one of: {column_list(names)}"
+                               + (f" ({origin})" if origin else ""))
+        return {v: index[v] for v in numbers + words}, list(names)
+    for v in numbers:
+        if abs(v) == _BIG:
+            raise BadLabel(v, "label {label} has more than 18 digits: not a class id", "fix the label")
+    classes = numbers or words
+    if len(classes) > MAX_CLASSES:
+        raise BadLabel(classes[MAX_CLASSES], f"label {{label}} makes more than {MAX_CLASSES:,} distinct classes",
+                       "check data.label_column: it should name the column of classes")
+    return {v: j for j, v in enumerate(classes)}, [str(v) for v in classes]
+
+
+def shown_label(value, raw) -> str:
+    """A refused label as an error shows it: a class id as the number it is, anything else as written."""
+    return str(value) if isinstance(value, int) and abs(value) != _BIG else untrusted.show(raw)
+
+
+def _labels(t: _Table, label_col: str, names: list[str], origin: str = "") -> tuple[list[int], list[str]]:
+    """Resolve a label column (ids, numbers or names) against known names (class_map); returns ids and the names."""
     if label_col not in t.columns:
         raise UserError(f"{t.where} has no column {column_label(label_col)!r} (columns: {column_list(t.columns)})",
-                        "name the label column with --set data.label_column=<name>")
+                        LABEL_COLUMN_FIX)
     if len(set(names)) != len(names):
         raise UserError(f"the class names repeat a name ({column_list(names)})", "list every class once, in id order")
     raw = t.columns[label_col]
@@ -466,35 +546,12 @@ def _labels(t: _Table, label_col: str, names: list[str]) -> tuple[list[int], lis
         except NotALabel as e:
             raise UserError(f"{row_label(t, i)} column {label_col!r}: label {untrusted.show(v)} {e}",
                             "labels are class ids 0..K-1 or class names; fix that row") from None
-    as_int = [isinstance(v, int) for v in values]
-    if all(as_int):
-        offset = 1 if t.labels_one_based else 0
-        lo, hi = offset, (len(names) if names else MAX_CLASSES) - 1 + offset
-        for i, v in enumerate(values):
-            if v < lo or v > hi:
-                shown = untrusted.show(raw[i]) if v == _BIG or -v == _BIG else str(v)
-                if names:
-                    raise UserError(f"{row_label(t, i)} column {label_col!r}: label {shown} is out of range {lo}..{hi}"
-                                    f" ({len(names)} classes: {column_list(names)})",
-                                    "fix the label, or set data.label_names to the full class list")
-                raise UserError(f"{row_label(t, i)} column {label_col!r}: label {shown} is out of range "
-                                f"{lo}..{hi} (class ids count up from {lo}, at most {MAX_CLASSES:,} classes)",
-                                "fix the label, or set data.label_names to the full class list")
-        ids = [v - offset for v in values]
-        if not names:
-            names = [str(j) for j in range(max(ids) + 1)]
-        return ids, names
-    if any(as_int):
-        i = as_int.index(not as_int[0])
-        raise UserError(f"{row_label(t, i)} column {label_col!r}: labels mix class ids and class names "
-                        f"(label {untrusted.show(raw[i])})", "use only ids (0..K-1) or only names in one file")
-    if not names:
-        names = sorted(set(values))
-    index = {n: j for j, n in enumerate(names)}
-    for i, v in enumerate(values):
-        if v not in index:
-            raise UserError(f"{row_label(t, i)} column {label_col!r}: unknown label {untrusted.show(v)}",
-                            f"labels must be one of: {column_list(names)}")
+    try:
+        index, names = class_map(values, names, t.labels_one_based, origin)
+    except BadLabel as e:
+        i = values.index(e.value)
+        raise UserError(f"{row_label(t, i)} column {label_col!r}: " + e.problem.replace("{label}", shown_label(e.value, raw[i]), 1),
+                        e.fix) from None
     return [index[v] for v in values], names
 
 
@@ -518,16 +575,18 @@ def _check_ids(t: _Table, ids: list) -> None:
 
 def load(source: str, *, text_column: str = "text", label_column: str = "label", label_names=(),
          split: str = "train", labelled: bool = True, encoding: str = "utf-8", trust_pickle: bool = False,
-         text_columns=(), task: str = "single_label", label_delimiter: str = "|") -> Examples:
-    """Read one source into Examples. `label_names` (from the config or a trained run) fixes the class
-    order; without it, names come from the source (classes.txt, ClassLabel) or from the labels. Two
-    `text_columns` make each row a (text_a, text_b) pair. With task="multi_label" labels are multi-hot rows
-    (multilabel.label_sets)."""
+         text_columns=(), task: str = "single_label", label_delimiter: str = "|", names_origin: str = "") -> Examples:
+    """Read one source into Examples. `label_names` (from the config or a trained run; `names_origin` says which,
+    for errors) fixes the class order; without it, names come from the source (classes.txt, ClassLabel) or from
+    the labels (class_map). Two `text_columns` make each row a (text_a, text_b) pair. With task="multi_label"
+    labels are multi-hot rows (multilabel.label_sets)."""
     from . import multilabel
     columns = list(text_columns) or [text_column]
     t = _read(str(source), split, encoding, columns[0], trust_pickle)
     texts = _pair_texts(t, columns) if len(columns) == 2 else _texts(t, columns[0])
     names = list(label_names) or t.label_names
+    names_from = "given" if label_names else "source" if t.label_names else "labels"
+    origin = names_origin if label_names else f"the classes {t.where} names" if t.label_names else ""
     ids = t.columns.get("id") or t.columns.get("ID")
     if ids is not None:
         ids = list(ids)
@@ -535,24 +594,64 @@ def load(source: str, *, text_column: str = "text", label_column: str = "label",
     labels = None
     if labelled or label_column in t.columns:  # unlabelled inputs may still carry labels (e.g. test.csv)
         if task == "multi_label":
-            labels, names = multilabel.label_sets(t, label_column, names, label_delimiter)
+            labels, names = multilabel.label_sets(t, label_column, names, label_delimiter, origin)
         else:
             multilabel.refuse_label_sets(t, label_column, names, label_delimiter)
-            labels, names = _labels(t, label_column, names)
-    return Examples(texts, labels, list(names), ids, str(source))
+            labels, names = _labels(t, label_column, names, origin)
+    else:
+        names_from = "given" if label_names else "source"
+    return Examples(texts, labels, list(names), ids, str(source), names_from)
 
 
 def load_many(sources, **kw) -> Examples:
-    """Several sources concatenated (e.g. the two files of the shared training pool)."""
+    """Several sources concatenated (e.g. the two files of the shared training pool). Files whose classes come
+    from their labels share one class list: a file that names its classes (classes.txt) gives it to the others,
+    else the union of their labels (ordered as class_map orders one file's)."""
     parts = [load(s, **kw) for s in sources]
-    names = max((p.label_names for p in parts), key=len)
-    for p in parts:
-        if p.label_names and p.label_names != names[: len(p.label_names)] and not all(n.isdigit() for n in p.label_names):
-            raise UserError(f"{p.source} has classes {p.label_names}, other files have {names}",
-                            "give files with the same classes, or set data.label_names")
+    named = [p for p in parts if p.names_from != "labels"]
+    derived = [p for p in parts if p.names_from == "labels" and p.labels is not None]
+    if named:
+        names = named[0].label_names
+        for p in named:
+            if p.label_names != names:
+                raise UserError(f"{p.source} has classes {column_list(p.label_names)}, {named[0].source} has "
+                                f"{column_list(names)}", "give files with the same classes, or set data.label_names")
+        again = kw | {"label_names": names, "names_origin": f"the classes {named[0].source} names"}
+        parts = [load(p.source, **again) if p in derived else p for p in parts]
+    elif len(derived) > 1:
+        _share_classes(derived)
+    names = next((p.label_names for p in parts if p.labels is not None), parts[0].label_names)
     ids = None if any(p.ids is None for p in parts) else [i for p in parts for i in p.ids]
     labels = None if any(p.labels is None for p in parts) else [y for p in parts for y in p.labels]
-    return Examples([x for p in parts for x in p.texts], labels, list(names), ids, " + ".join(p.source for p in parts))
+    return Examples([x for p in parts for x in p.texts], labels, list(names), ids, " + ".join(p.source for p in parts),
+                    parts[0].names_from)
+
+
+def _share_classes(parts: list[Examples]) -> None:
+    """Give files that took their classes from their labels the union of those classes, relabelling their rows."""
+    numeric = [names_are_numbers(p.label_names) for p in parts]
+    if any(numeric) and not all(numeric):
+        a, b = parts[numeric.index(True)], parts[numeric.index(False)]
+        raise UserError(f"{a.source} has classes {column_list(a.label_names)}, {b.source} has "
+                        f"{column_list(b.label_names)}", "give files with the same classes, or set data.label_names")
+    key = (lambda n: int(n)) if all(numeric) else (lambda n: n)
+    names = sorted({n for p in parts for n in p.label_names}, key=key)
+    index = {n: j for j, n in enumerate(names)}
+    for p in parts:
+        new = [index[n] for n in p.label_names]
+        if isinstance(p.labels[0], list):  # multi-hot rows
+            p.labels = [_moved(row, new, len(names)) for row in p.labels]
+        else:
+            p.labels = [new[y] for y in p.labels]
+        p.label_names = names
+
+
+def _moved(row: list[int], new: list[int], k: int) -> list[int]:
+    out = [0] * k
+    for j, bit in enumerate(row):
+        if bit:
+            out[new[j]] = 1
+    return out
 
 
 def split(examples: Examples, val_size: float, seed: int) -> tuple[Examples, Examples | None]:
@@ -566,11 +665,28 @@ def split(examples: Examples, val_size: float, seed: int) -> tuple[Examples, Exa
                         "use a smaller data.val_size, or more data")
     from sklearn.model_selection import train_test_split
     index = np.arange(n)
+    single = np.zeros(n, dtype=bool)  # rows of a class with one row: they stay in training, where a class is learnt
+    if examples.labels is not None and not isinstance(examples.labels[0], list):
+        ids, counts = np.unique(examples.labels, return_counts=True)
+        single = np.isin(examples.labels, ids[counts == 1])
+    rest = index[~single]
+    n_val = min(n_val, len(rest) - 1)
+    if n_val < 1:
+        raise UserError(f"a validation split of {val_size} leaves no training or no validation rows out of {n} "
+                        "(a class with a single row keeps it for training)", "use a smaller data.val_size, or more data")
+    stratify = None if examples.labels is None else [examples.labels[i] for i in rest]
     try:
-        tr, va = train_test_split(index, test_size=n_val, random_state=seed, stratify=examples.labels)
-    except ValueError:  # a class with a single row cannot be stratified
-        tr, va = train_test_split(index, test_size=n_val, random_state=seed)
-    return examples.subset(sorted(tr)), examples.subset(sorted(va))
+        tr, va = train_test_split(rest, test_size=n_val, random_state=seed, stratify=stratify)
+    except ValueError:  # fewer validation rows than classes, or label sets that cannot be stratified
+        tr, va = train_test_split(rest, test_size=n_val, random_state=seed)
+        if examples.labels is not None and not isinstance(examples.labels[0], list):
+            learnt, back = {examples.labels[i] for i in tr}, set()
+            for i in va:  # one row of each class the random split left out of training goes back to it
+                if examples.labels[i] not in learnt:
+                    learnt.add(examples.labels[i])
+                    back.add(i)
+            tr, va = [*tr, *back], [i for i in va if i not in back]  # each class moved had 2+ rows in va
+    return examples.subset(sorted([*tr, *index[single]])), examples.subset(sorted(va))
 
 
 # ---------------------------------------------------------------------------- tokens and batches

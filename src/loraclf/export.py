@@ -153,8 +153,9 @@ def _write_common(out: Path, run_dir: Path, meta: dict, model_config) -> None:
         model_config.save_pretrained(str(out))
 
 
-def _build(out: Path, overwrite: bool, fill) -> Path:
-    """Write an export into a temp folder beside `out`, then swap it into place."""
+def _build(out: Path, overwrite: bool, fill, staged: list | None = None) -> Path:
+    """Write an export into a temp folder beside `out`, then swap it into place; with `staged` (export_run's
+    several exports) the (temp, out) pair is kept there instead, to be swapped in once every export succeeded."""
     out = Path(out)
     _check_out(out, overwrite)
     tmp = rundir.temp_dir(out)
@@ -164,7 +165,10 @@ def _build(out: Path, overwrite: bool, fill) -> Path:
         for f in tmp.iterdir():  # some writers (safetensors) make 0600 files
             if f.is_file():
                 os.chmod(f, mode)
-        rundir.replace_dir(tmp, out)
+        if staged is not None:
+            staged.append((tmp, out))
+        else:
+            rundir.replace_dir(tmp, out)
     except BaseException as e:
         shutil.rmtree(tmp, ignore_errors=True)
         if isinstance(e, OSError):  # a full disk while the export was being written
@@ -196,7 +200,8 @@ def export_tokenizer(path: Path):
 
 # ------------------------------------------------------------------------------------------ merged
 
-def export_merged(run_dir, out, overwrite: bool = False, check_texts: list[str] | None = None, _loaded=None) -> Path:
+def export_merged(run_dir, out, overwrite: bool = False, check_texts: list[str] | None = None, _loaded=None,
+                  _staged: list | None = None) -> Path:
     """A plain Hugging Face folder: AutoModelForSequenceClassification.from_pretrained(out) needs no peft."""
     run = _check_run(run_dir)
     run_dir = run.path
@@ -221,7 +226,7 @@ def export_merged(run_dir, out, overwrite: bool = False, check_texts: list[str] 
             raise UserError(f"the merged model's logits differ from the run's by {diff:.2e} (limit {MERGED_ATOL:g})",
                             "this adapter cannot be merged exactly; serve or predict from the run directory instead")
 
-    return _build(Path(out), overwrite, fill)
+    return _build(Path(out), overwrite, fill, _staged)
 
 
 # ------------------------------------------------------------------------------------------ ONNX
@@ -280,7 +285,7 @@ def _try_exporters(model, path: Path, opset: int, exporter: str, inputs: tuple, 
 
 
 def export_onnx(run_dir, out, overwrite: bool = False, opset: int = 18, exporter: str = "auto",
-                check_texts: list[str] | None = None, _loaded=None) -> Path:
+                check_texts: list[str] | None = None, _loaded=None, _staged: list | None = None) -> Path:
     """ONNX graph of the merged fp32 model; checked against PyTorch with onnxruntime before it is kept."""
     _require_onnxruntime()
     run = _check_run(run_dir)
@@ -304,23 +309,48 @@ def export_onnx(run_dir, out, overwrite: bool = False, opset: int = 18, exporter
             else:
                 model.config._attn_implementation = "eager"
         _clean_config(model, label_names)
-        with torch.no_grad():
-            used = _onnx_export(model, tmp / "model.onnx", opset, exporter, types)
-        meta = _meta("onnx", run_dir, cfg, label_names, {"onnx": "model.onnx", "opset": opset, "exporter": used})
-        _write_common(tmp, run_dir, meta, model.config)
         reference = _torch_logits(model, tokenizer, texts, cfg)
-        got = OnnxClassifier(tmp).logits(texts)
-        diff = float(np.abs(got - reference).max())
-        if not diff <= ONNX_ATOL:
-            raise UserError(f"onnxruntime's logits differ from PyTorch's by {diff:.2e} (limit {ONNX_ATOL:g})",
-                            "try --onnx-exporter legacy or another --opset, or use the --merged export")
+        problems = []
+        # auto: the dynamo exporter, and the legacy one where dynamo's graph fails the check (it may fix a shape
+        # that should stay dynamic: Canine's, Funnel's sequence length)
+        for kind in (["dynamo", "legacy"] if exporter == "auto" else [exporter]):
+            try:
+                with torch.no_grad():
+                    _onnx_export(model, tmp / "model.onnx", opset, kind, types)
+                meta = _meta("onnx", run_dir, cfg, label_names, {"onnx": "model.onnx", "opset": opset, "exporter": kind})
+                _write_common(tmp, run_dir, meta, model.config)
+                problem = _onnx_check(tmp, texts, reference)
+            except UserError as e:
+                problem = e.what.removeprefix("ONNX export failed (").removesuffix(")")
+            if problem is None:
+                return
+            problems.append(f"{kind}: {problem}")
+            for f in tmp.iterdir():
+                if f.is_dir():
+                    shutil.rmtree(f)
+                else:
+                    f.unlink()
+        raise UserError(f"ONNX export failed ({'; '.join(problems)})",
+                        ("try another --opset" if exporter == "auto" else "try --onnx-exporter auto or another --opset")
+                        + ", or use the --merged export")
 
-    return _build(Path(out), overwrite, fill)
+    return _build(Path(out), overwrite, fill, _staged)
+
+
+def _onnx_check(folder: Path, texts: list[str], reference: np.ndarray) -> str | None:
+    """What is wrong with an exported graph on texts of several lengths under onnxruntime, or None."""
+    try:
+        got = OnnxClassifier(folder).logits(texts)
+    except Exception as e:  # noqa: BLE001 - onnxruntime's errors (a shape the export fixed, a missing kernel)
+        return f"onnxruntime cannot run it: {type(e).__name__}: {(str(e).strip().splitlines() or [''])[0][:160]}"
+    diff = float(np.abs(got - reference).max())
+    return None if diff <= ONNX_ATOL else f"onnxruntime's logits differ from PyTorch's by {diff:.2e} (limit {ONNX_ATOL:g})"
 
 
 # ------------------------------------------------------------------------------------------ OpenVINO
 
-def export_openvino(run_dir, out, overwrite: bool = False, check_texts: list[str] | None = None, _loaded=None) -> Path:
+def export_openvino(run_dir, out, overwrite: bool = False, check_texts: list[str] | None = None, _loaded=None,
+                    _staged: list | None = None) -> Path:
     """The merged fp32 model converted to OpenVINO once and saved (openvino_model.xml + .bin); reloaded and checked
     against PyTorch before it is kept. `predict --backend openvino` on the folder compiles it without converting."""
     scoring.require_openvino()
@@ -347,7 +377,7 @@ def export_openvino(run_dir, out, overwrite: bool = False, check_texts: list[str
             raise UserError(f"OpenVINO's logits differ from PyTorch's by {diff:.2e} (limit {OPENVINO_ATOL:g})",
                             "use the --merged export and predict with --backend torch")
 
-    return _build(Path(out), overwrite, fill)
+    return _build(Path(out), overwrite, fill, _staged)
 
 
 def _require_onnxruntime():
@@ -548,11 +578,18 @@ def export_run(run_dir, merged_dir=None, onnx_dir=None, overwrite: bool = False,
     if openvino_dir:
         scoring.require_openvino()
     loaded = merged_model(run)
-    written = {}
-    if merged_dir:
-        written["merged"] = export_merged(run, merged_dir, overwrite, _loaded=loaded)
-    if onnx_dir:
-        written["onnx"] = export_onnx(run, onnx_dir, overwrite, opset, exporter, _loaded=loaded)
-    if openvino_dir:
-        written["openvino"] = export_openvino(run, openvino_dir, overwrite, _loaded=loaded)
+    written, staged = {}, []  # all or nothing: the folders are swapped in once every export has passed its check
+    try:
+        if merged_dir:
+            written["merged"] = export_merged(run, merged_dir, overwrite, _loaded=loaded, _staged=staged)
+        if onnx_dir:
+            written["onnx"] = export_onnx(run, onnx_dir, overwrite, opset, exporter, _loaded=loaded, _staged=staged)
+        if openvino_dir:
+            written["openvino"] = export_openvino(run, openvino_dir, overwrite, _loaded=loaded, _staged=staged)
+    except BaseException:
+        for tmp, _ in staged:
+            shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    for tmp, out in staged:
+        rundir.replace_dir(tmp, out)
     return written

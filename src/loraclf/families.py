@@ -120,7 +120,7 @@ _ADAPTER = re.compile(r"(?:^|\.)(lora_[AB]|lora_embedding_[AB]|lora_magnitude_ve
 QKV_LEAVES = (("query", "key", "value"), ("query_proj", "key_proj", "value_proj"), ("q_proj", "k_proj", "v_proj"),
               ("q_lin", "k_lin", "v_lin"), ("q_head", "k_head", "v_head"), ("q", "k", "v"), ("Wq", "Wk", "Wv"))
 FUSED_QKV_LEAVES = ("Wqkv", "qkv", "qkv_proj", "in_proj", "query_key_value", "c_attn")
-ATTENTION_OUTPUT_LEAVES = ("dense", "out_proj", "o_proj", "o", "out_lin", "Wo", "output_dense")
+ATTENTION_OUTPUT_LEAVES = ("dense", "out_proj", "o_proj", "o", "out_lin", "Wo", "output_dense", "post_proj")
 
 
 def _linears(module) -> list[tuple[str, torch.nn.Linear]]:
@@ -130,6 +130,17 @@ def _linears(module) -> list[tuple[str, torch.nn.Linear]]:
         if isinstance(m, torch.nn.Linear) and not _ADAPTER.search(name):
             out.setdefault(_WRAPPED.sub("", name).strip("."), m)  # classifier.original_module.dense: classifier.dense
     return list(out.items())
+
+
+def layer_kinds(model) -> list[str]:
+    """Class names of the modules with weights inside the model's numbered layers that are not torch.nn.Linear,
+    LayerNorm or Embedding (I-BERT's QuantLinear, SqueezeBERT's Conv1d): what a model without linears is made of."""
+    out = []
+    for name, m in model.named_modules():
+        if (re.search(r"\.\d+\.", name) and getattr(m, "weight", None) is not None and not list(m.children())
+                and not isinstance(m, (torch.nn.Linear, torch.nn.LayerNorm, torch.nn.Embedding))):
+            out.append(type(m).__name__)
+    return list(dict.fromkeys(out))
 
 
 def infer(model) -> Family | None:
@@ -188,6 +199,8 @@ def infer(model) -> Family | None:
             roles["attention-output"] = tuple(q for q in qualified if q.startswith(block) and q not in attention
                                               and leaf[q] in ATTENTION_OUTPUT_LEAVES)
             roles["ffn"] = tuple(q for q in qualified if not q.startswith(block))
+    else:  # no linear attention projections (FNet mixes tokens by Fourier transform, XLNet's are raw weights)
+        roles["ffn"] = tuple(qualified)
     roles = {k: tuple(dict.fromkeys(plain[q] for q in v)) for k, v in roles.items() if v}
     heads, proj, dense = [], None, None
     num_labels = getattr(model.config, "num_labels", None)

@@ -6,7 +6,7 @@ import numpy as np
 
 def classification(logits: np.ndarray, labels, label_names: list[str]) -> dict:
     """Loss, accuracy, macro-F1, per-class P/R/F1/support, confusion matrix raw and row-normalized."""
-    from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, precision_recall_fscore_support
+    from sklearn.metrics import accuracy_score, confusion_matrix, precision_recall_fscore_support
     logits = np.asarray(logits, dtype=np.float64)
     labels = np.asarray(labels, dtype=np.int64)
     ids = list(range(len(label_names)))
@@ -22,13 +22,22 @@ def classification(logits: np.ndarray, labels, label_names: list[str]) -> dict:
         "n": int(len(labels)),
         "loss": loss,
         "accuracy": float(accuracy_score(labels, preds)),
-        "macro_f1": float(f1_score(labels, preds, labels=ids, average="macro", zero_division=0)),
+        "macro_f1": macro_f1(labels, preds),
         "per_class": {name: {"precision": float(p[i]), "recall": float(r[i]), "f1": float(f[i]), "support": int(s[i])}
                       for i, name in enumerate(label_names)},
         "confusion": cm.tolist(),
         "confusion_normalized": np.round(norm, 6).tolist(),
         "label_names": list(label_names),
     }
+
+
+def macro_f1(labels: np.ndarray, preds: np.ndarray) -> float:
+    """F1 averaged over the classes that occur among the labels or the predictions (scikit-learn's default):
+    a class of the model that neither the data nor the model uses (an id skipped in the labels, a class absent
+    from this file) would count as a zero and pull the mean down for nothing."""
+    from sklearn.metrics import f1_score
+    occur = np.union1d(labels, preds)
+    return float(f1_score(labels, preds, labels=occur, average="macro", zero_division=0)) if len(occur) else 0.0
 
 
 def metrics_table(m: dict, title: str = "") -> str:

@@ -93,7 +93,9 @@ def load_base(cfg: Config, label_names: list[str], meta: bool = False):
     if meta:
         from accelerate import init_empty_weights
         with init_empty_weights():
-            return AutoModelForSequenceClassification.from_config(config, **kw)
+            model = AutoModelForSequenceClassification.from_config(config, **kw)
+        model.tie_weights()  # on the meta device shared embeddings (BART's) are not tied by construction
+        return model
     if cfg.model.init == "random":  # reproducible from the seed, so a run can be reloaded without weights
         torch.manual_seed(cfg.train.seed)
         return AutoModelForSequenceClassification.from_config(config, **kw)
@@ -147,6 +149,12 @@ def check_targets(model, targets: list[str]) -> dict[str, tuple[str, ...]]:
     resolved to (module paths inside a layer)."""
     heads = head_names(model)
     linears = [n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear) and n.split(".")[0] not in heads]
+    if families.family_of(model) is None and not any(re.search(rf"\.(?:{LAYER_CONTAINERS})\.\d+\.", n) for n in linears):
+        kinds = families.layer_kinds(model)
+        raise UserError(f"{type(model).__name__} has no encoder layers built of torch.nn.Linear"
+                        + (f" (its layers are built of {', '.join(kinds)})" if kinds else "")
+                        + ": the adapters loraclf trains (LoRA, IA3, VeRA) adapt nn.Linear layers",
+                        "use another encoder (docs/families.md lists the families that work)")
     for t in targets:
         if not families.is_role(t) and not any(n == t or n.endswith("." + t) for n in linears):
             raise UserError(f"LoRA target {t!r} matches no linear module of this model",
@@ -336,7 +344,50 @@ def attach(cfg: Config, base):
             for m in keep:
                 for p in m.parameters():
                     p.requires_grad_(True)
+    _check_head_trains(model, proj)
     return model
+
+
+_WRAPPERS = re.compile(r"^base_model\.model\.|\.(modules_to_save\.default|original_module|base_layer)(?=\.)")
+
+
+def _check_head_trains(model, proj: str) -> None:
+    """The classifier's final projection must train: a model whose head loraclf cannot find (Perceiver keeps it
+    inside its body) would otherwise train adapters under a random head that is neither trained nor saved."""
+    trained = {_WRAPPERS.sub("", n) for n, p in model.named_parameters() if p.requires_grad}
+    if not any(n.startswith(proj + ".") for n in trained):
+        base = model.get_base_model() if hasattr(model, "get_base_model") else model
+        raise UserError(f"cannot find the classification head of this {type(base).__name__}: no layer with "
+                        f"{base.config.num_labels} outputs sits beside its encoder, so none would train",
+                        "loraclf trains sequence classifiers whose head is a top-level module (classifier, score, "
+                        "or the family table's; docs/families.md)")
+
+
+def check_batch_widths(model, widths=(16, 24)) -> None:
+    """A model of an inferred family (no table row, so never checked) runs a forward at two batch widths before
+    training: loraclf pads each batch to its longest row (rounded up to 8), and a model that takes only one
+    input length (Nystromformer's segment means, Reformer's axial positions) must say so now, in one line."""
+    family = families.family_of(model)
+    if family is None or not family.name.endswith("(inferred)"):
+        return
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    device = next(model.parameters()).device
+    vocab = int(getattr(base.config, "vocab_size", 0) or 0)
+    was_training = model.training
+    try:
+        for training in (True, False):  # Reformer checks its input length in training mode only
+            model.train(training)
+            for width in widths:
+                ids = torch.full((2, width), min(5, max(vocab - 1, 0)), dtype=torch.long, device=device)
+                with torch.no_grad(), torch.random.fork_rng(devices=[]):  # dropout's draws leave the run's seed alone
+                    model(input_ids=ids, attention_mask=torch.ones_like(ids))
+    except Exception as e:  # whatever the model raises, told in one line
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:160].rstrip(".")
+        raise UserError(f"{type(base).__name__} fails a test forward of 2 rows x {width} tokens ({type(e).__name__}: "
+                        f"{first})", "loraclf pads each batch to its longest row: a model that takes only inputs of "
+                        "one fixed length is not supported (docs/families.md)") from None
+    finally:
+        model.train(was_training)
 
 
 def enable_gradient_checkpointing(model) -> None:
@@ -353,6 +404,7 @@ def enable_gradient_checkpointing(model) -> None:
 
 def build(cfg: Config, label_names: list[str]):
     model = attach(cfg, load_base(cfg, label_names))
+    check_batch_widths(model)
     if cfg.train.gradient_checkpointing:
         enable_gradient_checkpointing(model)
     return model

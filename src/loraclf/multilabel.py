@@ -41,13 +41,14 @@ def _items(v, delimiter: str):
     return None
 
 
-def label_sets(t, label_col: str, names: list[str], delimiter: str) -> tuple[list[list[int]], list[str]]:
+def label_sets(t, label_col: str, names: list[str], delimiter: str, origin: str = "") -> tuple[list[list[int]], list[str]]:
     """A label column of sets (lists, or strings joined by `delimiter`) -> multi-hot rows and the label names.
-    Ids and names as data.load reads single labels; a row may hold no label (an empty list)."""
+    Ids, numbers and names as data.load reads single labels (data.class_map); a row may hold no label (an empty
+    list)."""
     from . import data
     if label_col not in t.columns:
         raise UserError(f"{t.where} has no column {data.column_label(label_col)!r} (columns: {data.column_list(t.columns)})",
-                        "name the label column with --set data.label_column=<name>")
+                        data.LABEL_COLUMN_FIX)
     rows = []
     for i, v in enumerate(t.columns[label_col]):
         if data.is_blank(v):
@@ -64,30 +65,12 @@ def label_sets(t, label_col: str, names: list[str], delimiter: str) -> tuple[lis
                 raise UserError(f"{data.row_label(t, i)} column {label_col!r}: label {untrusted.show(x)} {e}",
                                 f"give each row a list of class ids or names (in CSV joined by {delimiter!r})") from None
         rows.append(values)
-    flat = [x for r in rows for x in r]
-    if flat and any(isinstance(x, int) for x in flat) and not all(isinstance(x, int) for x in flat):
-        i = next(i for i, r in enumerate(rows) if any(isinstance(x, int) != isinstance(flat[0], int) for x in r))
-        raise UserError(f"{data.row_label(t, i)} column {label_col!r}: labels mix class ids and class names",
-                        "use only ids (0..K-1) or only names in one file")
-    if flat and isinstance(flat[0], int):
-        offset = 1 if t.labels_one_based else 0
-        hi = (len(names) if names else data.MAX_CLASSES) - 1 + offset
-        for i, r in enumerate(rows):
-            bad = [x for x in r if not offset <= x <= hi]
-            if bad:
-                raise UserError(f"{data.row_label(t, i)} column {label_col!r}: label {bad[0]} is out of range {offset}..{hi}",
-                                "fix the label, or set data.label_names to the full label list")
-        rows = [[x - offset for x in r] for r in rows]
-        names = names or [str(j) for j in range(max(x for r in rows for x in r) + 1)]
-        index = {j: j for j in range(len(names))}
-    else:
-        names = names or sorted(set(flat))
-        index = {n: j for j, n in enumerate(names)}
-        for i, r in enumerate(rows):
-            unknown = [x for x in r if x not in index]
-            if unknown:
-                raise UserError(f"{data.row_label(t, i)} column {label_col!r}: unknown label {untrusted.show(unknown[0])}",
-                                f"labels must be among: {data.column_list(names)}")
+    try:
+        index, names = data.class_map([x for r in rows for x in r], names, t.labels_one_based, origin)
+    except data.BadLabel as e:
+        i = next(i for i, r in enumerate(rows) if e.value in r)
+        raise UserError(f"{data.row_label(t, i)} column {label_col!r}: " + e.problem.replace("{label}", data.shown_label(e.value, e.value), 1),
+                        e.fix) from None
     hot = []
     for r in rows:
         row = [0] * len(names)

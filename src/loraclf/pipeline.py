@@ -29,28 +29,44 @@ from .config import Config
 from .errors import Interrupted, UserError, traceback_wanted, unexpected
 
 
+NAMES_ORIGIN = "data.label_names; --set data.label_names=[] takes the classes from the data"
+
+
 def load_training_data(cfg: Config, sources: list[str], trust_pickle: bool = False):
     d = cfg.data
     examples = data_mod.load_many(sources, text_column=d.text_column, label_column=d.label_column,
                                   label_names=d.label_names, split="train", encoding=d.encoding, trust_pickle=trust_pickle,
-                                  text_columns=d.text_columns, **task_options(cfg))
-    if multilabel.is_multi(cfg):
+                                  text_columns=d.text_columns, names_origin=NAMES_ORIGIN, **task_options(cfg))
+    multi = multilabel.is_multi(cfg)
+    if multi:
         multilabel.check_classes(examples, sources)
         multilabel.check_pos_weight(cfg, examples.label_names)
     else:
-        check_classes(examples, sources)
+        check_classes(examples, sources, cfg)
     if d.max_train_samples and d.max_train_samples < len(examples):
         examples, _ = data_mod.split(examples, len(examples) - d.max_train_samples, cfg.train.seed)
-    return data_mod.split(examples, d.val_size, cfg.train.seed)
+    train, val = data_mod.split(examples, d.val_size, cfg.train.seed)
+    if not multi:
+        check_classes(train, [f"{', '.join(sources)}, less its validation rows"])
+    return train, val
 
 
-def check_classes(examples, sources: list[str]) -> None:
-    """A classifier needs two classes to tell apart: one class would train and score 100% on anything."""
+def check_classes(examples, sources: list[str], cfg: Config | None = None) -> None:
+    """A classifier needs two classes to tell apart: one class would train and score 100% on anything. Classes
+    the config lists (a preset's data.label_names) must each have training rows: a class that has none is
+    another task's (AG News names on a two-class file) or a mistake."""
     present = sorted(set(examples.labels))
     if len(examples.label_names) < 2 or len(present) < 2:
         only = examples.label_names[present[0]] if present and present[0] < len(examples.label_names) else "?"
         raise UserError(f"the training data ({', '.join(sources)}) has one class only ({only!r})",
                         "give rows of at least two classes (and check data.label_column)")
+    absent = [n for j, n in enumerate(examples.label_names) if j not in set(present)]
+    if cfg is not None and cfg.data.label_names and absent:
+        where = f" (from the preset {cfg.preset} or your settings)" if cfg.preset else ""
+        raise UserError(f"the training data ({', '.join(sources)}) has no rows of class {data_mod.column_list(absent)}: "
+                        f"data.label_names{where} lists {len(examples.label_names)} classes "
+                        f"({data_mod.column_list(examples.label_names)})",
+                        "set data.label_names to your classes, or --set data.label_names=[] to take them from the data")
 
 
 def task_options(cfg: Config) -> dict:
@@ -58,10 +74,17 @@ def task_options(cfg: Config) -> dict:
     return {"task": cfg.data.task, "label_delimiter": cfg.data.label_delimiter}
 
 
-def load_eval_data(cfg: Config, sources: list[str], label_names: list[str], trust_pickle: bool = False):
+def load_eval_data(cfg: Config, sources: list[str], label_names: list[str], trust_pickle: bool = False,
+                   text_column=None, label_column: str | None = None):
+    """Labelled data scored against a run's classes; `text_column` (one, or two for pairs) and `label_column` name
+    the data's columns where they are not the run's."""
+    from . import predict as predict_mod
     d = cfg.data
-    return data_mod.load_many(sources, text_column=d.text_column, label_column=d.label_column, label_names=label_names,
-                              split="test", encoding=d.encoding, trust_pickle=trust_pickle, text_columns=d.text_columns,
+    columns = predict_mod.input_columns(text_column, d.text_columns or [d.text_column])
+    return data_mod.load_many(sources, text_column=columns[0], label_column=label_column or d.label_column,
+                              label_names=label_names, names_origin="the run's classes",
+                              split="test", encoding=d.encoding, trust_pickle=trust_pickle,
+                              text_columns=columns if d.text_columns else (),
                               **task_options(cfg))
 
 
@@ -232,7 +255,8 @@ def _train(cfg: Config, data: list[str], out: Path, test_data, predict_data, res
     start = time.perf_counter()
     prog = train_mod.fit(model, cfg, train_enc, val_enc, label_names, tokenizer.pad_token_id, out, accelerator,
                          resume=resume, log=log, callbacks=callbacks)
-    model = accelerator.unwrap_model(model)
+    # without accelerate's autocast wrapper: scoring.precision, not train.precision, says how the run scores from here
+    model = accelerator.unwrap_model(model, keep_fp32_wrapper=False)
     wall = time.perf_counter() - start
     accelerator.wait_for_everyone()
 
@@ -318,13 +342,15 @@ def _abs(source: str) -> str:
 
 
 def evaluate_run(run_dir: Path, sources: list[str], trust_pickle: bool = False, batch_size: int = 64, name: str = "",
-             max_tokens: int = -1, precision: str | None = None) -> dict:
+                 max_tokens: int = -1, precision: str | None = None, text_column=None,
+                 label_column: str | None = None) -> dict:
     """Score a finished run on labelled data at `precision` (precision.PRECISION_CHOICES; default: the run's
-    scoring.precision); saves eval-<name>.json in the run directory."""
+    scoring.precision); saves eval-<name>.json in the run directory. `text_column`/`label_column`: the data's
+    column names where they are not the run's."""
     run = rundir.RunDir.open(run_dir)
     run_dir = run.path
     # the data first, as predict does: its mistakes show before a model is loaded
-    ex = load_eval_data(run.config, list(sources), run.labels, trust_pickle)
+    ex = load_eval_data(run.config, list(sources), run.labels, trust_pickle, text_column, label_column)
     thresholds = multilabel.read_thresholds(run_dir, run.labels) if multilabel.is_multi(run.config) else None
     model, tokenizer, cfg, label_names = scoring.load_for_inference(run)
     stats: dict = {}

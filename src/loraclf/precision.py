@@ -86,22 +86,76 @@ def resolve(precision: str, device) -> str:
     return "fp32" if precision == "fp16" else precision
 
 
+HALF_FIX = ("use fp32 or auto: --set train.precision=... and scoring.precision=... for a run, --precision for "
+            "evaluate, predict and serve")
+
+
 def resolve_for(precision: str, device, model_or_config) -> str:
-    """resolve(), then fp32 for a model whose family cannot run under bf16/fp16 autocast (families.Family.
-    half_autocast): `auto` says so once, an explicit bf16 or fp16 is refused in one line."""
+    """resolve(), then fp32 for a model that cannot run under bf16/fp16 autocast: a family whose table row says so
+    (families.Family.half_autocast), or an inferred family (no row) whose probe forward fails in that dtype
+    (half_precision_problem). `auto` says so once, an explicit bf16 or fp16 is refused in one line."""
     from . import families
     resolved = resolve(precision, device)
     family = families.family_of(model_or_config)
-    if resolved == "fp32" or family is None or family.half_autocast:
+    if resolved == "fp32" or family is None:
         return resolved
+    if not family.half_autocast:
+        why = f"transformers fills its attention mask with the fp32 minimum, which overflows {resolved}"
+    else:
+        problem = half_precision_problem(model_or_config, family, resolved)
+        if problem is None:
+            return resolved
+        why = f"its forward fails under {resolved} autocast ({problem})"
     if precision != "auto":
-        raise UserError(f"{family.name} cannot run in {resolved}: transformers fills its attention mask with the "
-                        f"fp32 minimum, which overflows {resolved}",
-                        "use fp32 or auto: --set train.precision=... and scoring.precision=... for a run, "
-                        "--precision for evaluate, predict and serve")
-    families.note_once(f"{family.name}: precision auto runs in fp32 here (its attention mask overflows {resolved} "
-                       "under autocast)")
+        raise UserError(f"{family.name} cannot run in {resolved}: {why}", HALF_FIX)
+    families.note_once(f"{family.name}: precision auto runs in fp32 here ({why})")
     return "fp32"
+
+
+_PROBED: dict[tuple, str | None] = {}
+
+
+def half_precision_problem(model, family, precision: str) -> str | None:
+    """For an inferred family (no table row, so never checked): a two-row forward of `model` with its frozen
+    weights in `precision` under autocast, as training and scoring run it. The first line of what it raised, or
+    None when it runs (or when it cannot be tried: a config, a model on the meta device, a forward that fails in
+    fp32 too). Asked once per model class and precision in a process."""
+    import torch
+    from . import fastpath
+    if not family.name.endswith("(inferred)") or not isinstance(model, torch.nn.Module):
+        return None
+    try:
+        param = next(model.parameters())
+    except StopIteration:
+        return None
+    if param.device.type == "meta":
+        return None
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    key = (type(base).__name__, getattr(base.config, "model_type", ""), precision)
+    if key not in _PROBED:
+        vocab = int(getattr(base.config, "vocab_size", 0) or 0)
+        ids = torch.full((2, 8), min(5, max(vocab - 1, 0)), dtype=torch.long, device=param.device)
+        inputs = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+
+        def forward(dtype):
+            cast = torch.autocast(device_type=param.device.type, dtype=dtype) if dtype else contextlib.nullcontext()
+            with torch.no_grad(), fastpath.frozen_weights_as(model, dtype), cast:
+                model(**inputs)
+
+        was_training = model.training
+        model.eval()
+        try:
+            forward(autocast_dtype(precision))
+            _PROBED[key] = None
+        except Exception as e:  # whatever the model raises: it is told to the user, or it fails in fp32 as well
+            try:
+                forward(None)
+                _PROBED[key] = (str(e).strip().splitlines() or [type(e).__name__])[0][:160].rstrip(".")
+            except Exception:
+                _PROBED[key] = None
+        finally:
+            model.train(was_training)
+    return _PROBED[key]
 
 
 def auto_is_bf16(device) -> bool:

@@ -18,7 +18,10 @@ from .errors import UserError
 def submission_csv(ids, logits: np.ndarray, label_names: list[str], names: bool = False, probs: bool = False,
                    thresholds=None, delimiter: str = "|") -> str:
     """`ID,Label` (+ one probability column per class with probs=True); with per-label `thresholds` (a multi-label
-    model) `ID,Labels`, each row's label set joined by `delimiter` (multilabel.submission_csv)."""
+    model) `ID,Labels`, each row's label set joined by `delimiter` (multilabel.submission_csv). A label is the
+    class id, or its name with `names`; classes named by numbers (labels -1/0/1, 1..5) are always written as
+    those numbers, the values the training labels had."""
+    names = names or data_mod.names_are_numbers(label_names)
     if thresholds is not None:
         return multilabel.submission_csv(ids, logits, label_names, thresholds, delimiter, names, probs)
     buf = io.StringIO()

@@ -450,9 +450,11 @@ def _build_block_manager(mgr, state):
 
 def _build_arrow_string_array(arr, state):
     import pyarrow as pa
-    _need(type(state) is dict and set(state) <= {"_pa_array", "_data", "_dtype", "_cache"}
+    # "_readonly": pandas 3 marks the array of a view (df.iloc[a:b], df.head()) read-only
+    _need(type(state) is dict and set(state) <= {"_pa_array", "_data", "_dtype", "_cache", "_readonly"}
           and isinstance(state.get("_pa_array", state.get("_data")), (pa.ChunkedArray, pa.Array))
-          and type(state.get("_dtype")).__name__ == "StringDtype" and state.get("_cache", {}) == {},
+          and type(state.get("_dtype")).__name__ == "StringDtype" and state.get("_cache", {}) == {}
+          and type(state.get("_readonly", False)) is bool,
           "pandas ArrowStringArray state of an unknown form")
     arr.__setstate__(dict(state))
 

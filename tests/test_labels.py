@@ -1,0 +1,156 @@
+"""Labels as users bring them: numbers that are classes (-1/0/1, 1..5, 3/7/9), names, several files, rare classes;
+the metrics over them, and predictions written back as the labels were."""
+import csv
+import pickle
+
+import numpy as np
+import pandas as pd
+import pytest
+from sklearn.metrics import f1_score
+
+from loraclf import cli, data, metrics, pipeline
+from loraclf.errors import UserError
+
+WORDS = {"3": "election minister war", "7": "football match goal", "9": "stocks market profit",
+         "-1": "awful terrible bad", "0": "plain average fine", "1": "great lovely good",
+         "neg": "awful terrible bad", "pos": "great lovely good", "neu": "plain average fine"}
+
+
+def _csv(path, labels, reps=1):
+    rows = [f"{y},\"{WORDS.get(str(y), 'some words')} row {i}\"" for i, y in enumerate(list(labels) * reps)]
+    path.write_text("label,text\n" + "\n".join(rows) + "\n")
+    return path
+
+
+@pytest.mark.parametrize("labels, names, ids", [
+    ([3, 7, 9, 7], ["3", "7", "9"], [0, 1, 2, 1]),           # gaps: three classes, not ten
+    ([-1, 0, 1, 1], ["-1", "0", "1"], [0, 1, 2, 2]),         # sentiment -1/0/1
+    ([1, 2, 3, 5], ["1", "2", "3", "5"], [0, 1, 2, 3]),       # 1-based ratings
+    (["03", "3.0", "+3", "4"], ["3", "4"], [0, 0, 0, 1]),   # one number, written several ways
+    (["neg", "pos", "neu"], ["neg", "neu", "pos"], [0, 2, 1]),
+])
+def test_labels_without_label_names_are_their_own_classes(tmp_path, labels, names, ids):
+    ex = data.load(str(_csv(tmp_path / "d.csv", labels)))
+    assert (ex.label_names, ex.labels) == (names, ids)
+
+
+@pytest.mark.parametrize("names, labels, ids", [
+    (["-1", "0", "1"], [-1, 0, 1, 1], [0, 1, 2, 2]),
+    (["1", "2", "3"], [1, 2, 3], [0, 1, 2]),                # named by numbers: 3 is the class "3", not id 3
+    (["bad", "0", "good"], ["bad", 0, "good"], [0, 1, 2]),  # a number among words is the class it names
+    (["World", "Sports", "Business", "Sci/Tech"], [0, 3, 1], [0, 3, 1]),  # words: numbers are class ids
+])
+def test_label_names_decide_what_a_number_is(tmp_path, names, labels, ids):
+    assert data.load(str(_csv(tmp_path / "d.csv", labels)), label_names=names).labels == ids
+
+
+@pytest.mark.parametrize("names, labels, message", [
+    (["1", "2", "3"], [1, 4], "line 3 column 'label': unknown label 4. labels must be one of: 1, 2, 3 (where)"),
+    (["World", "Sports"], [0, 2], "label 2 is out of range 0..1"),
+    (["World", "Sports"], [0, "Sports"], "labels mix class ids and class names (label 'Sports')"),
+])
+def test_labels_outside_named_classes_are_refused_with_where_the_names_came_from(tmp_path, names, labels, message):
+    with pytest.raises(UserError) as e:
+        data.load(str(_csv(tmp_path / "d.csv", labels)), label_names=names, names_origin="where")
+    assert message in str(e.value)
+
+
+@pytest.mark.parametrize("files, names, labels", [
+    ([[1, 2], [2, 5]], ["1", "2", "5"], [0, 1, 1, 2]),
+    ([["neg", "pos"], ["neu", "pos"]], ["neg", "neu", "pos"], [0, 2, 1, 2]),
+])
+def test_files_that_bring_their_own_classes_share_their_union(tmp_path, files, names, labels):
+    paths = [str(_csv(tmp_path / f"d{i}.csv", f)) for i, f in enumerate(files)]
+    ex = data.load_many(paths)
+    assert (ex.label_names, ex.labels) == (names, labels)
+
+
+def test_files_of_numbers_and_of_words_do_not_mix(tmp_path):
+    paths = [str(_csv(tmp_path / "a.csv", [1, 2])), str(_csv(tmp_path / "b.csv", ["neg", "pos"]))]
+    with pytest.raises(UserError, match="has classes 1, 2, .* has neg, pos"):
+        data.load_many(paths)
+
+
+def test_a_file_that_names_its_classes_names_them_for_the_others(agnews_dir):
+    """The training pool: an AG News layout file (classes.txt, ids 1..4) and a label,text file of ids 0..3."""
+    ex = data.load_many([str(agnews_dir / "train_pool.csv"), str(agnews_dir / "train_pool_text.csv")])
+    assert ex.label_names == ["World", "Sports", "Business", "Sci/Tech"]
+    text = data.load(str(agnews_dir / "train_pool_text.csv"), label_names=ex.label_names)
+    assert ex.labels[-len(text):] == text.labels
+
+
+def test_macro_f1_averages_the_classes_that_occur():
+    """Classes 0..9 of which only three occur (labels 3/7/9 read as ids by an older run): the mean is theirs."""
+    labels = np.array([3, 7, 9, 9, 7, 3])
+    preds = np.array([3, 7, 9, 7, 7, 3])
+    logits = np.eye(10)[preds]
+    m = metrics.classification(logits, labels, [str(i) for i in range(10)])
+    assert m["macro_f1"] == pytest.approx(f1_score(labels, preds, average="macro"))
+    assert m["per_class"]["0"]["support"] == 0 and len(m["confusion"]) == 10
+    preds = np.array([3, 7, 9, 9, 7, 0])  # a prediction of a class no label has counts (as a zero)
+    m = metrics.classification(np.eye(10)[preds], labels, [str(i) for i in range(10)])
+    assert m["macro_f1"] == pytest.approx(f1_score(labels, preds, average="macro"))
+
+
+def test_a_class_with_one_row_stays_in_training():
+    ex = data.Examples([f"t{i}" for i in range(5)], [1, 1, 1, 1, 0], ["neg", "pos"])
+    for seed in range(5):
+        train, val = data.split(ex, 0.2, seed)
+        assert sorted(set(train.labels)) == [0, 1] and len(val) == 1
+
+
+def test_a_random_split_gives_every_class_back_to_training():
+    """Fewer validation rows than classes: sklearn cannot stratify, and no class may end up only in validation."""
+    ex = data.Examples([f"t{i}" for i in range(12)], [i // 2 for i in range(12)], list("abcdef"))
+    for seed in range(10):
+        train, val = data.split(ex, 3, seed)
+        assert sorted(set(train.labels)) == list(range(6)) and len(train) + len(val) == 12 and len(val) >= 1
+
+
+def test_the_presets_classes_must_all_have_training_rows(tmp_path, tiny_bert, capsys):
+    """AG News names on a two-class file would train a four-class model named World/Sports/... without a word."""
+    path = _csv(tmp_path / "d.csv", [0, 1], reps=10)
+    code = cli.main(["train", "--preset", "agnews-quick", "--data", str(path), "--out", str(tmp_path / "run"),
+                     "--set", f"model.name={tiny_bert}"])
+    err = capsys.readouterr().err
+    assert code == 2 and "has no rows of class Business, Sci/Tech" in err and "data.label_names=[]" in err, err
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("frame, ids", [
+    (lambda df: df.iloc[4:10], list(range(4, 10))),          # a view: pandas 3 pickles its strings read-only
+    (lambda df: df[df.label == 1], [1, 4, 7, 10]),
+    (lambda df: df.head(3), None),
+    (lambda df: df.iloc[4:10].reset_index(drop=True), None),
+])
+def test_pickled_dataframes_keep_their_row_labels_as_ids(tmp_path, frame, ids):
+    df = pd.DataFrame({"text": [f"t{i}" for i in range(12)], "label": [i % 3 for i in range(12)]})
+    path = tmp_path / "d.pkl"
+    path.write_bytes(pickle.dumps(frame(df)))
+    ex = data.load(str(path))
+    assert ex.ids == ids and ex.texts == list(frame(df).text)
+
+
+def test_numbers_as_classes_end_to_end(tmp_path, tiny_bert):
+    """Labels 3/7/9: a three-class model, macro-F1 as scikit-learn computes it, predictions written as 3/7/9,
+    and evaluate on a file with other column names reproduces the run's test figures."""
+    from conftest import tiny_config
+    train = _csv(tmp_path / "train.csv", [3, 7, 9], reps=12)
+    test = _csv(tmp_path / "test.csv", [3, 7, 9], reps=4)
+    out = tmp_path / "run"
+    cfg = tiny_config(tiny_bert, "data.label_names=[]", "train.epochs=2", "train.precision=fp32",
+                      "scoring.precision=fp32")
+    result = pipeline.train_run(cfg, [str(train)], out, test_data=[str(test)], log=lambda *a, **k: None)
+    assert result["test"]["label_names"] == ["3", "7", "9"]
+    with open(out / "predictions.csv") as f:
+        rows = list(csv.DictReader(f))
+    true, pred = [r["label"] for r in rows], [r["pred"] for r in rows]
+    assert result["test"]["macro_f1"] == pytest.approx(f1_score(true, pred, average="macro"))
+    with open(out / "submission.csv") as f:
+        assert {r["Label"] for r in csv.DictReader(f)} <= {"3", "7", "9"}
+    renamed = tmp_path / "renamed.csv"
+    renamed.write_text(test.read_text().replace("label,text", "stars,review", 1))
+    assert cli.main(["evaluate", str(out), "--data", str(renamed), "--text-column", "review", "--label-column",
+                     "stars", "--no-report"]) == 0
+    again = pipeline.evaluate_run(out, [str(renamed)], text_column="review", label_column="stars")
+    assert (again["accuracy"], again["confusion"]) == (result["test"]["accuracy"], result["test"]["confusion"])
