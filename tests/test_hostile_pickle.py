@@ -302,11 +302,14 @@ def test_real_pickles_from_several_library_versions_load(path):
     assert 2 <= protocol <= 5
     ex = data.load(path, labelled=False, label_names=LABELS if shape == "ds-loaded" else ())
     assert ex.texts == TEXTS
-    if shape in ("ds-label", "ds-loaded", "df"):  # names from the ClassLabel, from the caller, or the ids
-        assert ex.labels == [1, 3, 0] and ex.label_names == (["0", "1", "2", "3"] if shape == "df" else LABELS)
+    if shape in ("ds-label", "ds-loaded"):  # names from the ClassLabel or from the caller
+        assert ex.labels == [1, 3, 0] and ex.label_names == LABELS
+    elif shape == "df":  # labels 1, 3, 0 without names: the classes are those numbers
+        assert ex.labels == [1, 2, 0] and ex.label_names == ["0", "1", "3"]
     else:
         assert ex.labels is None
-    assert ex.ids == ([10, 11, 12] if shape == "df" else None)
+    # a DataFrame's own row labels are its ids: an `id` column, else an index that is not 0..n-1
+    assert ex.ids == {"df": [10, 11, 12], "df-index": [7, 3, 5]}.get(shape)
 
 
 def test_the_fixtures_cover_versions_shapes_and_protocols():
@@ -339,7 +342,7 @@ def test_real_pickles_are_predict_input(tmp_path, tiny_run, path):
     assert cli.main(["predict", str(tiny_run), str(path), "-o", str(out)]) == 0
     with open(out, newline="") as f:
         rows = list(csv.reader(f))
-    ids = ["10", "11", "12"] if _expected(path)[0] == "df" else ["0", "1", "2"]
+    ids = {"df": ["10", "11", "12"], "df-index": ["7", "3", "5"]}.get(_expected(path)[0], ["0", "1", "2"])
     assert rows[0] == ["ID", "Label"] and [r[0] for r in rows[1:]] == ids
 
 

@@ -102,11 +102,15 @@ def test_odd_but_valid_texts_get_predictions(client, predictor, texts):
 
 
 @pytest.mark.parametrize("flag, value, message", [
-    ("--max-wait-ms", "nan", "--max-wait-ms must be a finite number"),
-    ("--max-wait-ms", "-1", "--max-wait-ms must be a finite number"),
-    ("--drain-timeout", "inf", "--drain-timeout must be a finite number"),
-    ("--batch-size", "0", "--batch-size must be at least 1"),
-    ("--max-body-bytes", "-5", "--max-body-bytes must be at least 1"),
+    ("--max-wait-ms", "nan", "--max-wait-ms must be a number from 0 to 60,000"),
+    ("--max-wait-ms", "-1", "--max-wait-ms must be a number from 0 to 60,000"),
+    ("--max-wait-ms", "1e300", "--max-wait-ms must be a number from 0 to 60,000"),  # the batcher's timeout overflows
+    ("--drain-timeout", "inf", "--drain-timeout must be a number from 0 to 86,400"),
+    ("--batch-size", "0", "--batch-size must be between 1 and"),
+    ("--max-batch", "99999999999", "--max-batch must be between 1 and"),
+    ("--max-body-bytes", "-5", "--max-body-bytes must be between 1 and"),
+    ("--threads", "100000", "--threads must be 0 (the library default) to 1024"),
+    ("--threads", "-1", "--threads must be 0 (the library default) to 1024"),
 ])
 def test_serve_flags_are_checked(tmp_path, capsys, flag, value, message):
     assert cli.main(["serve", str(tmp_path), flag, value]) == 2

@@ -28,8 +28,21 @@ def _config(args):
 
 
 def cmd_train(args) -> int:
+    import signal
+    import threading
     from . import pipeline
+    if threading.current_thread() is threading.main_thread():  # SIGTERM stops a run as Ctrl-C does: cleanly
+        signal.signal(signal.SIGTERM, signal.default_int_handler)
     report_cli.check_track_args(args)
+    if args.resume:  # the saved config and inputs decide; flags that would change them are refused, not ignored
+        given = [f"--{k.replace('_', '-')}" for k in ("preset", "config", "set", "data", "test_data", "predict_data",
+                                                       "max_train_samples", "epochs", "seed", "budget", "model")
+                 if getattr(args, k, None)]
+        if given:
+            raise UserError(f"--resume continues a run exactly as it started, so {', '.join(given)} cannot apply",
+                            "drop them to resume, or start a new run (another --out, or --overwrite)")
+        if not args.out:
+            raise UserError("--resume needs the run directory", "give --out RUN_DIR")
     cfg = _config(args)
     out = Path(args.out or f"runs/{cfg.preset or 'run'}-{time.strftime('%Y%m%d-%H%M%S')}")
     if not args.data and not args.resume:

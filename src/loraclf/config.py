@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import re
 import sys
 import tomllib
 import typing
@@ -303,6 +304,9 @@ def apply(cfg: Config, data, where: str = "", renamed: list[str] | None = None) 
         if section == "preset":
             if not isinstance(values, str):
                 raise UserError(f"config key preset{where} is a {type(values).__name__}, not a name", "give a preset name")
+            if values and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}", values):  # it names the default run folder
+                raise UserError(f"config key preset{where} = {_show(values)} is not a preset name",
+                                f"give one of: {', '.join(preset_names())}, or leave it out")
             cfg.preset = values
             continue
         if section in SECTIONS and not isinstance(values, dict):
@@ -535,5 +539,15 @@ def validate(cfg: Config) -> None:
                         "a classifier needs at least two classes: list them all, or leave it empty to read them from the data")
     if len(set(names)) != len(names):
         raise UserError("data.label_names repeats a name", "give each class once, in id order")
+    for n in names:  # a class name is written into CSVs, plots and labels.json, and matched against data
+        if not isinstance(n, str) or not n.strip() or untrusted.unicode_problem(n) or len(n) > 1000:
+            raise UserError(f"data.label_names has {_show(n)}, not a class name",
+                            "give each class as visible text (at most 1,000 characters)")
+    for pattern in cfg.adapter.rank_pattern:
+        try:
+            re.compile(pattern)
+        except re.error as e:
+            raise UserError(f"config key adapter.rank_pattern: {_show(pattern)} is not a regular expression ({e})",
+                            "give module-name patterns, e.g. {\"query\": 8}") from None
     from . import longtext
     longtext.check_config(cfg)

@@ -568,9 +568,10 @@ def _check_ids(t: _Table, ids: list) -> None:
                             "ids must be valid text")
         if isinstance(v, (float, np.floating)) and not math.isfinite(v):
             raise UserError(f"{row_label(t, i)} column 'id': id {v} is not a finite number", "fix that id")
-        if v in seen:
+        key = str(v)  # as the submission writes it: "1" and 1 would be two rows with ID 1
+        if key in seen:
             raise UserError(f"{row_label(t, i)} column 'id': duplicate id {untrusted.show(v)}", "ids must be unique")
-        seen.add(v)
+        seen.add(key)
 
 
 def load(source: str, *, text_column: str = "text", label_column: str = "label", label_names=(),

@@ -57,12 +57,45 @@ def is_export(path) -> bool:
     return (Path(path) / META).is_file()
 
 
+KINDS = ("merged", "onnx", "openvino")
+
+
 def read_meta(export_dir) -> dict:
+    """An export's loraclf.json, checked as a run directory's files are: its kind, its classes (as many as the
+    model's outputs), its scoring length and the run config it carries (config.from_dict's checks)."""
+    from . import config as config_mod
     export_dir = Path(export_dir)
     meta = rundir.read_json_or(export_dir / META)
     if not isinstance(meta, dict) or meta.get("format") != EXPORT_FORMAT:
         raise UserError(f"{export_dir} is not a loraclf export (no valid {META})",
                         "give a folder written by `loraclf export RUN --merged DIR`, `--onnx DIR` or `--openvino DIR`")
+
+    def refuse(what: str):
+        return UserError(f"{export_dir / META} {what}", "export the run again")
+
+    labels, max_length = meta.get("labels"), meta.get("max_length")
+    if meta.get("kind") not in KINDS:
+        raise refuse(f"has an unknown kind {str(meta.get('kind'))[:30]!r}")
+    if (not isinstance(labels, list) or len(labels) < 2 or len(set(map(str, labels))) != len(labels)
+            or not all(isinstance(n, str) and n.strip() for n in labels)):
+        raise refuse("has no list of two or more distinct class names")
+    model_config = rundir.read_json_or(export_dir / "config.json", {}) or {}
+    outputs = model_config.get("id2label") if isinstance(model_config, dict) else None
+    if isinstance(outputs, dict) and len(outputs) != len(labels):
+        raise refuse(f"names {len(labels)} classes, but its model has {len(outputs)} outputs")
+    if isinstance(max_length, bool) or not isinstance(max_length, int) or not 1 <= max_length <= 1_000_000:
+        raise refuse(f"has a max_length of {str(max_length)[:30]}, not a token count")
+    try:
+        config = config_mod.from_dict(meta.get("run_config") or {})
+    except UserError as e:
+        raise refuse(f"carries a run config that loraclf refuses ({e.what})") from None
+    except (TypeError, ValueError, KeyError, AttributeError, RecursionError) as e:
+        raise refuse(f"carries a run config that is not a loraclf config ({type(e).__name__})") from None
+    if max_length != scoring.infer_length(config):
+        raise refuse(f"has a max_length of {max_length}, not the {scoring.infer_length(config)} its run scores at")
+    positions = model_config.get("max_position_embeddings") if isinstance(model_config, dict) else None
+    if isinstance(positions, int) and max_length > positions:
+        raise refuse(f"has a max_length of {max_length}, more than its model's {positions} positions")
     return meta
 
 
@@ -70,12 +103,22 @@ def _check_run(run_dir) -> "rundir.RunDir":
     return run_dir if isinstance(run_dir, rundir.RunDir) else rundir.RunDir.open(run_dir)
 
 
-def _check_out(out: Path, overwrite: bool) -> None:
+def _check_out(out: Path, overwrite: bool, run: Path | None = None) -> None:
+    """An export folder: new, empty, or (with --overwrite) an earlier export; never the run it exports from, a
+    folder inside it or one holding it."""
     if out.exists() and not out.is_dir():
         raise UserError(f"export folder {out} is a file", "give a folder path")
-    if out.is_dir() and any(out.iterdir()) and not overwrite:
-        raise UserError(f"export folder {out} already exists and is not empty",
-                        "pass --overwrite to replace it, or choose another folder")
+    if run is not None:
+        a, b = Path(out).resolve(), Path(run).resolve()
+        if a == b or a in b.parents or b in a.parents:
+            raise UserError(f"export folder {out} overlaps the run {run} it exports", "give a folder outside the run")
+    if out.is_dir() and any(out.iterdir()):
+        if not overwrite:
+            raise UserError(f"export folder {out} already exists and is not empty",
+                            "pass --overwrite to replace it, or choose another folder")
+        if not (out / META).is_file():
+            raise UserError(f"export folder {out} is not a loraclf export, and --overwrite replaces only those",
+                            "choose another folder (or empty that one yourself)")
 
 
 def merged_model(run_dir):
@@ -204,6 +247,7 @@ def export_merged(run_dir, out, overwrite: bool = False, check_texts: list[str] 
                   _staged: list | None = None) -> Path:
     """A plain Hugging Face folder: AutoModelForSequenceClassification.from_pretrained(out) needs no peft."""
     run = _check_run(run_dir)
+    _check_out(Path(out), overwrite, run.path)
     run_dir = run.path
     merged, unmerged, cfg, label_names = _loaded or merged_model(run)
     tokenizer = run.tokenizer()
@@ -288,7 +332,9 @@ def export_onnx(run_dir, out, overwrite: bool = False, opset: int = 18, exporter
                 check_texts: list[str] | None = None, _loaded=None, _staged: list | None = None) -> Path:
     """ONNX graph of the merged fp32 model; checked against PyTorch with onnxruntime before it is kept."""
     _require_onnxruntime()
+    _check_opset(opset)
     run = _check_run(run_dir)
+    _check_out(Path(out), overwrite, run.path)
     run_dir = run.path
     merged, _, cfg, label_names = _loaded or merged_model(run)
     from . import families
@@ -337,6 +383,20 @@ def export_onnx(run_dir, out, overwrite: bool = False, opset: int = 18, exporter
     return _build(Path(out), overwrite, fill, _staged)
 
 
+MIN_OPSET = 14  # scaled_dot_product attention and the ops transformers' encoders trace to need it
+
+
+def _check_opset(opset: int) -> None:
+    """--opset within what both exporters write and this onnx reads (an opset outside is not an ONNX graph here)."""
+    try:
+        import onnx
+    except ImportError:
+        raise UserError("onnx is not installed", "pip install 'loraclf[onnx]' (onnx, onnxruntime, onnxscript)") from None
+    top = onnx.defs.onnx_opset_version()
+    if not MIN_OPSET <= opset <= top:
+        raise UserError(f"--opset {opset} is not an ONNX opset loraclf can export to", f"give --opset {MIN_OPSET} to {top}")
+
+
 def _onnx_check(folder: Path, texts: list[str], reference: np.ndarray) -> str | None:
     """What is wrong with an exported graph on texts of several lengths under onnxruntime, or None."""
     try:
@@ -355,6 +415,7 @@ def export_openvino(run_dir, out, overwrite: bool = False, check_texts: list[str
     against PyTorch before it is kept. `predict --backend openvino` on the folder compiles it without converting."""
     scoring.require_openvino()
     run = _check_run(run_dir)
+    _check_out(Path(out), overwrite, run.path)
     run_dir = run.path
     merged, _, cfg, label_names = _loaded or merged_model(run)
     tokenizer = run.tokenizer()
@@ -572,9 +633,10 @@ def export_run(run_dir, merged_dir=None, onnx_dir=None, overwrite: bool = False,
         raise UserError("two exports were given the same folder", "give each of --merged, --onnx, --openvino its own")
     run = _check_run(Path(run_dir))
     for d in dirs:
-        _check_out(d, overwrite)
+        _check_out(d, overwrite, run.path)
     if onnx_dir:
         _require_onnxruntime()
+        _check_opset(opset)
     if openvino_dir:
         scoring.require_openvino()
     loaded = merged_model(run)

@@ -43,12 +43,43 @@ def _auto_config(cfg: Config, label_names: list[str]):
             raise remote_code.refusal(cfg.model.name) from None
         raise UserError(f"cannot load model config {cfg.model.name!r} ({str(e).splitlines()[0][:160]})",
                         "give a local model folder, or a Hub name with network access") from None
+    check_config_numbers(config, cfg.model.name)
     check_lengths(cfg, config)
     if cfg.model.encoder_dropout >= 0:  # dropout masks cost ~20% of a CPU training step (docs/performance.md)
         for key in DROPOUT_KEYS:
             if getattr(config, key, None) is not None:
                 setattr(config, key, cfg.model.encoder_dropout)
     return config
+
+
+MAX_LAYERS, MAX_WIDTH = 1_000, 10**9  # past any real encoder: a config.json with more is broken or hostile
+
+
+def check_config_numbers(config, name: str) -> None:
+    """The numbers of a model's config.json (a file from the user, or from the Hub) checked before anything is
+    built from them: finite, dropout probabilities in [0, 1], layer and head counts and widths positive and
+    below sizes no real encoder has (a billion layers would take hours to build even on the meta device)."""
+    import math
+
+    def refuse(key, value, why):
+        raise UserError(f"model {name!r}: config.json {key} = {value!r} {why}",
+                        "fix the model's config.json, or use another model")
+
+    for key, value in config.to_dict().items():
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            continue
+        if not math.isfinite(value):
+            refuse(key, value, "is not a finite number")
+        if ("dropout" in key or key.endswith("_prob")) and not 0 <= value <= 1:
+            refuse(key, value, "is not a probability (0 to 1)")
+        if key.endswith("_eps") and not 0 < value < 1:
+            refuse(key, value, "is not a small positive number")
+        if key.startswith("num_") and key.endswith(("_layers", "_heads")) or key in ("n_layers", "n_heads", "n_layer",
+                                                                                     "n_head"):
+            if not 1 <= value <= MAX_LAYERS:
+                refuse(key, value, f"is not a count from 1 to {MAX_LAYERS:,}")
+        if key.endswith(("hidden_size", "intermediate_size", "_dim", "d_model", "vocab_size")) and not 1 <= value <= MAX_WIDTH:
+            refuse(key, value, f"is not a size from 1 to {MAX_WIDTH:,}")
 
 
 # Model types whose position ids start after the padding index (RoBERTa's create_position_ids_from_input_ids):
@@ -104,11 +135,13 @@ def load_base(cfg: Config, label_names: list[str], meta: bool = False):
     hf_logging.set_verbosity_error()  # "some weights were newly initialized": expected for the head
     try:
         # fp32 master weights whatever the checkpoint's dtype (an fp16 checkpoint would otherwise train in fp16)
+        # safetensors only: a pytorch_model.bin is a pickle, and loading one can run code
         return AutoModelForSequenceClassification.from_pretrained(resolve_model_path(cfg.model.name), config=config,
-                                                                  dtype=torch.float32, **kw)
+                                                                  dtype=torch.float32, use_safetensors=True, **kw)
     except (OSError, ValueError) as e:
         raise UserError(f"cannot load model weights {cfg.model.name!r} ({str(e).splitlines()[0][:160]})",
-                        "give a local model folder, a Hub name with network access, or --set model.init=random") from None
+                        "give a model folder with model.safetensors (convert a pytorch_model.bin you trust with "
+                        "transformers' save_pretrained), a Hub name with network access, or --set model.init=random") from None
     finally:
         hf_logging.set_verbosity(verbosity)
 
@@ -471,7 +504,10 @@ def load_run_model(run_dir, merged: bool = False):
             else:
                 base = load_base(cfg, label_names)
                 _restore_head_dense(base, adapter)
-                model = PeftModel.from_pretrained(base, str(adapter))
+                # the adapter's shape comes from the run's checked config.json, as in training: the folder's own
+                # adapter_config.json is never read (a tampered one could change the scores or make peft import
+                # a module it names)
+                model = PeftModel.from_pretrained(base, str(adapter), config=peft_config(cfg, base))
                 if merged:
                     model = model.merge_and_unload()
     except (RuntimeError, ValueError, KeyError, AttributeError) as e:

@@ -5,7 +5,9 @@ training step, and nothing is written until it has all passed.
 """
 from __future__ import annotations
 
+import os
 import platform
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -129,6 +131,28 @@ def train_run(cfg: Config, data: list[str], out: Path, test_data: list[str] = ()
 
 
 def _guarded(cfg, data, out: Path, test_data, predict_data, resume, overwrite, trust_pickle, log, callbacks) -> dict:
+    old = rundir.set_aside(out) if overwrite and not resume and int(os.environ.get("RANK", "0")) == 0 else None
+    try:
+        result = _cleaned_up(cfg, data, out, test_data, predict_data, resume, overwrite, trust_pickle, log, callbacks)
+    except BaseException:
+        if old is not None and not resumable(out):  # the new run failed: the one it was to replace comes back
+            rundir.put_back(old, out)
+        elif old is not None:  # stopped with a checkpoint, as the message says: the new run stays, to resume
+            shutil.rmtree(old, ignore_errors=True)
+        raise
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+    return result
+
+
+def resumable(out: Path) -> bool:
+    """`out` holds a run that `train --resume` can continue: its config, inputs and a checkpoint."""
+    from . import checkpoint
+    return (out.is_dir() and checkpoint.newest(out / "checkpoint")[1] is not None
+            and (out / "config.json").is_file() and (out / "inputs.json").is_file())
+
+
+def _cleaned_up(cfg, data, out: Path, test_data, predict_data, resume, overwrite, trust_pickle, log, callbacks) -> dict:
     import errno
     existed = out.exists()
     fresh = not existed or (out.is_dir() and not any(out.iterdir()))
@@ -158,14 +182,11 @@ def failed_run(error: UserError, out: Path, fresh: bool, existed: bool) -> UserE
     """What is left of a run directory after `error`, and the error to show (with a --resume hint if resumable).
     `fresh`: the folder did not exist, or was empty, before this call; it is then emptied (and removed if it did
     not exist) unless it holds a resumable checkpoint."""
-    import os
-    import shutil
     from . import checkpoint
     if int(os.environ.get("RANK", "0")) != 0 or not out.is_dir():
         return error
     step = checkpoint.newest(out / "checkpoint")[1]
-    resumable = step is not None and (out / "config.json").is_file() and (out / "inputs.json").is_file()
-    if not resumable:
+    if not resumable(out):
         if fresh:
             for p in list(out.iterdir()):
                 shutil.rmtree(p, ignore_errors=True) if p.is_dir() and not p.is_symlink() else p.unlink(missing_ok=True)
@@ -341,12 +362,24 @@ def _abs(source: str) -> str:
     return str(p.resolve()) if p.exists() else str(source)
 
 
+def eval_name(name: str, source: str) -> str:
+    """The <name> of eval-<name>.json: --name as given (letters, digits, `.`, `_`, `-`: it names a file inside
+    the run directory, never a path), else the data file's stem with anything else made `_`."""
+    import re
+    if name:
+        if not re.fullmatch(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,99}", name):
+            raise UserError(f"--name {name!r} is not a plain name", "use letters, digits, '.', '_' and '-' (at most 100)")
+        return name
+    return re.sub(r"[^A-Za-z0-9._-]", "_", Path(source).stem)[:100].lstrip(".") or "data"
+
+
 def evaluate_run(run_dir: Path, sources: list[str], trust_pickle: bool = False, batch_size: int = 64, name: str = "",
                  max_tokens: int = -1, precision: str | None = None, text_column=None,
                  label_column: str | None = None) -> dict:
     """Score a finished run on labelled data at `precision` (precision.PRECISION_CHOICES; default: the run's
     scoring.precision); saves eval-<name>.json in the run directory. `text_column`/`label_column`: the data's
     column names where they are not the run's."""
+    name = eval_name(name, sources[0])
     run = rundir.RunDir.open(run_dir)
     run_dir = run.path
     # the data first, as predict does: its mistakes show before a model is loaded
@@ -361,6 +394,5 @@ def evaluate_run(run_dir: Path, sources: list[str], trust_pickle: bool = False, 
         else metrics_mod.classification(logits, ex.labels, label_names)
     m["data"] = list(sources)
     m["long_text"] = stats
-    name = name or Path(sources[0]).stem
     rundir.write_json(run_dir / f"eval-{name}.json", m)
     return m

@@ -10,6 +10,9 @@ import matplotlib
 
 matplotlib.use("Agg")  # no display; must come before pyplot
 import matplotlib.pyplot as plt  # noqa: E402
+
+# class names come from data files: "$\frac{$" is a class name to print, not mathtext to parse (and fail on)
+PLAIN_TEXT = {"text.parse_math": False, "text.usetex": False}
 import numpy as np  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 

@@ -62,7 +62,7 @@ def write_predictions(path: Path, source: str, out: Path, names: bool = False, p
     `backend` (scoring.load_predictor): auto (the folder's own), torch, openvino (an --openvino export, or the
     merged model converted in-process, on OpenVINO's CPU runtime) or onnx (an --onnx export on onnxruntime). `text_column`: the input's text column
     (two for a run on sentence pairs) when it is not the run's."""
-    rundir.check_output_file(Path(out), "-o")
+    rundir.check_output_file(Path(out), "-o", inputs=[path] + ([source] if Path(source).exists() else []))
     predictor = scoring.load_predictor(path, backend, batch_size, precision, max_tokens=max_tokens)
     d = predictor.data
     columns = input_columns(text_column, d["text_columns"])

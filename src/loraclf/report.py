@@ -82,10 +82,36 @@ def misclassified(path: Path, pairs: int = TOP_PAIRS, per_pair: int = TOP_EXAMPL
 
 # ---------------------------------------------------------------- writing
 def write(run_dir) -> Path:
-    """Write plots/*.png, report.md and report.html into the run directory; returns the report.html path."""
+    """Write plots/*.png, report.md and report.html into the run directory; returns the report.html path. Every
+    figure is drawn before any file is written, so a run whose records cannot be drawn keeps what it had."""
+    import matplotlib
     from . import plots
-    d = load(run_dir)
-    run = d["dir"]
+    run = Path(run_dir)
+    if (run / "plots").is_symlink():
+        raise UserError(f"{run / 'plots'} is a symbolic link: the report writes only inside the run directory",
+                        "remove the link, then rerun `loraclf report`")
+    try:
+        d = load(run_dir)
+        run = d["dir"]
+        with matplotlib.rc_context(plots.PLAIN_TEXT):
+            images = _draw(d, plots)
+        d["images"] = images
+        d["errors"] = misclassified(run / "predictions.csv")
+        sections = _sections(d)
+        markdown, html = _markdown(d, sections), _html(d, sections)
+    except (ValueError, TypeError, KeyError, AttributeError, IndexError, OverflowError) as e:
+        raise UserError(f"cannot draw the report of {run}: its metrics files are not as loraclf writes them "
+                        f"({type(e).__name__}: {(str(e).strip().splitlines() or [''])[0][:120]})",
+                        "rerun the run, or restore its metrics.json and metrics.jsonl") from None
+    for key, (_, data) in images.items():
+        rundir.write_bytes(run / "plots" / f"{key}.png", data)
+    rundir.write_text(run / "report.md", markdown)
+    rundir.write_text(run / "report.html", html)
+    return run / "report.html"
+
+
+def _draw(d: dict, plots) -> dict:
+    """{figure key: (title, PNG bytes)} of a loaded run (load)."""
     figs = {}
     if d["records"]:
         figs["curves"] = ("Training curves", plots.curves(d["records"], d["metrics"].get("train", {}).get("best_step")))
@@ -102,17 +128,7 @@ def write(run_dir) -> Path:
             if m.get("confusion_normalized"):
                 figs[f"confusion_normalized_{split}"] = (f"Confusion matrix, normalized ({split})",
                                                          plots.confusion(m, split, normalized=True))
-    images = {}
-    for key, (title, fig) in figs.items():
-        data = plots.png(fig)
-        rundir.write_bytes(run / "plots" / f"{key}.png", data)
-        images[key] = (title, data)
-    d["images"] = images
-    d["errors"] = misclassified(run / "predictions.csv")
-    sections = _sections(d)
-    rundir.write_text(run / "report.md", _markdown(d, sections))
-    rundir.write_text(run / "report.html", _html(d, sections))
-    return run / "report.html"
+    return {key: (title, plots.png(fig)) for key, (title, fig) in figs.items()}
 
 
 def _fmt(v, kind: str = "") -> str:
@@ -304,15 +320,25 @@ def compare(run_dirs, sort_by: str = "test_accuracy") -> tuple[str, str]:
         raise UserError(f"cannot sort by {sort_by!r}", f"choose one of {', '.join(SORT_KEYS)}")
     if not run_dirs:
         raise UserError("no runs to compare", "give one or more run directories")
-    rows = [_row(load(r)) for r in run_dirs]
+    rows = []
+    for r in run_dirs:
+        try:
+            row = _row(load(r))
+            rows.append(row | {"_cells": [row["run"], row["model"], row["method"], _fmt(row["trainable"], "int"),
+                                          _fmt(row["val_accuracy"], "pct"), _fmt(row["val_macro_f1"]),
+                                          _fmt(row["test_accuracy"], "pct"), _fmt(row["test_macro_f1"]),
+                                          "–" if row["train_seconds"] is None else f"{row['train_seconds']:.1f}",
+                                          "–" if row["samples_per_s"] is None else f"{row['samples_per_s']:.1f}"]})
+            float(row[sort_by] or 0)
+        except (ValueError, TypeError, KeyError, AttributeError, IndexError, OverflowError) as e:
+            raise UserError(f"cannot compare {r}: its metrics files are not as loraclf writes them "
+                            f"({type(e).__name__}: {(str(e).strip().splitlines() or [''])[0][:120]})",
+                            "leave that run out, or rerun it") from None
     higher = SORT_KEYS[sort_by][1]
     rows.sort(key=lambda r: (r[sort_by] is None, -(r[sort_by] or 0) if higher else (r[sort_by] or 0)))
     header = ["#", "run", "model", "method", "trainable", "val accuracy", "val macro-F1", "test accuracy",
               "test macro-F1", "train time (s)", "samples/s"]
-    table = [[i + 1, r["run"], r["model"], r["method"], _fmt(r["trainable"], "int"), _fmt(r["val_accuracy"], "pct"),
-              _fmt(r["val_macro_f1"]), _fmt(r["test_accuracy"], "pct"), _fmt(r["test_macro_f1"]),
-              "–" if r["train_seconds"] is None else f"{r['train_seconds']:.1f}",
-              "–" if r["samples_per_s"] is None else f"{r['samples_per_s']:.1f}"] for i, r in enumerate(rows)]
+    table = [[i + 1, *r["_cells"]] for i, r in enumerate(rows)]
     title = f"Leaderboard of {len(rows)} run(s), sorted by {SORT_KEYS[sort_by][0]} ({'higher' if higher else 'lower'} first)"
     md = f"# {title}\n\n{_md_table(header, table)}\n"
     page = (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>loraclf compare</title>'

@@ -66,13 +66,26 @@ def write_error(path: Path, e: OSError) -> UserError:
                      "choose a writable location with free disk space")
 
 
-def check_output_file(path: Path, flag: str = "") -> None:
-    """An output file's path must not be an existing folder (say which option gave it, as `flag`)."""
+def check_output_file(path: Path, flag: str = "", inputs=()) -> None:
+    """An output file's path must be a new or regular file (not a folder, a symbolic link, a FIFO or a device,
+    which an atomic write would replace by a plain file), and not one of the command's `inputs` (files or
+    folders, say a run directory) or inside one. `flag`: the option that gave it, for the message."""
     path = Path(path)
+    where = f"{flag + ' ' if flag else ''}{path}"
+    if path.is_symlink():
+        raise UserError(f"{where} is a symbolic link", "give the path of the file itself, or a new file")
     if path.is_dir():
-        raise UserError(f"{flag + ' ' if flag else ''}{path} is a folder, not a file",
+        raise UserError(f"{where} is a folder, not a file",
                         f"give a file path, e.g. {path / 'submission.csv'}" if flag else "remove the folder or choose "
                         "another file name")
+    if path.exists() and not path.is_file():
+        raise UserError(f"{where} is not a regular file (a FIFO, socket or device)", "give a new or regular file")
+    target = path.resolve()
+    for given in inputs:
+        source = Path(given).resolve()
+        if target == source or source in target.parents:
+            raise UserError(f"{where} would overwrite {'the input' if target == source else 'a file inside'} {given}",
+                            "write the output somewhere else")
 
 
 def umask() -> int:
@@ -145,6 +158,42 @@ def temp_dir(final: Path) -> Path:
     tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.", suffix=".tmp"))
     os.chmod(tmp, 0o777 & ~umask())
     return tmp
+
+
+def is_run_dir(path: Path) -> bool:
+    """A folder `loraclf train` wrote (its config and labels), not an export, a model or anything else."""
+    path = Path(path)
+    return ((path / "config.json").is_file() and (path / "labels.json").is_file()
+            and not (path / EXPORT_MARKER).exists())
+
+
+def set_aside(out: Path) -> Path | None:
+    """--overwrite: move the run in `out` aside (a hidden sibling), so the new run starts in an empty folder and a
+    failed one can put the old run back (put_back); None where there is nothing to set aside. Only a run
+    directory is replaced: a model, an export or any other folder is refused."""
+    out = Path(out)
+    if not out.is_dir() or out.is_symlink() or not any(out.iterdir()):
+        return None
+    if not is_run_dir(out):
+        raise UserError(f"--out {out} is not a loraclf run directory, and --overwrite replaces only those",
+                        "choose another --out (or empty that folder yourself)")
+    old = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.replaced-"))
+    try:
+        os.replace(out, old / out.name)
+        out.mkdir()
+    except OSError as e:
+        put_back(old, out)
+        raise UserError(f"cannot replace run directory {out} ({e.strerror})", "choose a writable --out") from None
+    return old
+
+
+def put_back(old: Path, out: Path) -> None:
+    """Undo set_aside: whatever the new run left in `out` goes, the old run returns."""
+    kept = Path(old) / Path(out).name
+    if kept.is_dir():
+        shutil.rmtree(out, ignore_errors=True)
+        os.replace(kept, out)
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def prepare(out: Path, resume: bool, overwrite: bool) -> Path:

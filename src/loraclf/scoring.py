@@ -40,9 +40,11 @@ def inference_device() -> torch.device:
 
 
 def check_batching(batch_size: int, max_tokens: int) -> None:
-    if batch_size < 1 or max_tokens < -1:
+    """The limits of the config's scoring.batch_size and scoring.max_tokens, for the same flags of predict,
+    evaluate and serve."""
+    if not 1 <= batch_size <= 2**20 or not -1 <= max_tokens <= 2**31 - 1:
         raise UserError(f"batch size {batch_size} / max tokens {max_tokens} is not allowed",
-                        "use a batch size of at least 1 and max tokens >= 1, 0 (no cap) or -1 (auto)")
+                        "use a batch size of 1 to 1,048,576 and max tokens >= 1, 0 (no cap) or -1 (auto)")
 
 
 def cpu_scoring_tokens() -> int:

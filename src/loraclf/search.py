@@ -17,11 +17,13 @@ best-config.toml) are rewritten by every worker when it finishes (studyreport.py
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import math
 import os
 import random
+import shutil
 import socket
 import time
 from pathlib import Path
@@ -39,7 +41,8 @@ def _optuna():
         import optuna
     except ImportError:
         raise UserError("loraclf search needs optuna", 'pip install -e ".[search]" (optuna, plotly)') from None
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    # ERROR: a failed trial is one line of loraclf's (its error), not Optuna's warning with a traceback
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
     return optuna
 
 
@@ -131,7 +134,32 @@ def run(cfg: Config, sources: list[str], out: Path, trials: int, space_file: str
     steps_per_epoch = math.ceil(len(train_ex) / cfg.train.batch_size / cfg.train.grad_accum)
     base.train.eval_every = max(1, steps_per_epoch // sp.study["evals_per_epoch"])
     base.train.save_every, base.train.monitor = 0, "val_accuracy"
+    created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
+    try:
+        return _study(optuna, cfg, base, sources, out, trials, sp, storage_url, study_name, timeout, track,
+                      tracking_uri, trust_pickle, log, train_ex, val_ex, labels, plan_table)
+    except BaseException:
+        # a folder this search made for a study that never got a trial through (or never opened) goes again
+        if created and (not any(out.iterdir()) or not storage_url and not _any_finished(out / "study.db")):
+            shutil.rmtree(out, ignore_errors=True)
+        raise
+
+
+def _any_finished(db: Path) -> bool:
+    """Whether the study database at `db` (this search's own SQLite file) holds a complete or pruned trial."""
+    import sqlite3
+    if not db.is_file():
+        return False
+    try:
+        with contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True)) as con:
+            return con.execute("SELECT COUNT(*) FROM trials WHERE state IN ('COMPLETE', 'PRUNED')").fetchone()[0] > 0
+    except sqlite3.Error:
+        return True  # unreadable: keep it, it is not ours to judge
+
+
+def _study(optuna, cfg, base, sources, out: Path, trials: int, sp, storage_url, study_name, timeout, track,
+           tracking_uri, trust_pickle, log, train_ex, val_ex, labels, plan_table) -> dict:
     url = storage_url or f"sqlite:///{(out / 'study.db').resolve()}"
     # what makes trials comparable, in terms that hold on every machine (paths may differ): the plans' exact counts
     # stand for the model's architecture, the split's sizes and classes for the data

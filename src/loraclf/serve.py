@@ -17,6 +17,7 @@ SIGTERM (or Ctrl+C): stop accepting connections, finish the requests in flight, 
 """
 import asyncio
 import concurrent.futures
+import os
 import queue
 import signal
 import threading
@@ -34,6 +35,7 @@ if TYPE_CHECKING:
 # no `from __future__ import annotations` here: FastAPI reads the endpoints' annotations (Request) at runtime
 
 DEFAULTS = dict(max_texts=64, max_chars=10_000, max_batch=64, max_wait_ms=2.0)
+MAX_THREADS = 1024
 
 
 # ------------------------------------------------------------------------------------------ models
@@ -280,18 +282,21 @@ def serve(path, host: str = "127.0.0.1", port: int = 8000, max_texts: int = DEFA
         import uvicorn
     except ImportError:
         raise UserError("serving needs fastapi and uvicorn", "pip install 'loraclf[serve]'") from None
-    for name, v in (("--max-texts", max_texts), ("--max-chars", max_chars), ("--max-batch", max_batch),
-                    ("--batch-size", batch_size), ("--max-body-bytes", 1 if max_body_bytes is None else max_body_bytes)):
-        if v < 1:
-            raise UserError(f"{name} must be at least 1, not {v}", f"give {name} 1 or more")
-    for name, v in (("--max-wait-ms", max_wait_ms), ("--drain-timeout", drain_timeout)):
-        if not (0 <= v < float("inf")):  # NaN fails this too
-            raise UserError(f"{name} must be a finite number of 0 or more, not {v}", f"give {name} 0 or more")
+    for name, v, hi in (("--max-texts", max_texts, 2**20), ("--max-chars", max_chars, 2**30),
+                        ("--max-batch", max_batch, 2**20), ("--batch-size", batch_size, 2**20),
+                        ("--max-body-bytes", 1 if max_body_bytes is None else max_body_bytes, 2**40)):
+        if not 1 <= v <= hi:
+            raise UserError(f"{name} must be between 1 and {hi:,}, not {v}", f"give {name} 1 to {hi:,}")
+    # a wait past what the batcher's queue timeout can hold (1e300 ms) would kill its thread and hang every request
+    for name, v, hi in (("--max-wait-ms", max_wait_ms, 60_000), ("--drain-timeout", drain_timeout, 86_400)):
+        if not (0 <= v <= hi):  # NaN fails this too
+            raise UserError(f"{name} must be a number from 0 to {hi:,}, not {v}", f"give {name} 0 to {hi:,}")
     if not 0 <= port <= 65535:
         raise UserError(f"--port {port} is not a port number", "give a port between 1 and 65535")
-    _check_port(host, port)
-    if threads < 0:
-        raise UserError(f"--threads must be 0 (the library default) or more, not {threads}", "give --threads 1 or more")
+    port = _check_port(host, port)  # --port 0: the free port the system chose, announced below
+    if not 0 <= threads <= MAX_THREADS:
+        raise UserError(f"--threads must be 0 (the library default) to {MAX_THREADS}, not {threads}",
+                        f"give --threads 1 to {os.cpu_count() or 1} (this machine's CPUs)")
     from . import scoring
     # a run directory (adapter merged on load), a --merged, --onnx or --openvino export, each on its own backend,
     # loaded now so that a broken model fails before the server listens
@@ -319,7 +324,8 @@ def serve(path, host: str = "127.0.0.1", port: int = 8000, max_texts: int = DEFA
     return 0
 
 
-def _check_port(host: str, port: int) -> None:
+def _check_port(host: str, port: int) -> int:
+    """The port to listen on, checked by binding it once (0: a free one the system picks)."""
     import socket
     try:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
@@ -333,3 +339,4 @@ def _check_port(host: str, port: int) -> None:
         except OSError as e:
             raise UserError(f"cannot listen on {host}:{port} ({e.strerror})",
                             "the port is in use or not allowed: choose another --port") from None
+        return s.getsockname()[1]

@@ -81,6 +81,10 @@ def load(path: str | None) -> Space:
     if not path:
         return sp
     p = Path(path)
+    if not p.is_file():  # a FIFO or a device would be read forever
+        raise UserError(f"the search space {path} is not a file", "give a TOML file with [space] and [study] tables")
+    if p.stat().st_size > 1_000_000:
+        raise UserError(f"the search space {path} is larger than 1 MB", "give the TOML file of a search space")
     try:
         data = tomllib.loads(p.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as e:
@@ -89,18 +93,22 @@ def load(path: str | None) -> Space:
     for table in data:
         if table not in ("space", "study") or not isinstance(data[table], dict):
             raise UserError(f"search space {path}: unknown table {table!r}", "use [space] and [study]")
-    for key, value in data.get("space", {}).items():
-        if key in RANGES:
-            sp.ranges[key] = _range(key, value)
-        elif key in CHOICES:
-            sp.choices[key] = _choices(key, value)
-        else:
-            raise UserError(f"search space {path}: unknown key space.{key}",
-                            f"use one of: {', '.join(list(RANGES) + list(CHOICES))}")
-    for key, value in data.get("study", {}).items():
-        if key not in STUDY:
-            raise UserError(f"search space {path}: unknown key study.{key}", f"use one of: {', '.join(STUDY)}")
-        sp.study[key] = _study_value(key, value)
+    try:
+        for key, value in data.get("space", {}).items():
+            if key in RANGES:
+                sp.ranges[key] = _range(key, value)
+            elif key in CHOICES:
+                sp.choices[key] = _choices(key, value)
+            else:
+                raise UserError(f"search space {path}: unknown key space.{key}",
+                                f"use one of: {', '.join(list(RANGES) + list(CHOICES))}")
+        for key, value in data.get("study", {}).items():
+            if key not in STUDY:
+                raise UserError(f"search space {path}: unknown key study.{key}", f"use one of: {', '.join(STUDY)}")
+            sp.study[key] = _study_value(key, value)
+    except (OverflowError, ValueError) as e:  # a 400-digit number where a float goes
+        raise UserError(f"search space {path}: a number out of range ({type(e).__name__})",
+                        "give ranges of ordinary numbers (docs/search.md)") from None
     return sp
 
 

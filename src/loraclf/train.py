@@ -10,6 +10,7 @@ import math
 import random
 import shutil
 import signal
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -186,9 +187,11 @@ def fit(model, cfg: Config, train_enc: data_mod.Encoded, val_enc: data_mod.Encod
         for cb in callbacks:
             cb.on_record(record)
 
-    def on_sigint(signum, frame):  # finish the current step, then checkpoint and leave
+    def on_stop(signum, frame):  # Ctrl-C or SIGTERM (a scheduler, `kill`): finish the step, checkpoint, leave
         interrupted["flag"] = True
-    old_handler = signal.signal(signal.SIGINT, on_sigint) if main and world == 1 else None
+    old_handlers = {}
+    if main and world == 1 and threading.current_thread() is threading.main_thread():
+        old_handlers = {sig: signal.signal(sig, on_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
 
     unwrapped = accelerator.unwrap_model(model)
     train_attn = fastpath.training_attention(cfg.model.attn_implementation, device, unwrapped)
@@ -275,8 +278,8 @@ def fit(model, cfg: Config, train_enc: data_mod.Encoded, val_enc: data_mod.Encod
                           "from the last checkpoint") from None
     finally:
         bar.close()
-        if old_handler is not None:
-            signal.signal(signal.SIGINT, old_handler)
+        for sig, handler in old_handlers.items():
+            signal.signal(sig, handler)
     check_finite_weights(unwrapped, prog.step)
     if best_state is not None:
         load_trainable_state(unwrapped, best_state)
