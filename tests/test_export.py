@@ -176,12 +176,17 @@ def test_errors_are_user_errors_and_leave_nothing(tiny_run, tmp_path, monkeypatc
     assert not (tmp_path / "o").exists() and not list(tmp_path.glob(".o.*"))  # no half-written export, no temp dir
 
 
-def test_overwrite_replaces_an_export(tiny_run, tmp_path):
+def test_overwrite_replaces_an_export_and_nothing_else(tiny_run, tmp_path):
     out = tmp_path / "m"
-    out.mkdir()
+    assert _cli(["export", str(tiny_run), "--merged", str(out)]) == 0
     (out / "old.txt").write_text("old")
     assert _cli(["export", str(tiny_run), "--merged", str(out), "--overwrite"]) == 0
     assert not (out / "old.txt").exists() and (out / "model.safetensors").is_file()
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("mine")
+    assert _cli(["export", str(tiny_run), "--merged", str(mine), "--overwrite"]) == 2
+    assert [p.name for p in mine.iterdir()] == ["notes.txt"]
 
 
 @pytest.mark.parametrize("head", ["full", "lora"])

@@ -178,7 +178,7 @@ def test_adapter_config_json_is_never_read(copy, tmp_path, capsys):
     ({"labels": None}, "has no list of two or more distinct class names"),
     ({"labels": ["a", "a", "b", "c"]}, "has no list of two or more distinct class names"),
     ({"max_length": -5}, "has a max_length of -5, not a token count"),
-    ({"max_length": 10**6}, "not the 32 its run scores at"),
+    ({"max_length": 10**6}, "more than its model's 130 positions"),
     ({"kind": "pickle"}, "has an unknown kind"),
 ])
 def test_an_export_meta_file_is_checked(run, tmp_path, capsys, change, message):

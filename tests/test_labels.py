@@ -154,3 +154,72 @@ def test_numbers_as_classes_end_to_end(tmp_path, tiny_bert):
                      "stars", "--no-report"]) == 0
     again = pipeline.evaluate_run(out, [str(renamed)], text_column="review", label_column="stars")
     assert (again["accuracy"], again["confusion"]) == (result["test"]["accuracy"], result["test"]["confusion"])
+
+
+def test_predictions_write_classes_as_the_training_labels_were_written(tmp_path, tiny_bert):
+    """Labels given as names ("neg", "pos") come back as names; ids (AG News' 0-3 under class names) as ids;
+    --label-ids and --label-names choose either."""
+    from conftest import tiny_config
+    words = _csv(tmp_path / "words.csv", ["neg", "pos", "neu"], reps=10)
+    out = tmp_path / "words"
+    pipeline.train_run(tiny_config(tiny_bert, "data.label_names=[]"), [str(words)], out, test_data=[str(words)],
+                       log=lambda *a, **k: None)
+    with open(out / "submission.csv") as f:
+        assert {r["Label"] for r in csv.DictReader(f)} <= {"neg", "neu", "pos"}
+    for flag, allowed in (([], {"neg", "neu", "pos"}), (["--label-ids"], {"0", "1", "2"})):
+        assert cli.main(["predict", str(out), str(words), "-o", str(tmp_path / "p.csv"), *flag]) == 0
+        with open(tmp_path / "p.csv") as f:
+            assert {r["Label"] for r in csv.DictReader(f)} <= allowed
+    ids = tmp_path / "ids.csv"
+    ids.write_text("label,text\n" + "".join(f"{i % 4},{WORDS['3']} {i}\n" for i in range(40)))
+    out = tmp_path / "ids"
+    pipeline.train_run(tiny_config(tiny_bert), [str(ids)], out, test_data=[str(ids)], log=lambda *a, **k: None)
+    with open(out / "submission.csv") as f:
+        assert {r["Label"] for r in csv.DictReader(f)} <= {"0", "1", "2", "3"}
+    assert cli.main(["predict", str(out), str(ids), "-o", str(tmp_path / "n.csv"), "--label-names"]) == 0
+    with open(tmp_path / "n.csv") as f:
+        assert {r["Label"] for r in csv.DictReader(f)} <= {"World", "Sports", "Business", "Sci/Tech"}
+
+
+def test_a_classlabel_stores_positions_even_when_its_names_are_numbers(tmp_path):
+    """yelp_polarity's ClassLabel names its classes "1" and "2" and stores 0 and 1."""
+    datasets = pytest.importorskip("datasets")
+    features = datasets.Features({"text": datasets.Value("string"),
+                                  "label": datasets.ClassLabel(names=["1", "2"])})
+    ds = datasets.Dataset.from_dict({"text": ["a", "b", "c"], "label": [1, 1, 0]}, features=features)
+    path = tmp_path / "yelp.pkl"
+    path.write_bytes(pickle.dumps(ds))
+    ex = data.load(str(path))
+    assert (ex.label_names, ex.labels) == (["1", "2"], [1, 1, 0])
+    again = data.load(str(path), label_names=["1", "2"])  # a run trained on it: matched by name
+    assert again.labels == [1, 1, 0]
+
+
+def test_an_ag_news_file_without_classes_txt_has_numbers_for_classes(tmp_path):
+    folder = tmp_path / "ag"
+    folder.mkdir()
+    (folder / "train.csv").write_text("".join(f'"{1 + i % 4}","title {i}","text {i}"\n' for i in range(8)))
+    ex = data.load(str(folder / "train.csv"))
+    assert ex.label_names == ["1", "2", "3", "4"] and ex.labels == [i % 4 for i in range(8)]
+    assert data.load(str(folder / "train.csv"), label_names=ex.label_names).labels == ex.labels
+
+
+def test_runs_from_before_numbers_could_be_classes_read_numbers_as_ids(tmp_path):
+    """A run whose config.json has no predict.labels record named its classes "0".."9" for labels 3/7/9."""
+    path = _csv(tmp_path / "d.csv", [3, 7, 9])
+    names = [str(i) for i in range(10)]
+    assert data.load(str(path), label_names=names, numbers_are_ids=True).labels == [3, 7, 9]
+    assert data.load(str(path), label_names=["1", "3", "7", "9"]).labels == [1, 2, 3]
+    assert pipeline.numbers_are_ids({"resolved": {"device": "cpu"}})
+    assert not pipeline.numbers_are_ids({"resolved": {pipeline.LABEL_OUTPUT: "ids"}})
+
+
+def test_label_ids_also_for_classes_that_are_numbers(tmp_path, tiny_bert):
+    from conftest import tiny_config
+    train = _csv(tmp_path / "train.csv", [3, 7, 9], reps=8)
+    out = tmp_path / "run"
+    pipeline.train_run(tiny_config(tiny_bert, "data.label_names=[]"), [str(train)], out, log=lambda *a, **k: None)
+    for flag, allowed in (([], {"3", "7", "9"}), (["--label-ids"], {"0", "1", "2"})):
+        assert cli.main(["predict", str(out), str(train), "-o", str(tmp_path / "p.csv"), *flag]) == 0
+        with open(tmp_path / "p.csv") as f:
+            assert {r["Label"] for r in csv.DictReader(f)} <= allowed

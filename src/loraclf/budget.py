@@ -101,7 +101,9 @@ def check(cfg: Config, label_names: list[str]) -> Budget:
                     "even r=1 does not fit: adapt fewer modules or layers, or raise budget.max_trainable (--budget)")
         except UserError:
             hint = "adapt fewer modules or layers, or raise budget.max_trainable (--budget)"
-        raise UserError(f"{b.trainable:,} trainable parameters exceed the budget of {cfg.budget.max_trainable:,}:\n{b.table()}\n", hint)
+        parts = ", ".join(f"{g} {n:,}" for g, n in b.groups.items())
+        raise UserError(f"{b.trainable:,} trainable parameters exceed the budget of {cfg.budget.max_trainable:,} "
+                        f"({parts}; `loraclf plan` shows the table)", hint)
     return b
 
 

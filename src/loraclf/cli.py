@@ -93,7 +93,7 @@ def cmd_evaluate(args) -> int:
 
 def cmd_predict(args) -> int:
     from . import longtext, predict
-    r = predict.write_predictions(Path(args.run), args.input, Path(args.output), names=args.label_names,
+    r = predict.write_predictions(Path(args.run), args.input, Path(args.output), names=args.label_output,
                                   probs=args.probs, batch_size=args.batch_size, precision=args.precision,
                                   trust_pickle=args.trust_pickle, text_column=args.text_column,
                                   max_tokens=args.max_tokens, backend=args.backend)
@@ -285,8 +285,12 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("run")
     p.add_argument("input")
     p.add_argument("-o", "--output", default="submission.csv")
-    p.add_argument("--label-names", action="store_true",
-                   help="write class names instead of ids (classes named by numbers are always written as those numbers)")
+    output = p.add_mutually_exclusive_group()
+    output.add_argument("--label-names", dest="label_output", action="store_const", const=True,
+                        help="write class names (default where the training labels were names)")
+    output.add_argument("--label-ids", dest="label_output", action="store_const", const=False,
+                        help="write class ids 0..K-1 (default where the training labels were ids; classes named by "
+                        "numbers are always written as those numbers)")
     p.add_argument("--probs", action="store_true", help="add one probability column per class")
     _add_scoring_batch_args(p)
     p.add_argument("--precision", default="auto", choices=precision.SCORING_CHOICES,

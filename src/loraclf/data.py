@@ -46,6 +46,7 @@ class Examples:
     ids: list | None = None           # an `id` column if the source has one
     source: str = ""
     names_from: str = "given"         # "given" (config or run), "source" (classes.txt, a ClassLabel), "labels"
+    label_words: bool = False         # the labels were written as class names (World), not ids or numbers
 
     def __len__(self) -> int:
         return len(self.texts)
@@ -55,7 +56,7 @@ class Examples:
         return Examples([self.texts[i] for i in index],
                         None if self.labels is None else [self.labels[i] for i in index],
                         self.label_names, None if self.ids is None else [self.ids[i] for i in index],
-                        self.source, self.names_from)
+                        self.source, self.names_from, self.label_words)
 
 
 @dataclass
@@ -481,32 +482,23 @@ def names_are_numbers(names) -> bool:
     return bool(names) and len(number_names(names)) == len(names)
 
 
-def class_map(values, names: list[str], one_based: bool = False, origin: str = "") -> tuple[dict, list[str]]:
+def class_map(values, names: list[str], one_based: bool = False, origin: str = "",
+              numbers_are_ids: bool = False) -> tuple[dict, list[str]]:
     """The class index of each distinct label value (class_id_or_name's: an int for a whole number, a str for a
     name), and the class names. With `names` of words (World, Sports, ...), whole numbers are class ids 0..K-1
     (1..K where `one_based`, the AG News layout). With names that are numbers, a whole number is the class named
-    by it (classes -1, 0, 1 or 1..5). Without names the labels are the classes: their values sorted, numbers by
-    value. `origin` says where given names came from, for the fix of an unknown label. Raises BadLabel."""
+    by it (classes -1, 0, 1 or 1..5), unless `numbers_are_ids` (a run from before classes could be numbers).
+    Without names the labels are the classes: their values sorted, numbers by value. `origin` says where given
+    names came from, for the fix of an unknown label. Raises BadLabel."""
     numbers = sorted({v for v in values if isinstance(v, int)})
     words = sorted({v for v in values if isinstance(v, str)})
-    numbered = number_names(names)
+    numbered = {} if numbers_are_ids else number_names(names)
     if numbers and words and not numbered:
         odd = next(v for v in values if isinstance(v, int) != isinstance(values[0], int))
         raise BadLabel(odd, "labels mix class ids and class names (label {label})",
                        "use only ids (0..K-1) or only names in one file")
-    if names and numbers and not numbered or not names and numbers and one_based:
-        offset = 1 if one_based else 0
-        lo, hi = offset, (len(names) if names else MAX_CLASSES) - 1 + offset
-        for v in numbers:
-            if v < lo or v > hi:
-                if names:
-                    raise BadLabel(v, f"label {{label}} is out of range {lo}..{hi} ({len(names)} classes: "
-                                   f"{column_list(names)})",
-                                   "fix the label, or set data.label_names to the full class list")
-                raise BadLabel(v, f"label {{label}} is out of range {lo}..{hi} (class ids count up from {lo}, at most "
-                               f"{MAX_CLASSES:,} classes)", "fix the label, or set data.label_names to the full class list")
-        names = names or [str(j) for j in range(numbers[-1] + 1 - offset)]
-        return {v: v - offset for v in numbers}, list(names)
+    if names and numbers and not numbered:
+        return _class_ids(numbers, names, 1 if one_based else 0), list(names)
     if names:
         index = {n: j for j, n in enumerate(names)} | numbered
         for v in numbers + words:
@@ -524,12 +516,39 @@ def class_map(values, names: list[str], one_based: bool = False, origin: str = "
     return {v: j for j, v in enumerate(classes)}, [str(v) for v in classes]
 
 
+def _class_ids(numbers: list[int], names: list[str], offset: int) -> dict[int, int]:
+    """Whole numbers as positions in `names` (counting from `offset`): {number: class index}, or BadLabel."""
+    lo, hi = offset, len(names) - 1 + offset
+    for v in numbers:
+        if v < lo or v > hi:
+            raise BadLabel(v, f"label {{label}} is out of range {lo}..{hi} ({len(names)} classes: {column_list(names)})",
+                           "fix the label, or set data.label_names to the full class list")
+    return {v: v - offset for v in numbers}
+
+
+def positions_to_names(values: list, t) -> list:
+    """A source that names its classes (a ClassLabel, classes.txt) stores positions in that list: whole numbers
+    become the names they point at (so they match a run's or config's classes by name, even classes that are
+    numbers, such as yelp_polarity's "1" and "2"). Raises BadLabel for a position outside the list."""
+    if not t.label_names:
+        return values
+    index = _class_ids(sorted({v for v in values if isinstance(v, int)}), t.label_names, 1 if t.labels_one_based else 0)
+    return [t.label_names[index[v]] if isinstance(v, int) else v for v in values]
+
+
 def shown_label(value, raw) -> str:
     """A refused label as an error shows it: a class id as the number it is, anything else as written."""
     return str(value) if isinstance(value, int) and abs(value) != _BIG else untrusted.show(raw)
 
 
-def _labels(t: _Table, label_col: str, names: list[str], origin: str = "") -> tuple[list[int], list[str]]:
+def labels_are_words(values) -> bool:
+    """Whether labels read by class_id_or_name were all class names (not ids or numbers): what predictions are
+    then written as by default."""
+    return bool(values) and all(isinstance(v, str) for v in values)
+
+
+def _labels(t: _Table, label_col: str, names: list[str], origin: str = "",
+            numbers_are_ids: bool = False) -> tuple[list[int], list[str]]:
     """Resolve a label column (ids, numbers or names) against known names (class_map); returns ids and the names."""
     if label_col not in t.columns:
         raise UserError(f"{t.where} has no column {column_label(label_col)!r} (columns: {column_list(t.columns)})",
@@ -546,13 +565,15 @@ def _labels(t: _Table, label_col: str, names: list[str], origin: str = "") -> tu
         except NotALabel as e:
             raise UserError(f"{row_label(t, i)} column {label_col!r}: label {untrusted.show(v)} {e}",
                             "labels are class ids 0..K-1 or class names; fix that row") from None
+    named = values
     try:
-        index, names = class_map(values, names, t.labels_one_based, origin)
+        named = positions_to_names(values, t)
+        index, names = class_map(named, names, t.labels_one_based, origin, numbers_are_ids)
     except BadLabel as e:
-        i = values.index(e.value)
+        i = named.index(e.value)
         raise UserError(f"{row_label(t, i)} column {label_col!r}: " + e.problem.replace("{label}", shown_label(e.value, raw[i]), 1),
                         e.fix) from None
-    return [index[v] for v in values], names
+    return [index[v] for v in named], names
 
 
 def _check_ids(t: _Table, ids: list) -> None:
@@ -576,7 +597,8 @@ def _check_ids(t: _Table, ids: list) -> None:
 
 def load(source: str, *, text_column: str = "text", label_column: str = "label", label_names=(),
          split: str = "train", labelled: bool = True, encoding: str = "utf-8", trust_pickle: bool = False,
-         text_columns=(), task: str = "single_label", label_delimiter: str = "|", names_origin: str = "") -> Examples:
+         text_columns=(), task: str = "single_label", label_delimiter: str = "|", names_origin: str = "",
+         numbers_are_ids: bool = False) -> Examples:
     """Read one source into Examples. `label_names` (from the config or a trained run; `names_origin` says which,
     for errors) fixes the class order; without it, names come from the source (classes.txt, ClassLabel) or from
     the labels (class_map). Two `text_columns` make each row a (text_a, text_b) pair. With task="multi_label"
@@ -592,16 +614,17 @@ def load(source: str, *, text_column: str = "text", label_column: str = "label",
     if ids is not None:
         ids = list(ids)
         _check_ids(t, ids)
-    labels = None
+    labels, words = None, False
     if labelled or label_column in t.columns:  # unlabelled inputs may still carry labels (e.g. test.csv)
         if task == "multi_label":
-            labels, names = multilabel.label_sets(t, label_column, names, label_delimiter, origin)
+            labels, names, words = multilabel.label_sets(t, label_column, names, label_delimiter, origin, numbers_are_ids)
         else:
             multilabel.refuse_label_sets(t, label_column, names, label_delimiter)
-            labels, names = _labels(t, label_column, names, origin)
+            labels, names = _labels(t, label_column, names, origin, numbers_are_ids)
+            words = all(not _CLASS_ID.fullmatch(str(v).strip()) for v in t.columns[label_column])
     else:
         names_from = "given" if label_names else "source"
-    return Examples(texts, labels, list(names), ids, str(source), names_from)
+    return Examples(texts, labels, list(names), ids, str(source), names_from, words)
 
 
 def load_many(sources, **kw) -> Examples:
@@ -625,7 +648,7 @@ def load_many(sources, **kw) -> Examples:
     ids = None if any(p.ids is None for p in parts) else [i for p in parts for i in p.ids]
     labels = None if any(p.labels is None for p in parts) else [y for p in parts for y in p.labels]
     return Examples([x for p in parts for x in p.texts], labels, list(names), ids, " + ".join(p.source for p in parts),
-                    parts[0].names_from)
+                    parts[0].names_from, all(p.label_words for p in parts if p.labels is not None))
 
 
 def _share_classes(parts: list[Examples]) -> None:
@@ -680,13 +703,13 @@ def split(examples: Examples, val_size: float, seed: int) -> tuple[Examples, Exa
         tr, va = train_test_split(rest, test_size=n_val, random_state=seed, stratify=stratify)
     except ValueError:  # fewer validation rows than classes, or label sets that cannot be stratified
         tr, va = train_test_split(rest, test_size=n_val, random_state=seed)
-        if examples.labels is not None and not isinstance(examples.labels[0], list):
-            learnt, back = {examples.labels[i] for i in tr}, set()
-            for i in va:  # one row of each class the random split left out of training goes back to it
-                if examples.labels[i] not in learnt:
-                    learnt.add(examples.labels[i])
-                    back.add(i)
-            tr, va = [*tr, *back], [i for i in va if i not in back]  # each class moved had 2+ rows in va
+    if examples.labels is not None and not isinstance(examples.labels[0], list):
+        learnt, back = {examples.labels[i] for i in tr}, set()
+        for i in va:  # one row of each class the split left out of training goes back to it (a large val_size)
+            if examples.labels[i] not in learnt:
+                learnt.add(examples.labels[i])
+                back.add(i)
+        tr, va = [*tr, *back], [i for i in va if i not in back]  # each class moved had 2+ rows in va
     return examples.subset(sorted([*tr, *index[single]])), examples.subset(sorted(va))
 
 

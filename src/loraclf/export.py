@@ -86,13 +86,11 @@ def read_meta(export_dir) -> dict:
     if isinstance(max_length, bool) or not isinstance(max_length, int) or not 1 <= max_length <= 1_000_000:
         raise refuse(f"has a max_length of {str(max_length)[:30]}, not a token count")
     try:
-        config = config_mod.from_dict(meta.get("run_config") or {})
+        config_mod.from_dict(meta.get("run_config") or {})
     except UserError as e:
         raise refuse(f"carries a run config that loraclf refuses ({e.what})") from None
     except (TypeError, ValueError, KeyError, AttributeError, RecursionError) as e:
         raise refuse(f"carries a run config that is not a loraclf config ({type(e).__name__})") from None
-    if max_length != scoring.infer_length(config):
-        raise refuse(f"has a max_length of {max_length}, not the {scoring.infer_length(config)} its run scores at")
     positions = model_config.get("max_position_embeddings") if isinstance(model_config, dict) else None
     if isinstance(positions, int) and max_length > positions:
         raise refuse(f"has a max_length of {max_length}, more than its model's {positions} positions")
@@ -648,10 +646,12 @@ def export_run(run_dir, merged_dir=None, onnx_dir=None, overwrite: bool = False,
             written["onnx"] = export_onnx(run, onnx_dir, overwrite, opset, exporter, _loaded=loaded, _staged=staged)
         if openvino_dir:
             written["openvino"] = export_openvino(run, openvino_dir, overwrite, _loaded=loaded, _staged=staged)
+        for i, (tmp, out) in enumerate(staged):
+            rundir.replace_dir(tmp, out)
+            staged[i] = (None, out)
     except BaseException:
         for tmp, _ in staged:
-            shutil.rmtree(tmp, ignore_errors=True)
+            if tmp is not None:
+                shutil.rmtree(tmp, ignore_errors=True)
         raise
-    for tmp, out in staged:
-        rundir.replace_dir(tmp, out)
     return written

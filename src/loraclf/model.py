@@ -78,8 +78,10 @@ def check_config_numbers(config, name: str) -> None:
                                                                                      "n_head"):
             if not 1 <= value <= MAX_LAYERS:
                 refuse(key, value, f"is not a count from 1 to {MAX_LAYERS:,}")
-        if key.endswith(("hidden_size", "intermediate_size", "_dim", "d_model", "vocab_size")) and not 1 <= value <= MAX_WIDTH:
+        if key in ("hidden_size", "vocab_size", "d_model") and not 1 <= value <= MAX_WIDTH:
             refuse(key, value, f"is not a size from 1 to {MAX_WIDTH:,}")
+        if key.endswith(("_size", "_dim")) and not 0 <= value <= MAX_WIDTH:  # DeBERTa's type_vocab_size is 0
+            refuse(key, value, f"is not a size from 0 to {MAX_WIDTH:,}")
 
 
 # Model types whose position ids start after the padding index (RoBERTa's create_position_ids_from_input_ids):
@@ -407,6 +409,7 @@ def check_batch_widths(model, widths=(16, 24)) -> None:
     device = next(model.parameters()).device
     vocab = int(getattr(base.config, "vocab_size", 0) or 0)
     was_training = model.training
+    buffers = {name: b.clone() for name, b in model.named_buffers()}  # BatchNorm statistics move in training mode
     try:
         for training in (True, False):  # Reformer checks its input length in training mode only
             model.train(training)
@@ -421,6 +424,10 @@ def check_batch_widths(model, widths=(16, 24)) -> None:
                         "one fixed length is not supported (docs/families.md)") from None
     finally:
         model.train(was_training)
+        with torch.no_grad():
+            for name, b in model.named_buffers():
+                if name in buffers:
+                    b.copy_(buffers[name])
 
 
 def enable_gradient_checkpointing(model) -> None:
@@ -517,9 +524,12 @@ def load_run_model(run_dir, merged: bool = False):
     finally:
         if bars:
             hf_logging.enable_progress_bar()
-    missing = [str(w.message) for w in caught if "missing adapter keys" in str(w.message)]
-    if missing:
-        raise _does_not_fit(run.path, cfg, "the adapter's layers are not in this model")
+    # unexpected keys too: the adapter's shape comes from config.json, and weights it has no place for would
+    # otherwise be dropped without a word
+    mismatch = [str(w.message) for w in caught if any(k in str(w.message) for k in ("missing adapter keys",
+                                                                                 "unexpected adapter keys"))]
+    if mismatch:
+        raise _does_not_fit(run.path, cfg, "the adapter's layers do not match this model and config.json")
     if cfg.adapter.method == "none" and model.config.num_labels != len(label_names):
         raise _does_not_fit(run.path, cfg, f"{model.config.num_labels} classes, labels.json has {len(label_names)}")
     model.eval()

@@ -41,10 +41,11 @@ def _items(v, delimiter: str):
     return None
 
 
-def label_sets(t, label_col: str, names: list[str], delimiter: str, origin: str = "") -> tuple[list[list[int]], list[str]]:
-    """A label column of sets (lists, or strings joined by `delimiter`) -> multi-hot rows and the label names.
-    Ids, numbers and names as data.load reads single labels (data.class_map); a row may hold no label (an empty
-    list)."""
+def label_sets(t, label_col: str, names: list[str], delimiter: str, origin: str = "",
+               numbers_are_ids: bool = False) -> tuple[list[list[int]], list[str], bool]:
+    """A label column of sets (lists, or strings joined by `delimiter`) -> multi-hot rows, the label names, and
+    whether the labels were written as names. Ids, numbers and names as data.load reads single labels
+    (data.class_map); a row may hold no label (an empty list)."""
     from . import data
     if label_col not in t.columns:
         raise UserError(f"{t.where} has no column {data.column_label(label_col)!r} (columns: {data.column_list(t.columns)})",
@@ -66,7 +67,8 @@ def label_sets(t, label_col: str, names: list[str], delimiter: str, origin: str 
                                 f"give each row a list of class ids or names (in CSV joined by {delimiter!r})") from None
         rows.append(values)
     try:
-        index, names = data.class_map([x for r in rows for x in r], names, t.labels_one_based, origin)
+        rows = [data.positions_to_names(r, t) for r in rows]
+        index, names = data.class_map([x for r in rows for x in r], names, t.labels_one_based, origin, numbers_are_ids)
     except data.BadLabel as e:
         i = next(i for i, r in enumerate(rows) if e.value in r)
         raise UserError(f"{data.row_label(t, i)} column {label_col!r}: " + e.problem.replace("{label}", data.shown_label(e.value, e.value), 1),
@@ -77,7 +79,7 @@ def label_sets(t, label_col: str, names: list[str], delimiter: str, origin: str 
         for x in r:
             row[index[x]] = 1
         hot.append(row)
-    return hot, list(names)
+    return hot, list(names), data.labels_are_words([x for r in rows for x in r])
 
 
 def refuse_label_sets(t, label_col: str, names: list[str], delimiter: str) -> None:

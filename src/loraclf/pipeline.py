@@ -34,11 +34,16 @@ from .errors import Interrupted, UserError, traceback_wanted, unexpected
 NAMES_ORIGIN = "data.label_names; --set data.label_names=[] takes the classes from the data"
 
 
-def load_training_data(cfg: Config, sources: list[str], trust_pickle: bool = False):
+def load_training_data(cfg: Config, sources: list[str], trust_pickle: bool = False, run_labels=None,
+                       legacy_ids: bool = False):
+    """The training rows and the validation split. `run_labels`: a resumed run's classes, which the data must
+    map to as it did when the run started (`legacy_ids`: numbers_are_ids for a run from before that record)."""
     d = cfg.data
     examples = data_mod.load_many(sources, text_column=d.text_column, label_column=d.label_column,
-                                  label_names=d.label_names, split="train", encoding=d.encoding, trust_pickle=trust_pickle,
-                                  text_columns=d.text_columns, names_origin=NAMES_ORIGIN, **task_options(cfg))
+                                  label_names=run_labels or d.label_names, split="train", encoding=d.encoding,
+                                  trust_pickle=trust_pickle, text_columns=d.text_columns,
+                                  names_origin="the run's classes" if run_labels else NAMES_ORIGIN,
+                                  numbers_are_ids=legacy_ids, **task_options(cfg))
     multi = multilabel.is_multi(cfg)
     if multi:
         multilabel.check_classes(examples, sources)
@@ -77,16 +82,16 @@ def task_options(cfg: Config) -> dict:
 
 
 def load_eval_data(cfg: Config, sources: list[str], label_names: list[str], trust_pickle: bool = False,
-                   text_column=None, label_column: str | None = None):
+                   text_column=None, label_column: str | None = None, legacy_ids: bool = False):
     """Labelled data scored against a run's classes; `text_column` (one, or two for pairs) and `label_column` name
-    the data's columns where they are not the run's."""
+    the data's columns where they are not the run's; `legacy_ids`: numbers_are_ids of an older run."""
     from . import predict as predict_mod
     d = cfg.data
     columns = predict_mod.input_columns(text_column, d.text_columns or [d.text_column])
     return data_mod.load_many(sources, text_column=columns[0], label_column=label_column or d.label_column,
                               label_names=label_names, names_origin="the run's classes",
                               split="test", encoding=d.encoding, trust_pickle=trust_pickle,
-                              text_columns=columns if d.text_columns else (),
+                              text_columns=columns if d.text_columns else (), numbers_are_ids=legacy_ids,
                               **task_options(cfg))
 
 
@@ -98,6 +103,23 @@ def environment(device) -> dict:
             "peft": peft.__version__, "accelerate": accelerate.__version__, "device": str(device),
             "cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
             "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
+
+
+LABEL_OUTPUT = "predict.labels"  # config.json's record of how predictions write a class: "names" or "ids"
+
+
+def label_output(train_ex) -> str:
+    """How this run's predictions write a class by default: as the training labels were written, names where they
+    were class names ("positive", "World") or classes that are numbers (-1/0/1, 1..5), ids where they were ids
+    under named classes (AG News' 0-3, the course's submission)."""
+    return "names" if train_ex.label_words or data_mod.names_are_numbers(train_ex.label_names) else "ids"
+
+
+def numbers_are_ids(config_dict: dict) -> bool:
+    """A run saved before classes could be numbers (no `predict.labels` record): whole numbers in its label
+    columns are class ids, as they were when it trained."""
+    resolved = config_dict.get("resolved") if isinstance(config_dict, dict) else None
+    return not (isinstance(resolved, dict) and LABEL_OUTPUT in resolved)
 
 
 def resolved(cfg: Config, precision: str, scoring_precision: str, device_type: str, model) -> dict:
@@ -131,18 +153,24 @@ def train_run(cfg: Config, data: list[str], out: Path, test_data: list[str] = ()
 
 
 def _guarded(cfg, data, out: Path, test_data, predict_data, resume, overwrite, trust_pickle, log, callbacks) -> dict:
-    old = rundir.set_aside(out) if overwrite and not resume and int(os.environ.get("RANK", "0")) == 0 else None
+    old = rundir.set_aside(out) if overwrite and not resume and _main_process() else None
     try:
         result = _cleaned_up(cfg, data, out, test_data, predict_data, resume, overwrite, trust_pickle, log, callbacks)
     except BaseException:
-        if old is not None and not resumable(out):  # the new run failed: the one it was to replace comes back
+        kept = resumable(out) or (out / "metrics.json").is_file()
+        if old is not None and not kept:  # the new run failed: the one it was to replace comes back
             rundir.put_back(old, out)
-        elif old is not None:  # stopped with a checkpoint, as the message says: the new run stays, to resume
+        elif old is not None:  # stopped with a checkpoint (as its message says) or with its results: it stays
             shutil.rmtree(old, ignore_errors=True)
         raise
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
     return result
+
+
+def _main_process() -> bool:
+    from accelerate import PartialState
+    return PartialState(cpu=not torch.cuda.is_available()).is_main_process
 
 
 def resumable(out: Path) -> bool:
@@ -223,12 +251,14 @@ def _train(cfg: Config, data: list[str], out: Path, test_data, predict_data, res
     log = log if main else (lambda *a, **k: None)
 
     # 1. everything that can be wrong with the inputs, before anything is written
-    train_ex, val_ex = load_training_data(cfg, data, trust_pickle)
+    legacy = resume and numbers_are_ids(run.config_dict)
+    train_ex, val_ex = load_training_data(cfg, data, trust_pickle, run.labels if resume else None, legacy)
     label_names = train_ex.label_names
-    test_ex = load_eval_data(cfg, list(test_data), label_names, trust_pickle) if test_data else None
+    test_ex = load_eval_data(cfg, list(test_data), label_names, trust_pickle, legacy_ids=legacy) if test_data else None
     pred_ex = None
     if predict_data:
         pred_ex = data_mod.load(predict_data, text_column=cfg.data.text_column, label_column=cfg.data.label_column,
+                                numbers_are_ids=legacy,
                                 label_names=label_names, split="test", labelled=False, encoding=cfg.data.encoding,
                                 trust_pickle=trust_pickle, text_columns=cfg.data.text_columns,
                                 **task_options(cfg))
@@ -261,7 +291,8 @@ def _train(cfg: Config, data: list[str], out: Path, test_data, predict_data, res
     if main and not resume:
         rundir.write_json(out / "config.json", cfg.to_dict() | {"format_version": rundir.FORMAT_VERSION,
                                                                 "resolved": resolved(cfg, precision, scoring_precision,
-                                                                                     device_type, model)})
+                                                                                     device_type, model)
+                                                                | {LABEL_OUTPUT: label_output(train_ex)}})
         rundir.write_json(out / "labels.json", label_names)
         rundir.write_json(out / "budget.json", built.to_dict())
         rundir.write_json(out / "inputs.json", {"data": [_abs(d) for d in data], "test_data": [_abs(d) for d in test_data],
@@ -326,12 +357,13 @@ def _train(cfg: Config, data: list[str], out: Path, test_data, predict_data, res
             multilabel.save_thresholds(out, label_names, thresholds, "validation" if val_enc is not None else "default")
         rundir.write_json(out / "metrics.json", result)
         task = {"thresholds": thresholds, "delimiter": cfg.data.label_delimiter}
+        names = label_output(train_ex) == "names"
         if pred_ex is not None:
             rundir.write_text(out / "submission.csv", predict_mod.submission_csv(scoring.row_ids(pred_ex), pred_logits,
-                                                                                 label_names, **task))
+                                                                                 label_names, names, **task))
         elif test_ex is not None:
             rundir.write_text(out / "submission.csv", predict_mod.submission_csv(scoring.row_ids(test_ex), test_logits,
-                                                                                 label_names, **task))
+                                                                                 label_names, names, **task))
         if test_ex is not None:
             rundir.write_text(out / "predictions.csv", predict_mod.predictions_csv(test_ex, test_logits, label_names, **task))
         if "test" in result:
@@ -383,7 +415,8 @@ def evaluate_run(run_dir: Path, sources: list[str], trust_pickle: bool = False, 
     run = rundir.RunDir.open(run_dir)
     run_dir = run.path
     # the data first, as predict does: its mistakes show before a model is loaded
-    ex = load_eval_data(run.config, list(sources), run.labels, trust_pickle, text_column, label_column)
+    ex = load_eval_data(run.config, list(sources), run.labels, trust_pickle, text_column, label_column,
+                        numbers_are_ids(run.config_dict))
     thresholds = multilabel.read_thresholds(run_dir, run.labels) if multilabel.is_multi(run.config) else None
     model, tokenizer, cfg, label_names = scoring.load_for_inference(run)
     stats: dict = {}

@@ -19,9 +19,7 @@ def submission_csv(ids, logits: np.ndarray, label_names: list[str], names: bool 
                    thresholds=None, delimiter: str = "|") -> str:
     """`ID,Label` (+ one probability column per class with probs=True); with per-label `thresholds` (a multi-label
     model) `ID,Labels`, each row's label set joined by `delimiter` (multilabel.submission_csv). A label is the
-    class id, or its name with `names`; classes named by numbers (labels -1/0/1, 1..5) are always written as
-    those numbers, the values the training labels had."""
-    names = names or data_mod.names_are_numbers(label_names)
+    class id, or its name with `names` (for classes that are numbers, such as -1/0/1, the number)."""
     if thresholds is not None:
         return multilabel.submission_csv(ids, logits, label_names, thresholds, delimiter, names, probs)
     buf = io.StringIO()
@@ -55,7 +53,7 @@ def predictions_csv(examples, logits: np.ndarray, label_names: list[str], thresh
     return buf.getvalue()
 
 
-def write_predictions(path: Path, source: str, out: Path, names: bool = False, probs: bool = False,
+def write_predictions(path: Path, source: str, out: Path, names: bool | None = None, probs: bool = False,
                       batch_size: int = 64, precision: str = "auto", trust_pickle: bool = False,
                       text_column: str | list[str] | None = None, max_tokens: int = -1, backend: str = "auto") -> dict:
     """Predict every row of `source` and write the submission atomically. `path`: a run directory or an export;
@@ -70,9 +68,12 @@ def write_predictions(path: Path, source: str, out: Path, names: bool = False, p
                              label_names=predictor.labels, split="test", labelled=False, encoding=d["encoding"],
                              trust_pickle=trust_pickle, text_columns=columns,
                              task="single_label" if predictor.thresholds is None else "multi_label",
-                             label_delimiter=predictor.label_delimiter)
+                             label_delimiter=predictor.label_delimiter,
+                             numbers_are_ids=predictor.data["label_output"] is None)
     logits = predictor.logits(examples.texts)
     ids = scoring.row_ids(examples)
+    if names is None:  # as the run's training labels were written (names, or ids)
+        names = predictor.data["label_output"] == "names"
     rundir.write_text(Path(out), submission_csv(ids, logits, predictor.labels, names, probs, predictor.thresholds,
                                                 predictor.label_delimiter))
     return {"rows": len(ids), "out": str(out), "logits": logits, "labels": examples.labels,

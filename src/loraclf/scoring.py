@@ -323,7 +323,7 @@ def _run_predictor(path: Path, backend: str, batch_size: int, precision: str, ma
                         "target_modules": list(cfg.adapter.target_modules)},
             "metrics": export.metrics_summary(path), "max_length": infer_length(cfg), "task": cfg.data.task} \
         | ({"thresholds": thresholds} if thresholds is not None else {})
-    settings, stats = _data_settings(cfg.data.__dict__), {}
+    settings, stats = _data_settings(cfg.data.__dict__, run.config_dict.get("resolved")), {}
     info |= {"text_columns": settings["text_columns"], "long_text": cfg.data.long_text}
 
     def make():
@@ -352,7 +352,8 @@ def _export_predictor(path: Path, meta: dict, backend: str, batch_size: int, pre
             "task": "multi_label" if thresholds is not None else "single_label"} \
         | ({"thresholds": thresholds} if thresholds is not None else {})
     data = (meta.get("run_config") or {}).get("data", {})
-    settings, stats, treatment = _data_settings(data), {}, longtext.Treatment.of(data)
+    settings, stats = _data_settings(data, (meta.get("run_config") or {}).get("resolved")), {}
+    treatment = longtext.Treatment.of(data)
     info |= {"text_columns": settings["text_columns"], "long_text": treatment.mode}
     max_length = int(meta["max_length"])
     if meta["kind"] == "openvino":
@@ -419,6 +420,11 @@ def _backend_info(backend: str, precision: str) -> dict:
     return {"backend": backend, "precision": precision}
 
 
-def _data_settings(data: dict) -> dict:
+def _data_settings(data: dict, resolved=None) -> dict:
+    """How inputs are read (columns, encoding) and how predictions write a class: "names" or "ids" as the run's
+    config.json records (pipeline.label_output), None for a run from before that record (ids, and numbers in
+    its label columns read as class ids)."""
+    output = resolved.get("predict.labels") if isinstance(resolved, dict) else None
     return {"text_column": data.get("text_column", "text"), "label_column": data.get("label_column", "label"),
-            "encoding": data.get("encoding", "utf-8"), "text_columns": longtext.text_columns(data)}
+            "encoding": data.get("encoding", "utf-8"), "text_columns": longtext.text_columns(data),
+            "label_output": output if output in ("names", "ids") else None}

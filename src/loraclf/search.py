@@ -140,20 +140,21 @@ def run(cfg: Config, sources: list[str], out: Path, trials: int, space_file: str
         return _study(optuna, cfg, base, sources, out, trials, sp, storage_url, study_name, timeout, track,
                       tracking_uri, trust_pickle, log, train_ex, val_ex, labels, plan_table)
     except BaseException:
-        # a folder this search made for a study that never got a trial through (or never opened) goes again
-        if created and (not any(out.iterdir()) or not storage_url and not _any_finished(out / "study.db")):
+        # a folder this search made for a study that never started a trial (or never opened) goes again; one
+        # that holds any trial, another worker's running one too, stays
+        if created and (not any(out.iterdir()) or not storage_url and not _any_trial(out / "study.db")):
             shutil.rmtree(out, ignore_errors=True)
         raise
 
 
-def _any_finished(db: Path) -> bool:
-    """Whether the study database at `db` (this search's own SQLite file) holds a complete or pruned trial."""
+def _any_trial(db: Path) -> bool:
+    """Whether the study database at `db` (this search's own SQLite file) holds a trial, in any state."""
     import sqlite3
     if not db.is_file():
         return False
     try:
         with contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True)) as con:
-            return con.execute("SELECT COUNT(*) FROM trials WHERE state IN ('COMPLETE', 'PRUNED')").fetchone()[0] > 0
+            return con.execute("SELECT COUNT(*) FROM trials").fetchone()[0] > 0
     except sqlite3.Error:
         return True  # unreadable: keep it, it is not ours to judge
 
