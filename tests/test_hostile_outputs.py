@@ -283,3 +283,60 @@ def test_a_search_space_must_be_a_file_and_a_failed_search_leaves_no_folder(tmp_
     assert cli.main(base + ["--out", str(tmp_path / "s2"), "--storage", "notaurl"]) == 2
     assert "cannot open the study storage" in _one_line(capsys) and not (tmp_path / "s2").exists()
 
+
+
+# ------------------------------------------------------------------------------------------ second round
+
+@pytest.mark.parametrize("how", ["cwd", "parent of cwd", "symlink", "data inside"])
+def test_overwrite_refuses_what_it_could_not_put_back(copy, tmp_path, tiny_bert, capsys, monkeypatch, how):
+    out = copy()
+    before = sorted(p.name for p in out.iterdir())
+    target, message = out, ""
+    args = _train_args(tmp_path, tiny_bert, out, "--overwrite")
+    if how == "cwd":
+        monkeypatch.chdir(out)
+        target, message = ".", "is the folder this command runs in"
+    elif how == "parent of cwd":
+        monkeypatch.chdir(out / "tokenizer")
+        target, message = "..", "is the folder this command runs in"
+    elif how == "symlink":
+        target, message = tmp_path / "link", "is a symbolic link"
+        target.symlink_to(out)
+    else:
+        shutil.copy(tmp_path / "train.csv", out / "train.csv")
+        before.append("train.csv")
+        args[args.index("--data") + 1], message = str(out / "train.csv"), "is inside the run directory"
+    args[args.index("--out") + 1] = str(target)
+    assert cli.main(args) == 2
+    assert message in _one_line(capsys)
+    assert sorted(p.name for p in out.iterdir()) == sorted(before)
+
+
+def test_exports_inside_each_other_are_refused(run, tmp_path, capsys):
+    assert cli.main(["export", str(run), "--merged", str(tmp_path / "a"), "--onnx", str(tmp_path / "a" / "b")]) == 2
+    assert "one export folder is inside another" in _one_line(capsys) and not (tmp_path / "a").exists()
+
+
+def test_predict_output_never_lands_in_the_base_model(tmp_path, tiny_bert, capsys):
+    model = shutil.copytree(tiny_bert, tmp_path / "model")
+    out = train_tiny_run(tmp_path, model)
+    target = model / "model.safetensors"
+    before = target.read_bytes()
+    assert cli.main(["predict", str(out), str(_csv(tmp_path / "in.csv", 8)), "-o", str(target)]) == 2
+    assert "would overwrite a file inside" in _one_line(capsys) and target.read_bytes() == before
+
+
+def test_many_classes_are_tabled_not_drawn(tmp_path, tiny_bert):
+    """1,000 classes would make figures metres wide and a confusion matrix of a million cells in the log."""
+    from loraclf import metrics, plots, report
+    n = plots.MAX_DRAWN_CLASSES + 1
+    train = tmp_path / "train.csv"
+    train.write_text("label,text\n" + "".join(f"c{i % n},word{i % n} row {i}\n" for i in range(3 * n)))
+    out = tmp_path / "run"
+    from conftest import tiny_config
+    result = pipeline.train_run(tiny_config(tiny_bert, "data.label_names=[]", "data.val_size=0.34"), [str(train)], out,
+                                log=lambda *a, **k: None)
+    assert "confusion matrix: 61 classes" in metrics.metrics_table(result["val"])
+    report.write(out)
+    drawn = sorted(p.name for p in (out / "plots").iterdir())
+    assert "curves.png" in drawn and not any(p.startswith(("confusion", "per_class")) for p in drawn)

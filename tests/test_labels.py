@@ -11,6 +11,7 @@ from sklearn.metrics import f1_score
 from loraclf import cli, data, metrics, pipeline
 from loraclf.errors import UserError
 
+LABELS_WORDS = ["World", "Sports", "Business", "Sci/Tech"]
 WORDS = {"3": "election minister war", "7": "football match goal", "9": "stocks market profit",
          "-1": "awful terrible bad", "0": "plain average fine", "1": "great lovely good",
          "neg": "awful terrible bad", "pos": "great lovely good", "neu": "plain average fine"}
@@ -223,3 +224,31 @@ def test_label_ids_also_for_classes_that_are_numbers(tmp_path, tiny_bert):
         assert cli.main(["predict", str(out), str(train), "-o", str(tmp_path / "p.csv"), *flag]) == 0
         with open(tmp_path / "p.csv") as f:
             assert {r["Label"] for r in csv.DictReader(f)} <= allowed
+
+
+def test_label_forms_round_trip(tmp_path):
+    """Classes mixing words and numbers come back as names; a ClassLabel's positions as ids; 19-digit JSON
+    integers are refused as CSV's are; two class names that are one number are refused."""
+    from loraclf import config
+    mixed = _csv(tmp_path / "mixed.csv", ["World", "3", "Sports", "10"])
+    assert data.load(str(mixed), label_names=["World", "3", "Sports", "10"]).label_output == "names"
+    assert data.load(str(_csv(tmp_path / "ids.csv", [0, 3, 1])), label_names=LABELS_WORDS).label_output == "ids"
+    big = tmp_path / "big.jsonl"
+    big.write_text('{"text": "a", "label": 10000000000000000000}\n{"text": "b", "label": 5}\n')
+    with pytest.raises(UserError, match="has more than 18 digits"):
+        data.load(str(big))
+    with pytest.raises(UserError, match="names one number twice"):
+        config.load(None, None, ['data.label_names=["07", "7", "x"]'])
+
+
+def test_a_classlabel_with_number_names_writes_ids_as_it_stored(tmp_path):
+    datasets = pytest.importorskip("datasets")
+    features = datasets.Features({"text": datasets.Value("string"), "label": datasets.ClassLabel(names=["1", "2"])})
+    path = tmp_path / "yelp.pkl"
+    path.write_bytes(pickle.dumps(datasets.Dataset.from_dict({"text": ["a", "b"], "label": [1, 0]}, features=features)))
+    assert data.load(str(path)).label_output == "ids"
+
+
+def test_an_unreadable_record_reads_numbers_as_the_old_version_did():
+    for resolved in ({}, {"predict.labels": None}, {"predict.labels": ["names"]}, {"predict.labels": "NAMES"}):
+        assert pipeline.numbers_are_ids({"resolved": resolved})

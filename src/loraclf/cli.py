@@ -287,10 +287,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", default="submission.csv")
     output = p.add_mutually_exclusive_group()
     output.add_argument("--label-names", dest="label_output", action="store_const", const=True,
-                        help="write class names (default where the training labels were names)")
+                        help="write class names (default where the training labels were names, or the classes are "
+                        "numbers such as -1/0/1)")
     output.add_argument("--label-ids", dest="label_output", action="store_const", const=False,
-                        help="write class ids 0..K-1 (default where the training labels were ids; classes named by "
-                        "numbers are always written as those numbers)")
+                        help="write class ids 0..K-1 (default where the training labels were ids under named classes)")
     p.add_argument("--probs", action="store_true", help="add one probability column per class")
     _add_scoring_batch_args(p)
     p.add_argument("--precision", default="auto", choices=precision.SCORING_CHOICES,

@@ -500,6 +500,14 @@ def _check_range(key: str, value) -> None:
                             f"--set {key}=<a value in range>")
 
 
+def _whole_number(name: str) -> str | None:
+    """The whole number a class name stands for ("07" and "7.0" stand for 7, "-0" for 0), as data reads labels."""
+    m = re.fullmatch(r"\s*([+-]?)0*([0-9]+)(?:\.0*)?\s*", name)
+    if m is None:
+        return None
+    return ("-" if m.group(1) == "-" and m.group(2) != "0" else "") + m.group(2)
+
+
 def validate(cfg: Config) -> None:
     for key, allowed in CHOICES.items():
         section, name = key.split(".")
@@ -539,6 +547,10 @@ def validate(cfg: Config) -> None:
                         "a classifier needs at least two classes: list them all, or leave it empty to read them from the data")
     if len(set(names)) != len(names):
         raise UserError("data.label_names repeats a name", "give each class once, in id order")
+    values = [v for v in (_whole_number(n) for n in names if isinstance(n, str)) if v is not None]
+    if len(set(values)) != len(values):  # "07" and "7", "-0" and "0": one number, so labels could not tell them apart
+        raise UserError("data.label_names names one number twice (as 07 and 7, or -0 and 0)",
+                        "give each class once; a class that is a number is matched by its value")
     for n in names:  # a class name is written into CSVs, plots and labels.json, and matched against data
         if not isinstance(n, str) or not n.strip() or untrusted.unicode_problem(n) or len(n) > 1000:
             raise UserError(f"data.label_names has {_show(n)}, not a class name",

@@ -46,7 +46,7 @@ class Examples:
     ids: list | None = None           # an `id` column if the source has one
     source: str = ""
     names_from: str = "given"         # "given" (config or run), "source" (classes.txt, a ClassLabel), "labels"
-    label_words: bool = False         # the labels were written as class names (World), not ids or numbers
+    label_output: str = "ids"         # how the labels were written: "names" (World; -1/0/1 as classes) or "ids"
 
     def __len__(self) -> int:
         return len(self.texts)
@@ -56,7 +56,7 @@ class Examples:
         return Examples([self.texts[i] for i in index],
                         None if self.labels is None else [self.labels[i] for i in index],
                         self.label_names, None if self.ids is None else [self.ids[i] for i in index],
-                        self.source, self.names_from, self.label_words)
+                        self.source, self.names_from, self.label_output)
 
 
 @dataclass
@@ -424,13 +424,13 @@ def class_id_or_name(v, names: list[str]):
     if isinstance(v, (bool, np.bool_)):
         raise NotALabel("is a boolean, not a class id or name (store labels as ids 0..K-1 or as names)")
     if isinstance(v, (int, np.integer)):
-        return int(v)
+        return int(v) if abs(int(v)) < _BIG else (_BIG if v > 0 else -_BIG)  # as a string of 19+ digits is
     if isinstance(v, (float, np.floating)):
         if not math.isfinite(v):
             raise NotALabel("is not a finite number")
         if not float(v).is_integer():
             raise NotALabel("is not a whole number")
-        return int(v) if abs(v) < _BIG else _BIG
+        return int(v) if abs(v) < _BIG else (_BIG if v > 0 else -_BIG)
     if not isinstance(v, str):
         raise NotALabel(f"is a {type(v).__name__}, not a class id or name (labels are ids 0..K-1 or names)")
     text = v.strip()
@@ -624,7 +624,10 @@ def load(source: str, *, text_column: str = "text", label_column: str = "label",
             words = all(not _CLASS_ID.fullmatch(str(v).strip()) for v in t.columns[label_column])
     else:
         names_from = "given" if label_names else "source"
-    return Examples(texts, labels, list(names), ids, str(source), names_from, words)
+    # numbers were read as the classes they name unless they were positions (a ClassLabel, classes.txt) or ids
+    named_numbers = not t.label_names and not numbers_are_ids and bool(number_names(names))
+    return Examples(texts, labels, list(names), ids, str(source), names_from,
+                    "names" if words or named_numbers else "ids")
 
 
 def load_many(sources, **kw) -> Examples:
@@ -648,7 +651,8 @@ def load_many(sources, **kw) -> Examples:
     ids = None if any(p.ids is None for p in parts) else [i for p in parts for i in p.ids]
     labels = None if any(p.labels is None for p in parts) else [y for p in parts for y in p.labels]
     return Examples([x for p in parts for x in p.texts], labels, list(names), ids, " + ".join(p.source for p in parts),
-                    parts[0].names_from, all(p.label_words for p in parts if p.labels is not None))
+                    parts[0].names_from,
+                    "names" if all(p.label_output == "names" for p in parts if p.labels is not None) else "ids")
 
 
 def _share_classes(parts: list[Examples]) -> None:

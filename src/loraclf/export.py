@@ -22,6 +22,7 @@ transformers must give the unmerged peft model's logits within 1e-4, onnxruntime
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import time
 from pathlib import Path
@@ -287,12 +288,18 @@ def _onnx_export(model, path: Path, opset: int, exporter: str, types: bool = Fal
     names = dict(input_names=["input_ids", "attention_mask"] + (["token_type_ids"] if types else []),
                  output_names=["logits"])
     onnx_log = logging.getLogger("torch.onnx")
-    level = onnx_log.level
-    onnx_log.setLevel(logging.ERROR)  # "torchvision is not installed, skipping ..." is not for users
+    # torch.onnx's notes ("torchvision is not installed") and torch.export's graph dumps on a failed trace are not
+    # for users: a failure is the one line this module raises
+    quiet = [onnx_log] + [logging.getLogger(n) for n in list(logging.root.manager.loggerDict)
+                          if n.startswith(("torch._dynamo", "torch._export", "torch.export", "torch.fx", "torch._subclasses"))]
+    levels = [q.level for q in quiet]
+    for q in quiet:
+        q.setLevel(logging.CRITICAL)
     try:
         return _try_exporters(model, path, opset, exporter, inputs, names)
     finally:
-        onnx_log.setLevel(level)
+        for q, level in zip(quiet, levels):
+            q.setLevel(level)
 
 
 def _try_exporters(model, path: Path, opset: int, exporter: str, inputs: tuple, names: dict) -> str:
@@ -319,7 +326,8 @@ def _try_exporters(model, path: Path, opset: int, exporter: str, inputs: tuple, 
         except ImportError as e:
             errors.append(f"{kind}: {e}")
         except Exception as e:  # noqa: BLE001 - exporter failures are many kinds; try the other one
-            errors.append(f"{kind}: {type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}")
+            first = re.sub(r"\x1b\[[0-9;]*m", "", (str(e).strip().splitlines() or [""])[0])[:200]  # no colour codes
+            errors.append(f"{kind}: {type(e).__name__}: {first}")
         for f in path.parent.glob(path.name + "*"):
             f.unlink()
     raise UserError(f"ONNX export failed ({'; '.join(errors)})",
@@ -365,7 +373,7 @@ def export_onnx(run_dir, out, overwrite: bool = False, opset: int = 18, exporter
                 _write_common(tmp, run_dir, meta, model.config)
                 problem = _onnx_check(tmp, texts, reference)
             except UserError as e:
-                problem = e.what.removeprefix("ONNX export failed (").removesuffix(")")
+                problem = e.what.removeprefix("ONNX export failed (").removesuffix(")").removeprefix(f"{kind}: ")
             if problem is None:
                 return
             problems.append(f"{kind}: {problem}")
@@ -460,7 +468,7 @@ class OnnxClassifier:
         opts = ort.SessionOptions()
         if threads:
             opts.intra_op_num_threads = threads
-        opts.log_severity_level = 3
+        opts.log_severity_level = 4  # fatal only: a kernel that fails is reported once, by the check, in one line
         self.session = ort.InferenceSession(str(self.dir / "model.onnx"), opts, providers=["CPUExecutionProvider"])
         self.inputs = {i.name for i in self.session.get_inputs()}
         self.tokenizer = export_tokenizer(self.dir)
@@ -629,6 +637,8 @@ def export_run(run_dir, merged_dir=None, onnx_dir=None, overwrite: bool = False,
     dirs = [Path(d).resolve() for d in (merged_dir, onnx_dir, openvino_dir) if d]
     if len(set(dirs)) < len(dirs):
         raise UserError("two exports were given the same folder", "give each of --merged, --onnx, --openvino its own")
+    if any(a in b.parents for a in dirs for b in dirs):
+        raise UserError("one export folder is inside another", "give --merged, --onnx and --openvino separate folders")
     run = _check_run(Path(run_dir))
     for d in dirs:
         _check_out(d, overwrite, run.path)

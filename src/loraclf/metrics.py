@@ -4,6 +4,9 @@ from __future__ import annotations
 import numpy as np
 
 
+MAX_PRINTED_CLASSES = 30  # a wider confusion matrix is no use as text (1,000 classes: a 9 MB log)
+
+
 def classification(logits: np.ndarray, labels, label_names: list[str]) -> dict:
     """Loss, accuracy, macro-F1, per-class P/R/F1/support, confusion matrix raw and row-normalized."""
     from sklearn.metrics import accuracy_score, confusion_matrix, precision_recall_fscore_support
@@ -53,6 +56,9 @@ def metrics_table(m: dict, title: str = "") -> str:
     for n in names:
         c = m["per_class"][n]
         out.append(f"{n:<{w}} {c['precision']:>9.4f} {c['recall']:>9.4f} {c['f1']:>9.4f} {c['support']:>8}")
+    if len(names) > MAX_PRINTED_CLASSES:
+        out.append(f"confusion matrix: {len(names)} classes, in the metrics JSON (`confusion`)")
+        return "\n".join(out)
     out.append("confusion (rows: true, columns: predicted)")
     out.append(" " * (w + 1) + " ".join(f"{n[:8]:>8}" for n in names))
     for n, row in zip(names, m["confusion"]):

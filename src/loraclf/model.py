@@ -132,6 +132,7 @@ def load_base(cfg: Config, label_names: list[str], meta: bool = False):
     if cfg.model.init == "random":  # reproducible from the seed, so a run can be reloaded without weights
         torch.manual_seed(cfg.train.seed)
         return AutoModelForSequenceClassification.from_config(config, **kw)
+    from safetensors import SafetensorError
     from transformers.utils import logging as hf_logging
     verbosity = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()  # "some weights were newly initialized": expected for the head
@@ -140,7 +141,7 @@ def load_base(cfg: Config, label_names: list[str], meta: bool = False):
         # safetensors only: a pytorch_model.bin is a pickle, and loading one can run code
         return AutoModelForSequenceClassification.from_pretrained(resolve_model_path(cfg.model.name), config=config,
                                                                   dtype=torch.float32, use_safetensors=True, **kw)
-    except (OSError, ValueError) as e:
+    except (OSError, ValueError, SafetensorError) as e:  # a missing, truncated or garbled weights file
         raise UserError(f"cannot load model weights {cfg.model.name!r} ({str(e).splitlines()[0][:160]})",
                         "give a model folder with model.safetensors (convert a pytorch_model.bin you trust with "
                         "transformers' save_pretrained), a Hub name with network access, or --set model.init=random") from None
@@ -408,6 +409,9 @@ def check_batch_widths(model, widths=(16, 24)) -> None:
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     device = next(model.parameters()).device
     vocab = int(getattr(base.config, "vocab_size", 0) or 0)
+    # rows as a tokenizer makes them: a start and an end token around the text (BART reads its logits at <eos>)
+    ends = [getattr(base.config, k, None) for k in ("bos_token_id", "eos_token_id")]
+    ends = [t if isinstance(t, int) and 0 <= t < vocab else None for t in ends]
     was_training = model.training
     buffers = {name: b.clone() for name, b in model.named_buffers()}  # BatchNorm statistics move in training mode
     try:
@@ -415,13 +419,16 @@ def check_batch_widths(model, widths=(16, 24)) -> None:
             model.train(training)
             for width in widths:
                 ids = torch.full((2, width), min(5, max(vocab - 1, 0)), dtype=torch.long, device=device)
+                for column, token in ((0, ends[0]), (-1, ends[1])):
+                    if token is not None:
+                        ids[:, column] = token
                 with torch.no_grad(), torch.random.fork_rng(devices=[]):  # dropout's draws leave the run's seed alone
                     model(input_ids=ids, attention_mask=torch.ones_like(ids))
     except Exception as e:  # whatever the model raises, told in one line
         first = (str(e).strip().splitlines() or [type(e).__name__])[0][:160].rstrip(".")
         raise UserError(f"{type(base).__name__} fails a test forward of 2 rows x {width} tokens ({type(e).__name__}: "
-                        f"{first})", "loraclf pads each batch to its longest row: a model that takes only inputs of "
-                        "one fixed length is not supported (docs/families.md)") from None
+                        f"{first})", "loraclf pads each batch to its longest row (a multiple of 8), so a model that "
+                        "takes one fixed input length, or fails on such a batch, is not supported (docs/families.md)") from None
     finally:
         model.train(was_training)
         with torch.no_grad():

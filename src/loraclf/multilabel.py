@@ -50,7 +50,7 @@ def label_sets(t, label_col: str, names: list[str], delimiter: str, origin: str 
     if label_col not in t.columns:
         raise UserError(f"{t.where} has no column {data.column_label(label_col)!r} (columns: {data.column_list(t.columns)})",
                         data.LABEL_COLUMN_FIX)
-    rows = []
+    rows, raws = [], []
     for i, v in enumerate(t.columns[label_col]):
         if data.is_blank(v):
             raise UserError(f"{data.row_label(t, i)} column {label_col!r}: missing labels",
@@ -66,13 +66,15 @@ def label_sets(t, label_col: str, names: list[str], delimiter: str, origin: str 
                 raise UserError(f"{data.row_label(t, i)} column {label_col!r}: label {untrusted.show(x)} {e}",
                                 f"give each row a list of class ids or names (in CSV joined by {delimiter!r})") from None
         rows.append(values)
+        raws.append(items)
     try:
         rows = [data.positions_to_names(r, t) for r in rows]
         index, names = data.class_map([x for r in rows for x in r], names, t.labels_one_based, origin, numbers_are_ids)
     except data.BadLabel as e:
         i = next(i for i, r in enumerate(rows) if e.value in r)
-        raise UserError(f"{data.row_label(t, i)} column {label_col!r}: " + e.problem.replace("{label}", data.shown_label(e.value, e.value), 1),
-                        e.fix) from None
+        raw = raws[i][rows[i].index(e.value)]
+        raise UserError(f"{data.row_label(t, i)} column {label_col!r}: "
+                        + e.problem.replace("{label}", data.shown_label(e.value, raw), 1), e.fix) from None
     hot = []
     for r in rows:
         row = [0] * len(names)

@@ -112,14 +112,14 @@ def label_output(train_ex) -> str:
     """How this run's predictions write a class by default: as the training labels were written, names where they
     were class names ("positive", "World") or classes that are numbers (-1/0/1, 1..5), ids where they were ids
     under named classes (AG News' 0-3, the course's submission)."""
-    return "names" if train_ex.label_words or data_mod.names_are_numbers(train_ex.label_names) else "ids"
+    return train_ex.label_output
 
 
 def numbers_are_ids(config_dict: dict) -> bool:
     """A run saved before classes could be numbers (no `predict.labels` record): whole numbers in its label
     columns are class ids, as they were when it trained."""
     resolved = config_dict.get("resolved") if isinstance(config_dict, dict) else None
-    return not (isinstance(resolved, dict) and LABEL_OUTPUT in resolved)
+    return not (isinstance(resolved, dict) and resolved.get(LABEL_OUTPUT) in ("names", "ids"))
 
 
 def resolved(cfg: Config, precision: str, scoring_precision: str, device_type: str, model) -> dict:
@@ -153,7 +153,8 @@ def train_run(cfg: Config, data: list[str], out: Path, test_data: list[str] = ()
 
 
 def _guarded(cfg, data, out: Path, test_data, predict_data, resume, overwrite, trust_pickle, log, callbacks) -> dict:
-    old = rundir.set_aside(out) if overwrite and not resume and _main_process() else None
+    inputs = [*data, *test_data, *([predict_data] if predict_data else [])]
+    old = rundir.set_aside(out, inputs) if overwrite and not resume and _main_process() else None
     try:
         result = _cleaned_up(cfg, data, out, test_data, predict_data, resume, overwrite, trust_pickle, log, callbacks)
     except BaseException:

@@ -18,6 +18,7 @@ from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 COLORS = {"train": "#1f77b4", "val": "#d62728", "test": "#2ca02c", "precision": "#4c72b0", "recall": "#dd8452",
           "f1": "#55a868"}
+MAX_DRAWN_CLASSES = 60  # per-class and confusion figures past this would be metres wide (1,000 classes: 10^6 cells)
 WRAP, LINES = 20, 3  # a class name on an axis: wrapped at 20 characters, at most 3 lines (full names in the tables)
 
 

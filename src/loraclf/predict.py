@@ -60,7 +60,8 @@ def write_predictions(path: Path, source: str, out: Path, names: bool | None = N
     `backend` (scoring.load_predictor): auto (the folder's own), torch, openvino (an --openvino export, or the
     merged model converted in-process, on OpenVINO's CPU runtime) or onnx (an --onnx export on onnxruntime). `text_column`: the input's text column
     (two for a run on sentence pairs) when it is not the run's."""
-    rundir.check_output_file(Path(out), "-o", inputs=[path] + ([source] if Path(source).exists() else []))
+    rundir.check_output_file(Path(out), "-o", inputs=[path] + ([source] if Path(source).exists() else [])
+                             + _model_folder(path))
     predictor = scoring.load_predictor(path, backend, batch_size, precision, max_tokens=max_tokens)
     d = predictor.data
     columns = input_columns(text_column, d["text_columns"])
@@ -78,6 +79,13 @@ def write_predictions(path: Path, source: str, out: Path, names: bool | None = N
                                                 predictor.label_delimiter))
     return {"rows": len(ids), "out": str(out), "logits": logits, "labels": examples.labels,
             "long_text": dict(predictor.stats)}
+
+
+def _model_folder(path: Path) -> list:
+    """The local base model folder a run reads (its config.json's model.name), which -o must not land in."""
+    config = rundir.read_json_or(Path(path) / "config.json", {})
+    name = (config.get("model") or {}).get("name") if isinstance(config, dict) else None
+    return [name] if isinstance(name, str) and Path(name).is_dir() else []
 
 
 def input_columns(given, run_columns: list[str]) -> list[str]:

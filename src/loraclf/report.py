@@ -121,6 +121,8 @@ def _draw(d: dict, plots) -> dict:
     if d["splits"]:
         figs["splits"] = ("Validation vs test", plots.splits(d["splits"]))
     for split, m in d["splits"].items():
+        if len(m.get("label_names") or ()) > plots.MAX_DRAWN_CLASSES:  # the tables below still list every class
+            continue
         if m.get("per_class") and m.get("label_names"):
             figs[f"per_class_{split}"] = (f"Per-class scores ({split})", plots.per_class(m, split))
         if m.get("confusion") and m.get("label_names"):

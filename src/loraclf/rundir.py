@@ -167,32 +167,44 @@ def is_run_dir(path: Path) -> bool:
             and not (path / EXPORT_MARKER).exists())
 
 
-def set_aside(out: Path) -> Path | None:
+def set_aside(out: Path, inputs=()) -> Path | None:
     """--overwrite: move the run in `out` aside (a hidden sibling), so the new run starts in an empty folder and a
     failed one can put the old run back (put_back); None where there is nothing to set aside. Only a run
-    directory is replaced: a model, an export or any other folder is refused."""
-    out = Path(out)
-    if not out.is_dir() or out.is_symlink() or not any(out.iterdir()):
+    directory is replaced (a model, an export or any other folder is refused), never through a link, never the
+    folder the command runs in (or one holding it), never one that holds the command's `inputs`."""
+    given = Path(out)
+    if not given.is_dir() or not any(given.iterdir()):
         return None
-    if not is_run_dir(out):
+    if given.is_symlink():
+        raise UserError(f"--out {out} is a symbolic link", "give the run directory it points to")
+    real = given.resolve()
+    if real == Path.cwd().resolve() or real in Path.cwd().resolve().parents:
+        raise UserError(f"--out {out} is the folder this command runs in, or holds it",
+                        "run loraclf from outside the run directory, or choose another --out")
+    for i in inputs:
+        if real in Path(i).resolve().parents:
+            raise UserError(f"{i} is inside the run directory {out} that --overwrite would replace",
+                            "move that file out of the run directory, or choose another --out")
+    if not is_run_dir(real):
         raise UserError(f"--out {out} is not a loraclf run directory, and --overwrite replaces only those",
                         "choose another --out (or empty that folder yourself)")
-    old = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.replaced-"))
+    old = Path(tempfile.mkdtemp(dir=real.parent, prefix=f".{real.name}.replaced-"))
     try:
-        os.replace(out, old / out.name)
-        out.mkdir()
+        os.replace(real, old / real.name)
+        real.mkdir()
     except OSError as e:
-        put_back(old, out)
+        put_back(old, real)
         raise UserError(f"cannot replace run directory {out} ({e.strerror})", "choose a writable --out") from None
     return old
 
 
 def put_back(old: Path, out: Path) -> None:
     """Undo set_aside: whatever the new run left in `out` goes, the old run returns."""
-    kept = Path(old) / Path(out).name
+    target = Path(out).resolve()
+    kept = Path(old) / target.name
     if kept.is_dir():
-        shutil.rmtree(out, ignore_errors=True)
-        os.replace(kept, out)
+        shutil.rmtree(target, ignore_errors=True)
+        os.replace(kept, target)
     shutil.rmtree(old, ignore_errors=True)
 
 
