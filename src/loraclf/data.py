@@ -548,8 +548,9 @@ def labels_are_words(values) -> bool:
 
 
 def _labels(t: _Table, label_col: str, names: list[str], origin: str = "",
-            numbers_are_ids: bool = False) -> tuple[list[int], list[str]]:
-    """Resolve a label column (ids, numbers or names) against known names (class_map); returns ids and the names."""
+            numbers_are_ids: bool = False) -> tuple[list[int], list[str], bool]:
+    """Resolve a label column (ids, numbers or names) against known names (class_map); returns ids, the names and
+    whether the labels were written as names (labels_are_words)."""
     if label_col not in t.columns:
         raise UserError(f"{t.where} has no column {column_label(label_col)!r} (columns: {column_list(t.columns)})",
                         LABEL_COLUMN_FIX)
@@ -573,7 +574,7 @@ def _labels(t: _Table, label_col: str, names: list[str], origin: str = "",
         i = named.index(e.value)
         raise UserError(f"{row_label(t, i)} column {label_col!r}: " + e.problem.replace("{label}", shown_label(e.value, raw[i]), 1),
                         e.fix) from None
-    return [index[v] for v in named], names
+    return [index[v] for v in named], names, labels_are_words(values)
 
 
 def _check_ids(t: _Table, ids: list) -> None:
@@ -620,8 +621,7 @@ def load(source: str, *, text_column: str = "text", label_column: str = "label",
             labels, names, words = multilabel.label_sets(t, label_column, names, label_delimiter, origin, numbers_are_ids)
         else:
             multilabel.refuse_label_sets(t, label_column, names, label_delimiter)
-            labels, names = _labels(t, label_column, names, origin, numbers_are_ids)
-            words = all(not _CLASS_ID.fullmatch(str(v).strip()) for v in t.columns[label_column])
+            labels, names, words = _labels(t, label_column, names, origin, numbers_are_ids)
     else:
         names_from = "given" if label_names else "source"
     # numbers were read as the classes they name unless they were positions (a ClassLabel, classes.txt) or ids
@@ -693,8 +693,9 @@ def split(examples: Examples, val_size: float, seed: int) -> tuple[Examples, Exa
                         "use a smaller data.val_size, or more data")
     from sklearn.model_selection import train_test_split
     index = np.arange(n)
+    classes = examples.labels is not None and not isinstance(examples.labels[0], list)  # one class a row
     single = np.zeros(n, dtype=bool)  # rows of a class with one row: they stay in training, where a class is learnt
-    if examples.labels is not None and not isinstance(examples.labels[0], list):
+    if classes:
         ids, counts = np.unique(examples.labels, return_counts=True)
         single = np.isin(examples.labels, ids[counts == 1])
     rest = index[~single]
@@ -707,7 +708,7 @@ def split(examples: Examples, val_size: float, seed: int) -> tuple[Examples, Exa
         tr, va = train_test_split(rest, test_size=n_val, random_state=seed, stratify=stratify)
     except ValueError:  # fewer validation rows than classes, or label sets that cannot be stratified
         tr, va = train_test_split(rest, test_size=n_val, random_state=seed)
-    if examples.labels is not None and not isinstance(examples.labels[0], list):
+    if classes:
         learnt, back = {examples.labels[i] for i in tr}, set()
         for i in va:  # one row of each class the split left out of training goes back to it (a large val_size)
             if examples.labels[i] not in learnt:

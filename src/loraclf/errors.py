@@ -19,7 +19,12 @@ def traceback_wanted() -> bool:
     return os.environ.get("LORACLF_TRACEBACK", "") not in ("", "0")
 
 
+def first_line(e: Exception, limit: int = 300) -> str:
+    """The first non-blank line of an exception's message, cut to `limit` characters ("" if it has none)."""
+    return next((line.strip() for line in str(e).splitlines() if line.strip()), "")[:limit]
+
+
 def unexpected(e: Exception) -> str:
     """One line for an exception no check foresaw: its type and the first line of its message."""
-    first = next((line.strip() for line in str(e).splitlines() if line.strip()), "")[:300]
+    first = first_line(e)
     return f"unexpected {type(e).__name__}{': ' + first if first else ''}"

@@ -32,7 +32,7 @@ import numpy as np
 from . import longtext, multilabel
 from . import rundir
 from . import scoring
-from .errors import UserError
+from .errors import UserError, first_line
 
 META = "loraclf.json"
 EXPORT_FORMAT = "loraclf-export"
@@ -107,10 +107,8 @@ def _check_out(out: Path, overwrite: bool, run: Path | None = None) -> None:
     folder inside it or one holding it."""
     if out.exists() and not out.is_dir():
         raise UserError(f"export folder {out} is a file", "give a folder path")
-    if run is not None:
-        a, b = Path(out).resolve(), Path(run).resolve()
-        if a == b or a in b.parents or b in a.parents:
-            raise UserError(f"export folder {out} overlaps the run {run} it exports", "give a folder outside the run")
+    if run is not None and (rundir.inside(out, run) or rundir.inside(run, out)):
+        raise UserError(f"export folder {out} overlaps the run {run} it exports", "give a folder outside the run")
     if out.is_dir() and any(out.iterdir()):
         if not overwrite:
             raise UserError(f"export folder {out} already exists and is not empty",
@@ -326,7 +324,7 @@ def _try_exporters(model, path: Path, opset: int, exporter: str, inputs: tuple, 
         except ImportError as e:
             errors.append(f"{kind}: {e}")
         except Exception as e:  # noqa: BLE001 - exporter failures are many kinds; try the other one
-            first = re.sub(r"\x1b\[[0-9;]*m", "", (str(e).strip().splitlines() or [""])[0])[:200]  # no colour codes
+            first = re.sub(r"\x1b\[[0-9;]*m", "", first_line(e, 300))[:200]  # no colour codes
             errors.append(f"{kind}: {type(e).__name__}: {first}")
         for f in path.parent.glob(path.name + "*"):
             f.unlink()
@@ -408,7 +406,7 @@ def _onnx_check(folder: Path, texts: list[str], reference: np.ndarray) -> str | 
     try:
         got = OnnxClassifier(folder).logits(texts)
     except Exception as e:  # noqa: BLE001 - onnxruntime's errors (a shape the export fixed, a missing kernel)
-        return f"onnxruntime cannot run it: {type(e).__name__}: {(str(e).strip().splitlines() or [''])[0][:160]}"
+        return f"onnxruntime cannot run it: {type(e).__name__}: {first_line(e, 160)}"
     diff = float(np.abs(got - reference).max())
     return None if diff <= ONNX_ATOL else f"onnxruntime's logits differ from PyTorch's by {diff:.2e} (limit {ONNX_ATOL:g})"
 
@@ -637,7 +635,7 @@ def export_run(run_dir, merged_dir=None, onnx_dir=None, overwrite: bool = False,
     dirs = [Path(d).resolve() for d in (merged_dir, onnx_dir, openvino_dir) if d]
     if len(set(dirs)) < len(dirs):
         raise UserError("two exports were given the same folder", "give each of --merged, --onnx, --openvino its own")
-    if any(a in b.parents for a in dirs for b in dirs):
+    if any(a != b and rundir.inside(b, a) for a in dirs for b in dirs):
         raise UserError("one export folder is inside another", "give --merged, --onnx and --openvino separate folders")
     run = _check_run(Path(run_dir))
     for d in dirs:

@@ -132,6 +132,19 @@ def _linears(module) -> list[tuple[str, torch.nn.Linear]]:
     return list(out.items())
 
 
+def probe_batch(model, width: int) -> dict:
+    """Two rows of `width` tokens as a tokenizer makes them (a start and an end token around the text: BART reads
+    its logits at <eos>), for the test forwards an inferred family gets before it trains or scores."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    vocab = int(getattr(base.config, "vocab_size", 0) or 0)
+    ids = torch.full((2, width), min(5, max(vocab - 1, 0)), dtype=torch.long, device=next(model.parameters()).device)
+    for column, key in ((0, "bos_token_id"), (-1, "eos_token_id")):
+        token = getattr(base.config, key, None)
+        if isinstance(token, int) and 0 <= token < vocab:
+            ids[:, column] = token
+    return {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+
+
 def layer_kinds(model) -> list[str]:
     """Class names of the modules with weights inside the model's numbered layers that are not torch.nn.Linear,
     LayerNorm or Embedding (I-BERT's QuantLinear, SqueezeBERT's Conv1d): what a model without linears is made of."""

@@ -12,7 +12,7 @@ import torch
 
 from . import families
 from .config import Config
-from .errors import UserError
+from .errors import UserError, first_line
 
 HEAD_NAMES = ("classifier", "score")
 LORA_FAMILY = ("lora", "rslora", "dora")  # the methods head=lora can pair with (it puts LoRA on the head dense)
@@ -407,25 +407,16 @@ def check_batch_widths(model, widths=(16, 24)) -> None:
     if family is None or not family.name.endswith("(inferred)"):
         return
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    device = next(model.parameters()).device
-    vocab = int(getattr(base.config, "vocab_size", 0) or 0)
-    # rows as a tokenizer makes them: a start and an end token around the text (BART reads its logits at <eos>)
-    ends = [getattr(base.config, k, None) for k in ("bos_token_id", "eos_token_id")]
-    ends = [t if isinstance(t, int) and 0 <= t < vocab else None for t in ends]
     was_training = model.training
     buffers = {name: b.clone() for name, b in model.named_buffers()}  # BatchNorm statistics move in training mode
     try:
         for training in (True, False):  # Reformer checks its input length in training mode only
             model.train(training)
             for width in widths:
-                ids = torch.full((2, width), min(5, max(vocab - 1, 0)), dtype=torch.long, device=device)
-                for column, token in ((0, ends[0]), (-1, ends[1])):
-                    if token is not None:
-                        ids[:, column] = token
                 with torch.no_grad(), torch.random.fork_rng(devices=[]):  # dropout's draws leave the run's seed alone
-                    model(input_ids=ids, attention_mask=torch.ones_like(ids))
+                    model(**families.probe_batch(model, width))
     except Exception as e:  # whatever the model raises, told in one line
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:160].rstrip(".")
+        first = (first_line(e, 160) or type(e).__name__).rstrip(".")
         raise UserError(f"{type(base).__name__} fails a test forward of 2 rows x {width} tokens ({type(e).__name__}: "
                         f"{first})", "loraclf pads each batch to its longest row (a multiple of 8), so a model that "
                         "takes one fixed input length, or fails on such a batch, is not supported (docs/families.md)") from None

@@ -67,6 +67,7 @@ def label_sets(t, label_col: str, names: list[str], delimiter: str, origin: str 
                                 f"give each row a list of class ids or names (in CSV joined by {delimiter!r})") from None
         rows.append(values)
         raws.append(items)
+    words = data.labels_are_words([x for r in rows for x in r])  # as written: before positions become names
     try:
         rows = [data.positions_to_names(r, t) for r in rows]
         index, names = data.class_map([x for r in rows for x in r], names, t.labels_one_based, origin, numbers_are_ids)
@@ -81,7 +82,7 @@ def label_sets(t, label_col: str, names: list[str], delimiter: str, origin: str 
         for x in r:
             row[index[x]] = 1
         hot.append(row)
-    return hot, list(names), data.labels_are_words([x for r in rows for x in r])
+    return hot, list(names), words
 
 
 def refuse_label_sets(t, label_col: str, names: list[str], delimiter: str) -> None:

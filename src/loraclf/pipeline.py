@@ -44,18 +44,14 @@ def load_training_data(cfg: Config, sources: list[str], trust_pickle: bool = Fal
                                   trust_pickle=trust_pickle, text_columns=d.text_columns,
                                   names_origin="the run's classes" if run_labels else NAMES_ORIGIN,
                                   numbers_are_ids=legacy_ids, **task_options(cfg))
-    multi = multilabel.is_multi(cfg)
-    if multi:
+    if multilabel.is_multi(cfg):
         multilabel.check_classes(examples, sources)
         multilabel.check_pos_weight(cfg, examples.label_names)
     else:
         check_classes(examples, sources, cfg)
     if d.max_train_samples and d.max_train_samples < len(examples):
         examples, _ = data_mod.split(examples, len(examples) - d.max_train_samples, cfg.train.seed)
-    train, val = data_mod.split(examples, d.val_size, cfg.train.seed)
-    if not multi:
-        check_classes(train, [f"{', '.join(sources)}, less its validation rows"])
-    return train, val
+    return data_mod.split(examples, d.val_size, cfg.train.seed)
 
 
 def check_classes(examples, sources: list[str], cfg: Config | None = None) -> None:
@@ -105,14 +101,9 @@ def environment(device) -> dict:
             "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
 
 
-LABEL_OUTPUT = "predict.labels"  # config.json's record of how predictions write a class: "names" or "ids"
-
-
-def label_output(train_ex) -> str:
-    """How this run's predictions write a class by default: as the training labels were written, names where they
-    were class names ("positive", "World") or classes that are numbers (-1/0/1, 1..5), ids where they were ids
-    under named classes (AG News' 0-3, the course's submission)."""
-    return train_ex.label_output
+# config.json's record of how predictions write a class: "names" or "ids", as the training labels were written
+# (data.Examples.label_output)
+LABEL_OUTPUT = "predict.labels"
 
 
 def numbers_are_ids(config_dict: dict) -> bool:
@@ -293,7 +284,7 @@ def _train(cfg: Config, data: list[str], out: Path, test_data, predict_data, res
         rundir.write_json(out / "config.json", cfg.to_dict() | {"format_version": rundir.FORMAT_VERSION,
                                                                 "resolved": resolved(cfg, precision, scoring_precision,
                                                                                      device_type, model)
-                                                                | {LABEL_OUTPUT: label_output(train_ex)}})
+                                                                | {LABEL_OUTPUT: train_ex.label_output}})
         rundir.write_json(out / "labels.json", label_names)
         rundir.write_json(out / "budget.json", built.to_dict())
         rundir.write_json(out / "inputs.json", {"data": [_abs(d) for d in data], "test_data": [_abs(d) for d in test_data],
@@ -358,7 +349,7 @@ def _train(cfg: Config, data: list[str], out: Path, test_data, predict_data, res
             multilabel.save_thresholds(out, label_names, thresholds, "validation" if val_enc is not None else "default")
         rundir.write_json(out / "metrics.json", result)
         task = {"thresholds": thresholds, "delimiter": cfg.data.label_delimiter}
-        names = label_output(train_ex) == "names"
+        names = train_ex.label_output == "names"
         if pred_ex is not None:
             rundir.write_text(out / "submission.csv", predict_mod.submission_csv(scoring.row_ids(pred_ex), pred_logits,
                                                                                  label_names, names, **task))

@@ -17,7 +17,7 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .errors import UserError
+from .errors import UserError, first_line
 
 if TYPE_CHECKING:
     import torch
@@ -121,7 +121,7 @@ def half_precision_problem(model, family, precision: str) -> str | None:
     None when it runs (or when it cannot be tried: a config, a model on the meta device, a forward that fails in
     fp32 too). Asked once per model class and precision in a process."""
     import torch
-    from . import fastpath
+    from . import families, fastpath
     if not family.name.endswith("(inferred)") or not isinstance(model, torch.nn.Module):
         return None
     try:
@@ -133,9 +133,7 @@ def half_precision_problem(model, family, precision: str) -> str | None:
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     key = (type(base).__name__, getattr(base.config, "model_type", ""), precision)
     if key not in _PROBED:
-        vocab = int(getattr(base.config, "vocab_size", 0) or 0)
-        ids = torch.full((2, 8), min(5, max(vocab - 1, 0)), dtype=torch.long, device=param.device)
-        inputs = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+        inputs = families.probe_batch(model, 8)
 
         def forward(dtype):
             cast = torch.autocast(device_type=param.device.type, dtype=dtype) if dtype else contextlib.nullcontext()
@@ -150,7 +148,7 @@ def half_precision_problem(model, family, precision: str) -> str | None:
         except Exception as e:  # whatever the model raises: it is told to the user, or it fails in fp32 as well
             try:
                 forward(None)
-                _PROBED[key] = (str(e).strip().splitlines() or [type(e).__name__])[0][:160].rstrip(".")
+                _PROBED[key] = (first_line(e, 160) or type(e).__name__).rstrip(".")
             except Exception:
                 _PROBED[key] = None
         finally:

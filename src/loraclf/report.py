@@ -13,7 +13,7 @@ from pathlib import Path
 
 from . import longtext
 from . import rundir
-from .errors import UserError
+from .errors import UserError, first_line
 
 TOP_PAIRS, TOP_EXAMPLES, MAX_TEXT = 8, 4, 400
 
@@ -81,6 +81,15 @@ def misclassified(path: Path, pairs: int = TOP_PAIRS, per_pair: int = TOP_EXAMPL
 
 
 # ---------------------------------------------------------------- writing
+# what reading a run's metrics files raises where someone edited them into shapes loraclf never writes
+TAMPERED = (ValueError, TypeError, KeyError, AttributeError, IndexError, OverflowError)
+
+
+def not_as_written(what: str, e: Exception, fix: str) -> UserError:
+    return UserError(f"{what}: its metrics files are not as loraclf writes them ({type(e).__name__}: "
+                     f"{first_line(e, 120)})", fix)
+
+
 def write(run_dir) -> Path:
     """Write plots/*.png, report.md and report.html into the run directory; returns the report.html path. Every
     figure is drawn before any file is written, so a run whose records cannot be drawn keeps what it had."""
@@ -99,10 +108,9 @@ def write(run_dir) -> Path:
         d["errors"] = misclassified(run / "predictions.csv")
         sections = _sections(d)
         markdown, html = _markdown(d, sections), _html(d, sections)
-    except (ValueError, TypeError, KeyError, AttributeError, IndexError, OverflowError) as e:
-        raise UserError(f"cannot draw the report of {run}: its metrics files are not as loraclf writes them "
-                        f"({type(e).__name__}: {(str(e).strip().splitlines() or [''])[0][:120]})",
-                        "rerun the run, or restore its metrics.json and metrics.jsonl") from None
+    except TAMPERED as e:
+        raise not_as_written(f"cannot draw the report of {run}", e, "rerun the run, or restore its metrics.json and "
+                             "metrics.jsonl") from None
     for key, (_, data) in images.items():
         rundir.write_bytes(run / "plots" / f"{key}.png", data)
     rundir.write_text(run / "report.md", markdown)
@@ -332,10 +340,8 @@ def compare(run_dirs, sort_by: str = "test_accuracy") -> tuple[str, str]:
                                           "–" if row["train_seconds"] is None else f"{row['train_seconds']:.1f}",
                                           "–" if row["samples_per_s"] is None else f"{row['samples_per_s']:.1f}"]})
             float(row[sort_by] or 0)
-        except (ValueError, TypeError, KeyError, AttributeError, IndexError, OverflowError) as e:
-            raise UserError(f"cannot compare {r}: its metrics files are not as loraclf writes them "
-                            f"({type(e).__name__}: {(str(e).strip().splitlines() or [''])[0][:120]})",
-                            "leave that run out, or rerun it") from None
+        except TAMPERED as e:
+            raise not_as_written(f"cannot compare {r}", e, "leave that run out, or rerun it") from None
     higher = SORT_KEYS[sort_by][1]
     rows.sort(key=lambda r: (r[sort_by] is None, -(r[sort_by] or 0) if higher else (r[sort_by] or 0)))
     header = ["#", "run", "model", "method", "trainable", "val accuracy", "val macro-F1", "test accuracy",

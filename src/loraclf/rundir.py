@@ -66,6 +66,12 @@ def write_error(path: Path, e: OSError) -> UserError:
                      "choose a writable location with free disk space")
 
 
+def inside(path, folder) -> bool:
+    """Whether `path` is `folder` or lies under it, links and `..` resolved."""
+    path, folder = Path(path).resolve(), Path(folder).resolve()
+    return path == folder or folder in path.parents
+
+
 def check_output_file(path: Path, flag: str = "", inputs=()) -> None:
     """An output file's path must be a new or regular file (not a folder, a symbolic link, a FIFO or a device,
     which an atomic write would replace by a plain file), and not one of the command's `inputs` (files or
@@ -80,11 +86,10 @@ def check_output_file(path: Path, flag: str = "", inputs=()) -> None:
                         "another file name")
     if path.exists() and not path.is_file():
         raise UserError(f"{where} is not a regular file (a FIFO, socket or device)", "give a new or regular file")
-    target = path.resolve()
     for given in inputs:
-        source = Path(given).resolve()
-        if target == source or source in target.parents:
-            raise UserError(f"{where} would overwrite {'the input' if target == source else 'a file inside'} {given}",
+        if inside(path, given):
+            same = path.resolve() == Path(given).resolve()
+            raise UserError(f"{where} would overwrite {'the input' if same else 'a file inside'} {given}",
                             "write the output somewhere else")
 
 
@@ -178,11 +183,11 @@ def set_aside(out: Path, inputs=()) -> Path | None:
     if given.is_symlink():
         raise UserError(f"--out {out} is a symbolic link", "give the run directory it points to")
     real = given.resolve()
-    if real == Path.cwd().resolve() or real in Path.cwd().resolve().parents:
+    if inside(Path.cwd(), real):
         raise UserError(f"--out {out} is the folder this command runs in, or holds it",
                         "run loraclf from outside the run directory, or choose another --out")
     for i in inputs:
-        if real in Path(i).resolve().parents:
+        if inside(i, real):
             raise UserError(f"{i} is inside the run directory {out} that --overwrite would replace",
                             "move that file out of the run directory, or choose another --out")
     if not is_run_dir(real):
